@@ -1,0 +1,66 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ctscribe.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_steps():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("fixtures", "demo"):
+        assert command in result.output
+    fixtures = runner.invoke(app, ["fixtures", "--help"])
+    assert "tiny-model" in fixtures.output and "phantom" in fixtures.output
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "ctscribe"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ctscribe ")
+
+
+def test_fixtures_commands_write_loadable_outputs(tmp_path):
+    result = runner.invoke(app, ["fixtures", "phantom", str(tmp_path / "p"), "--rows", "4", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "p" / "truth.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["modality"] == "CT"
+    result = runner.invoke(app, ["fixtures", "tiny-model", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "ctscribe", "fixtures", "tiny-model", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "not empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_offline(tmp_path):
+    command = [sys.executable, "-m", "ctscribe", "demo", "--out", str(tmp_path / "demo")]
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, env=offline)
+    assert first.returncode == 0, first.stderr
+    assert "Generated" in first.stdout and "image tokens" in first.stdout
+    assert "not a diagnosis" in first.stdout
+    # A second run reuses the fixtures it built.
+    stamp = (tmp_path / "demo" / "tiny-model" / "model.safetensors").stat().st_mtime_ns
+    second = subprocess.run(command, capture_output=True, text=True, env=offline)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "demo" / "tiny-model" / "model.safetensors").stat().st_mtime_ns == stamp
