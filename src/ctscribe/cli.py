@@ -6,6 +6,8 @@ Heavy libraries (torch, transformers, datasets) are imported inside the commands
 
 from __future__ import annotations
 
+import logging
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +28,11 @@ fixtures_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(fixtures_app, name="fixtures")
+
+
+class Layout(StrEnum):
+    demo = "demo"
+    full = "full"
 
 
 class ModelSize(StrEnum):
@@ -77,19 +84,173 @@ def fixtures_phantom(
     rows: Annotated[int, typer.Option(min=1, help="Number of rows.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical files.")] = 0,
     rows_per_shard: Annotated[int, typer.Option(min=1, help="Rows per parquet shard.")] = 500,
+    layout: Annotated[
+        Layout,
+        typer.Option(help="demo: 25M_demo parquet shards; full: 25M_full metadata + .tar.zst archives."),
+    ] = Layout.demo,
 ) -> None:
     """Build a phantom CT data set as parquet shards in MedTrinity-25M's schema (image, id, caption).
 
-    Writes OUT/25M_demo/train-*.parquet, laid out like a download of the Hub's 25M_demo subset, and
-    OUT/truth.jsonl with each row's known facts (modality, region, lesion, side, size, boxes, and
-    which rows are corrupt, captionless or duplicates).
+    Writes OUT/25M_demo/train-*.parquet, laid out like a download of the Hub's 25M_demo subset (or,
+    with --layout full, the full release: OUT/25M_full/metadata.parquet and archives/*.tar.zst, the
+    last one truncated and one image missing), and OUT/truth.jsonl with each row's known facts
+    (modality, region, lesion, side, size, boxes, and which rows are corrupt, captionless or duplicates).
     """
-    from ctscribe.fixtures.phantom import build_phantom, read_truth
+    from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, read_truth
 
-    build_phantom(out, rows=rows, seed=seed, rows_per_shard=rows_per_shard)
+    if layout is Layout.full:
+        build_phantom_full(out, rows=rows, seed=seed)
+    else:
+        build_phantom(out, rows=rows, seed=seed, rows_per_shard=rows_per_shard)
     truth = read_truth(out)
     ct = sum(t.modality == "CT" for t in truth)
     typer.echo(f"wrote {len(truth)} phantom rows ({ct} CT) to {out}")
+
+
+class Modality(StrEnum):
+    ct = "ct"
+    all = "all"
+
+
+class RoiBox(StrEnum):
+    keep = "keep"
+    remove = "remove"
+
+
+class Lang(StrEnum):
+    en = "en"
+    zh = "zh"
+    both = "both"
+
+
+def _parse_shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter("use I/N, e.g. 0/4 for the first of four shards") from None
+    if count < 1 or not 0 <= index < count:
+        raise typer.BadParameter(f"{value}: need 0 <= I < N")
+    return index, count
+
+
+def _print_stats(stats: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="prepare")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", str(stats["read"]))
+    table.add_row("kept", str(stats["kept"]))
+    for reason, n in stats["skipped"].items():
+        table.add_row(f"skipped: {reason.replace('_', ' ')}", str(n))
+    for split, n in stats["splits"].items():
+        table.add_row(f"split {split}", str(n))
+    table.add_row("green ROI box found", str(stats["roi_box_found"]))
+    table.add_row("mean image tokens", str(stats["mean_image_tokens"]))
+    Console().print(table)
+
+
+Fraction = Annotated[float, typer.Option(min=0.0, max=0.5)]
+
+
+@app.command()
+def prepare(
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Hub id (UCSC-VLAA/MedTrinity-25M, streamed with HF_TOKEN), a folder or glob of parquet "
+            "shards, or with --config 25M_full the metadata parquet."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (LLaMA-Factory dataset_dir). Rerun to resume.")],
+    config: Annotated[str, typer.Option(help="25M_demo (image, id, caption) or 25M_full.")] = "25M_demo",
+    images: Annotated[
+        str | None,
+        typer.Option(help="25M_full only: folder of extracted images, or of the .tar.zst archives."),
+    ] = None,
+    modality: Annotated[Modality, typer.Option(help="Keep CT rows only, or every modality.")] = Modality.ct,
+    max_pixels: Annotated[
+        int, typer.Option(min=3136, help="Pixel budget per image: 262144 = 512x512 = ~324 image tokens.")
+    ] = 262144,
+    roi_box: Annotated[
+        RoiBox, typer.Option(help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it.")
+    ] = RoiBox.remove,
+    crop_background: Annotated[bool, typer.Option(help="Crop the black air around the body.")] = True,
+    lang: Annotated[Lang, typer.Option(help="Prompt language (answers are the English captions).")] = Lang.en,
+    val_fraction: Fraction = 0.02,
+    test_fraction: Fraction = 0.02,
+    limit: Annotated[int | None, typer.Option(min=1, help="Read only the first N source rows.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = max(
+        1, (os.cpu_count() or 2) - 1
+    ),
+    shard: Annotated[
+        str | None, typer.Option(help="I/N: process every N-th unit starting at I; join with prepare-merge.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+    token: Annotated[
+        str | None, typer.Option(envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (gated data).")
+    ] = None,
+) -> None:
+    """Turn MedTrinity-25M into clean CT fine-tuning data in the layout LLaMA-Factory reads.
+
+    Writes images/, train.json, val.json, test.json (sharegpt), dataset_info.json, stats.json and a
+    dataset card README.md. Resumable: rerun the same command after an interruption.
+
+    Example: ctscribe prepare --source data/MedTrinity-25M/25M_demo --out data/ct
+    """
+    from ctscribe.data.images import ImageOptions
+    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+
+    shard_spec = _parse_shard(shard) if shard else (0, 1)
+    stage_options = StageOptions(
+        modality=modality.value,
+        image=ImageOptions(max_pixels=max_pixels, roi_box=roi_box.value, crop_background=crop_background),
+    )
+    finalize_options = FinalizeOptions(
+        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name
+    )
+    result = run_prepare(
+        source,
+        out,
+        stage_options,
+        finalize_options,
+        config=config,
+        images=images,
+        token=token,
+        workers=workers,
+        shard=shard_spec,
+        limit=limit,
+    )
+    if shard_spec[1] > 1:
+        typer.echo(
+            f"shard {shard} staged in {out}; join all shards with: "
+            "ctscribe prepare-merge SHARD_DIRS... --out DIR"
+        )
+        return
+    _print_stats(result)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("prepare-merge")
+def prepare_merge(
+    shards: Annotated[
+        list[Path], typer.Argument(help="Output folders of prepare --shard I/N, all N of them.")
+    ],
+    out: Annotated[Path, typer.Option(help="New output folder for the joined data set.")],
+    lang: Annotated[Lang, typer.Option(help="Prompt language.")] = Lang.en,
+    val_fraction: Fraction = 0.02,
+    test_fraction: Fraction = 0.02,
+    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+) -> None:
+    """Join the outputs of `prepare --shard I/N` runs into one data set, identical to a single run."""
+    from ctscribe.data.prepare import FinalizeOptions, merge_shards
+
+    options = FinalizeOptions(
+        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name
+    )
+    _print_stats(merge_shards(shards, out, options))
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -108,6 +269,8 @@ def demo(
 
 def main() -> None:
     """Console entry point: expected failures (bad paths, bad values) print one clear line, no traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("ctscribe").setLevel(logging.INFO)  # ours at INFO; libraries' chatter stays quiet
     try:
         app()
     except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:

@@ -1,0 +1,316 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ctscribe.data import prepare as prepare_module
+from ctscribe.data.images import ImageOptions
+from ctscribe.data.prepare import FinalizeOptions, StageOptions, merge_shards, run_prepare
+from ctscribe.data.prompts import HELD_OUT, PROMPTS
+from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, read_truth
+
+OUTPUTS = ("train.json", "val.json", "test.json", "dataset_info.json", "stats.json")
+# Larger fractions than the defaults, so 100 rows give every split some rows.
+FINAL = FinalizeOptions(val_fraction=0.15, test_fraction=0.15)
+
+
+def _prepare(source: Path | str, out: Path, **kwargs) -> dict:
+    kwargs.setdefault("show_progress", False)
+    return run_prepare(str(source), out, StageOptions(), FINAL, **kwargs)
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    return {name: (folder / name).read_text() for name in OUTPUTS}
+
+
+def _records(folder: Path) -> dict[str, list[dict]]:
+    return {split: json.loads((folder / f"{split}.json").read_text()) for split in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def phantom_units(tmp_path_factory) -> Path:
+    """120 phantom rows in row groups of 20: six units to checkpoint, resume and shard."""
+    return build_phantom(tmp_path_factory.mktemp("units") / "set", rows=120, seed=5, rows_per_group=20)
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom_units, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "ct"
+    _prepare(phantom_units, out)
+    return out
+
+
+def test_writes_llamafactory_layout(prepared):
+    for name in (*OUTPUTS, "README.md"):
+        assert (prepared / name).is_file(), name
+    info = json.loads((prepared / "dataset_info.json").read_text())
+    assert set(info) == {"mllm_med", "mllm_med_val", "mllm_med_test"}
+    assert info["mllm_med"]["file_name"] == "train.json"
+    assert info["mllm_med"]["formatting"] == "sharegpt"
+    assert info["mllm_med"]["columns"] == {"messages": "messages", "images": "images"}
+    assert not list(prepared.glob("*.partial")) and not list(prepared.rglob(".*.partial"))
+
+
+def test_every_row_is_kept_or_skipped_for_its_one_reason(prepared, phantom_units):
+    stats = json.loads((prepared / "stats.json").read_text())
+    truth = read_truth(phantom_units)
+    assert stats["read"] == len(truth) == stats["kept"] + sum(stats["skipped"].values())
+    expected = Counter()
+    for t in truth:
+        if t.empty_caption:
+            expected["empty_caption"] += 1
+        elif t.modality != "CT":
+            expected["not_ct"] += 1
+        elif t.corrupt:
+            expected["bad_image"] += 1
+        elif t.duplicate_of:
+            expected["duplicate"] += 1
+    assert stats["skipped"] == {r: expected[r] for r in ("empty_caption", "not_ct", "bad_image", "duplicate")}
+    kept_ids = {r["id"] for records in _records(prepared).values() for r in records}
+    assert kept_ids == {
+        t.id for t in truth if t.modality == "CT" and not (t.empty_caption or t.corrupt or t.duplicate_of)
+    }
+    assert sum(stats["splits"].values()) == stats["kept"]
+    assert all(n > 0 for n in stats["splits"].values())
+    assert stats["modalities_seen"]["MRI"] == sum(t.modality == "MRI" for t in truth)
+
+
+def test_records_are_sharegpt_with_images_on_disk(prepared, phantom_units):
+    truth = {t.id: t for t in read_truth(phantom_units)}
+    stats = json.loads((prepared / "stats.json").read_text())
+    roi, tokens = 0, []
+    for records in _records(prepared).values():
+        for record in records:
+            user, assistant = record["messages"]
+            assert user["role"] == "user" and user["content"].startswith("<image>")
+            assert user["content"].count("<image>") == 1
+            assert assistant["role"] == "assistant" and "computed tomography" in assistant["content"]
+            assert len(record["images"]) == 1
+            with Image.open(prepared / record["images"][0]) as image:
+                width, height = image.size
+            assert width % 28 == 0 and height % 28 == 0 and width * height <= 512 * 512
+            tokens.append(width * height // 784)
+            roi += truth[record["id"]].roi_box is not None
+    assert stats["roi_box_found"] == roi > 0
+    assert stats["mean_image_tokens"] == pytest.approx(sum(tokens) / len(tokens), abs=0.01)
+    # Duplicates' image files are gone; nothing but kept images remains.
+    on_disk = {str(p.relative_to(prepared)) for p in (prepared / "images").rglob("*.png")}
+    assert on_disk == {r["images"][0] for records in _records(prepared).values() for r in records}
+
+
+def test_test_split_uses_only_held_out_prompts(prepared):
+    held_out = {p for pool in PROMPTS.values() for p in pool[-HELD_OUT:]}
+    records = _records(prepared)
+    for split, rows in records.items():
+        for record in rows:
+            prompt = record["messages"][0]["content"].removeprefix("<image>")
+            assert (prompt in held_out) == (split == "test"), (split, prompt)
+
+
+def test_splits_are_stable_when_rows_are_added(phantom_units, prepared, tmp_path):
+    _prepare(phantom_units, tmp_path / "first60", limit=60)
+    small, full = _records(tmp_path / "first60"), _records(prepared)
+    full_split = {r["id"]: split for split, rows in full.items() for r in rows}
+    for split, rows in small.items():
+        for record in rows:
+            assert full_split[record["id"]] == split
+
+
+def test_resume_after_interruption_redoes_nothing_and_matches(phantom_units, prepared, tmp_path, monkeypatch):
+    real = prepare_module.stage_unit
+    calls = []
+
+    def interrupted(unit, out, options):
+        calls.append(unit.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(unit, out, options)
+
+    monkeypatch.setattr(prepare_module, "stage_unit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(phantom_units, tmp_path / "out")
+    assert not (tmp_path / "out" / "train.json").exists()
+    done_before = sorted(p.stem for p in (tmp_path / "out" / ".staging" / "units").glob("*.jsonl"))
+    assert len(done_before) == 2
+
+    calls.clear()
+    monkeypatch.setattr(prepare_module, "stage_unit", lambda *a: (calls.append(a[0].key), real(*a))[1])
+    _prepare(phantom_units, tmp_path / "out")
+    assert not set(calls) & set(done_before)
+    assert len(calls) == 4
+    assert _outputs(tmp_path / "out") == _outputs(prepared)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_output(phantom_units, prepared, tmp_path):
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "ctscribe",
+        "prepare",
+        "--source",
+        str(phantom_units),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--val-fraction",
+        "0.15",
+        "--test-fraction",
+        "0.15",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    units = out / ".staging" / "units"
+    deadline = time.monotonic() + 120
+    while not (units.is_dir() and any(units.glob("*.jsonl"))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "stats.json").exists(), "finished before it could be killed"
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert _outputs(out) == _outputs(prepared)
+
+
+def test_two_shards_merged_equal_one_run(phantom_units, prepared, tmp_path):
+    for index in (0, 1):
+        summary = _prepare(phantom_units, tmp_path / f"shard{index}", shard=(index, 2))
+        assert summary["units_staged"] == 3
+        assert not (tmp_path / f"shard{index}" / "train.json").exists()
+    merge_shards([tmp_path / "shard1", tmp_path / "shard0"], tmp_path / "merged", FINAL)
+    assert _outputs(tmp_path / "merged") == _outputs(prepared)
+
+
+def test_merge_refuses_incomplete_or_mismatched_shards(phantom_units, tmp_path):
+    _prepare(phantom_units, tmp_path / "a", shard=(0, 2))
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_shards([tmp_path / "a"], tmp_path / "merged", FINAL)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="not a finished prepare shard"):
+        merge_shards([tmp_path / "a", tmp_path / "b"], tmp_path / "merged", FINAL)
+
+
+def test_parallel_workers_give_the_same_output(phantom_units, prepared, tmp_path):
+    _prepare(phantom_units, tmp_path / "parallel", workers=2)
+    assert _outputs(tmp_path / "parallel") == _outputs(prepared)
+
+
+def test_hub_path_streams_through_datasets(phantom_units, prepared, tmp_path, monkeypatch):
+    import datasets
+
+    real_load = datasets.load_dataset
+    seen = {}
+
+    def fake_hub(path, name=None, **kwargs):
+        seen.update(path=path, name=name, streaming=kwargs.get("streaming"), token=kwargs.get("token"))
+        files = sorted(str(p) for p in (phantom_units / "25M_demo").glob("*.parquet"))
+        return real_load("parquet", data_files=files, split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    _prepare("UCSC-VLAA/MedTrinity-25M", tmp_path / "hub", token="hf_test")
+    assert seen == {
+        "path": "UCSC-VLAA/MedTrinity-25M",
+        "name": "25M_demo",
+        "streaming": True,
+        "token": "hf_test",
+    }
+    assert _records(tmp_path / "hub") == _records(prepared)
+
+
+def test_changed_options_are_refused_on_resume(phantom_units, prepared, tmp_path):
+    _prepare(phantom_units, tmp_path / "out", limit=20)
+    with pytest.raises(ValueError, match="other options"):
+        run_prepare(
+            str(phantom_units),
+            tmp_path / "out",
+            StageOptions(image=ImageOptions(max_pixels=128 * 128)),
+            FINAL,
+            limit=20,
+            show_progress=False,
+        )
+
+
+def test_missing_column_is_named(tmp_path):
+    pq.write_table(pa.table({"image": [b"x"], "id": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="lacks column\\(s\\) caption"):
+        _prepare(tmp_path / "bad.parquet", tmp_path / "out")
+
+
+def test_full_release_with_archives_splits_by_study(tmp_path):
+    phantom = build_phantom_full(tmp_path / "full", rows=60, seed=2)
+    truth = read_truth(phantom)
+    stats = run_prepare(
+        str(phantom / "25M_full" / "metadata.parquet"),
+        tmp_path / "out",
+        StageOptions(),
+        FINAL,
+        config="25M_full",
+        images=str(phantom / "25M_full" / "archives"),
+        show_progress=False,
+    )
+    assert stats["read"] == 60 == stats["kept"] + sum(stats["skipped"].values())
+    assert stats["archives"]["truncated"] == ["dataset_shard_2.tar.zst"]
+    assert stats["bad_image_reasons"]["missing image file"] >= 2  # the unlisted image + the truncated tail
+    assert stats["split_by"] == "patient/study"
+    kept = {r["id"]: split for split, rows in _records(tmp_path / "out").items() for r in rows}
+    by_study: dict[str, set[str]] = {}
+    for name, split in kept.items():
+        by_study.setdefault(name.rsplit("/", 1)[0], set()).add(split)
+    assert all(len(splits) == 1 for splits in by_study.values())
+    missing = next(t for t in truth if t.archive is None)
+    assert missing.file_name not in kept
+    # Rows of intact archives that are clean CT are all kept.
+    intact = {
+        t.file_name
+        for t in truth
+        if t.archive in ("dataset_shard_0.tar.zst", "dataset_shard_1.tar.zst")
+        and t.modality == "CT"
+        and not (t.corrupt or t.empty_caption or t.duplicate_of)
+    }
+    assert intact <= set(kept)
+
+
+def test_full_release_needs_images(tmp_path):
+    phantom = build_phantom_full(tmp_path / "full", rows=20, seed=2)
+    with pytest.raises(ValueError, match="needs --images"):
+        run_prepare(str(phantom / "25M_full"), tmp_path / "out", StageOptions(), FINAL, config="25M_full")
+
+
+@pytest.mark.slow
+def test_cli_prepare_end_to_end(phantom_units, tmp_path):
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctscribe",
+            "prepare",
+            "--source",
+            str(phantom_units / "25M_demo"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--lang",
+            "both",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kept" in result.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["options"]["lang"] == "both"
+    prompts = [r["messages"][0]["content"] for rows in _records(out).values() for r in rows]
+    assert any("英文" in p for p in prompts) and any("English" in p or "CT" in p for p in prompts)
