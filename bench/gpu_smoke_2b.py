@@ -32,7 +32,9 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=[Image.new("RGB", (512, 512), "gray")], return_tensors="pt").to("cuda")
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (512, 512), "gray")], return_tensors="pt").to(
+        "cuda"
+    )
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         model(**inputs)  # warm-up
