@@ -299,8 +299,7 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     modalities: Counter[str] = Counter()
     bad_reasons: Counter[str] = Counter()
     duplicate_kinds: Counter[str] = Counter()
-    kept_images: set[str] = set()
-    dropped_images: list[str] = []
+    unreferenced_images: list[str] = []
     read = kept = roi_found = token_sum = 0
     has_groups = False
     example: dict | None = None
@@ -320,9 +319,10 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
                     earlier = index.find(record["hash"])
                     if earlier is not None:
                         duplicate_kinds["near_duplicate"] += 1
+                        # Another id, so another file; a same-id duplicate shares the kept row's file.
+                        unreferenced_images.append(record["image"])
                 if earlier is not None:
                     status = "duplicate"
-                    dropped_images.append(record["image"])
             if status != "ok":
                 skipped[status] += 1
                 if status == "bad_image":
@@ -330,7 +330,6 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
                 continue
             index.add(record["id"], record["hash"])
             seen_ids.add(record["id"])
-            kept_images.add(record["image"])
             has_groups = has_groups or record.get("group") is not None
             split = assign_split(
                 record.get("group") or record["id"], options.val_fraction, options.test_fraction
@@ -347,9 +346,8 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
         for writer in writers.values():
             writer.discard()
         raise
-    for relpath in dropped_images:  # duplicates' files are never referenced; the kept twin's may share a name
-        if relpath not in kept_images:
-            (out / relpath).unlink(missing_ok=True)
+    for relpath in unreferenced_images:
+        (out / relpath).unlink(missing_ok=True)
 
     staging_options = json.loads((out / STAGING / "options.json").read_text())
     stats = {
