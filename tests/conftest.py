@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 
@@ -20,3 +21,67 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 120-row phantom data set in three shards, built once for the whole session."""
     return build_phantom(tmp_path_factory.mktemp("phantom") / "set", rows=120, seed=7, rows_per_shard=50)
+
+
+@pytest.fixture(scope="session")
+def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 phantom rows with short captions, prepared at the tiny-cpu recipe's pixel budget."""
+    from ctscribe.data.images import ImageOptions
+    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+
+    root = tmp_path_factory.mktemp("learning")
+    build_phantom(root / "phantom", rows=400, seed=1, short_captions=True)
+    stage = StageOptions(image=ImageOptions(max_pixels=LEARNING_PIXELS))
+    run_prepare(
+        str(root / "phantom"), root / "data", stage, FinalizeOptions(), workers=2, show_progress=False
+    )
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, learning_data: Path) -> Path:
+    """The tiny model trained once per session with the tiny-cpu recipe; shared by every test that
+    needs a model that has learned something."""
+    from ctscribe.recipe import load_recipe
+    from ctscribe.train.native import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny-cpu"
+    recipe = load_recipe(
+        "tiny-cpu",
+        dataset_dir=str(learning_data),
+        output_dir=str(run_dir),
+        model_name_or_path=str(tiny_model_dir),
+    )
+    train(recipe)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory, trained_run: Path, learning_data: Path) -> Path:
+    """A LoRA adapter trained a few steps on top of the trained tiny model: the run dir.
+
+    The base is the trained model, not the random one, so greedy generations are decisive (a random
+    model's near-tied logits flip under rounding) and export's checks have a real adapter to merge.
+    """
+    from ctscribe.recipe import load_recipe
+    from ctscribe.train.native import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "lora"
+    recipe = load_recipe(
+        "tiny-cpu",
+        [
+            "finetuning_type=lora",
+            "lora_rank=16",
+            "lora_alpha=32",
+            "freeze_vision_tower=true",
+            "freeze_multi_modal_projector=true",
+            "max_steps=20",
+            "save_steps=1000",
+            "eval_steps=1000",
+        ],
+        dataset_dir=str(learning_data),
+        output_dir=str(run_dir),
+        model_name_or_path=str(trained_run / "model"),
+    )
+    train(recipe)
+    return run_dir

@@ -53,14 +53,15 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_offline(tmp_path):
-    command = [sys.executable, "-m", "ctscribe", "demo", "--out", str(tmp_path / "demo")]
+    command = [sys.executable, "-m", "ctscribe", "demo", "--out", str(tmp_path / "demo"), "--max-steps", "20"]
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     first = subprocess.run(command, capture_output=True, text=True, env=offline)
     assert first.returncode == 0, first.stderr
-    assert "Generated" in first.stdout and "image tokens" in first.stdout
+    assert "ctscribe prepare" in first.stdout and "What it learned" in first.stdout
     assert "not a diagnosis" in first.stdout
-    # A second run reuses the fixtures it built.
-    stamp = (tmp_path / "demo" / "tiny-model" / "model.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").is_file()
+    # A second run reuses the fixtures and the trained model.
+    stamp = (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns
     second = subprocess.run(command, capture_output=True, text=True, env=offline)
     assert second.returncode == 0, second.stderr
-    assert (tmp_path / "demo" / "tiny-model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns == stamp

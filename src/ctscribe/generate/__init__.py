@@ -1,0 +1,1 @@
+"""The one generation engine behind predict, evaluate and serve, and the inputs it reads."""

@@ -1,0 +1,197 @@
+"""The one generation engine: chat requests with CT images in, descriptions out, in batches.
+
+``predict``, ``evaluate`` and ``serve`` all generate through :class:`TransformersEngine` (or another
+:class:`Engine`), so a description produced by the API, a batch job and an evaluation report come
+from the same prompt rendering, image path and decoding settings.
+
+Batching uses left padding: every prompt then ends at the same position, so one ``generate`` call
+extends all of them. Qwen2-VL's rotary positions are computed from the attention mask, so a padded
+prompt gets the same positions, and in fp32 the same greedy tokens, as the prompt alone (a test and
+the serve concurrency test check this).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
+
+DEFAULT_MAX_NEW_TOKENS = 256  # MedTrinity CT captions average ~150 tokens; room for the longest
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One conversation to continue.
+
+    ``messages`` are chat messages whose ``content`` is a string or a list of parts
+    ``{"type": "text", "text": ...}`` / ``{"type": "image"}``; ``images`` holds one PIL image per
+    image part, in order, already through :func:`ctscribe.data.images.prepare_image` (use
+    :meth:`TransformersEngine.prepare` for raw images).
+    """
+
+    messages: list[dict]
+    images: list[Image.Image] = field(default_factory=list)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0  # 0 is greedy: reproducible, what evaluation and tests need
+    top_p: float = 1.0
+    seed: int | None = None  # for sampling; greedy ignores it
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens), as OpenAI names them
+    seconds: float  # wall time of the batch this request ran in
+
+
+def user_message(prompt: str, images: int = 1) -> dict:
+    """A user turn with ``images`` image parts before the prompt, as Qwen2-VL was trained."""
+    return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": prompt}]}
+
+
+class Engine(Protocol):
+    """What predict, evaluate and serve need from a backend."""
+
+    name: str  # the model's name, written next to every output
+    image_options: ImageOptions
+
+    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image: ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """An adapter folder, given either the folder itself or the run dir that holds ``adapter/``."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    if (path / "adapter" / "adapter_config.json").is_file():
+        return path / "adapter"
+    raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {path} or {path / 'adapter'}")
+
+
+def _sampling_key(request: GenerationRequest) -> tuple:
+    """Requests with equal keys can share one ``generate`` call."""
+    if request.temperature <= 0:
+        return ("greedy",)
+    return ("sample", request.temperature, request.top_p, request.seed)
+
+
+class TransformersEngine:
+    """Qwen2-VL (optionally with a PEFT adapter) on transformers, batched with left padding."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        adapter: str | Path | None = None,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        name: str | None = None,
+        processor: str | Path | None = None,
+    ) -> None:
+        """``processor`` is for a full fine-tuning checkpoint, which holds weights but no processor."""
+        import torch
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":  # bf16 where the GPU has it; fp32 on CPU, where bf16 is slow and inexact
+            cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+            torch_dtype = torch.bfloat16 if cuda_bf16 else torch.float32
+        else:
+            torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        adapter_dir = resolve_adapter(adapter) if adapter is not None else None
+        self.processor = AutoProcessor.from_pretrained(str(processor or model))
+        self.processor.tokenizer.padding_side = "left"
+        loaded = Qwen2VLForConditionalGeneration.from_pretrained(str(model), dtype=torch_dtype)
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            loaded = PeftModel.from_pretrained(loaded, str(adapter_dir))
+        self.model = loaded.to(self.device).eval()
+        self.generation_config = copy.deepcopy(loaded.generation_config)
+        self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
+        self.name = name or (Path(str(model)).name + (f"+{adapter_dir.parent.name}" if adapter_dir else ""))
+        self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
+
+    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
+        """Any image through the one image path, at this engine's pixel budget."""
+        return prepare_image(image, self.image_options).image
+
+    def _config(self, request: GenerationRequest, max_new_tokens: int):
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens = max_new_tokens
+        config.use_cache = True  # a training run may have saved use_cache=False into the config
+        config.do_sample = request.temperature > 0
+        if config.do_sample:
+            config.temperature, config.top_p, config.top_k = request.temperature, request.top_p, 0
+        else:  # unset sampling knobs so transformers does not warn that greedy ignores them
+            config.temperature = config.top_p = config.top_k = None
+        return config
+
+    def _run(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+
+        start = time.perf_counter()
+        prompts = [
+            self.processor.apply_chat_template(r.messages, add_generation_prompt=True) for r in requests
+        ]
+        images = [image for r in requests for image in r.images]
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(
+            self.device
+        )
+        max_new_tokens = max(r.max_new_tokens for r in requests)
+        if requests[0].seed is not None:
+            torch.manual_seed(requests[0].seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, generation_config=self._config(requests[0], max_new_tokens)
+            )
+        self.batches.append(len(requests))
+        seconds = time.perf_counter() - start
+        prompt_length = inputs["input_ids"].shape[1]
+        stop_ids = set(_as_list(self.generation_config.eos_token_id))
+        results = []
+        for row, request in enumerate(requests):
+            tokens = output[row, prompt_length:].tolist()[: request.max_new_tokens]
+            end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+            finish = "stop" if end is not None else "length"
+            tokens = tokens if end is None else tokens[:end]
+            results.append(
+                GenerationResult(
+                    text=self.processor.decode(tokens, skip_special_tokens=True).strip(),
+                    prompt_tokens=int(inputs["attention_mask"][row].sum()),
+                    completion_tokens=len(tokens),
+                    finish_reason=finish,
+                    seconds=seconds,
+                )
+            )
+        return results
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate for every request; requests with the same sampling settings share one batch."""
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(_sampling_key(request), []).append(index)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for indices in groups.values():
+            for index, result in zip(indices, self._run([requests[i] for i in indices]), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)

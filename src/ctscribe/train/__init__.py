@@ -1,0 +1,2 @@
+"""train: fine-tune Qwen2-VL on prepared data. ``native`` is the default engine (transformers +
+PEFT + accelerate); ``data`` builds the samples and loss masks, ``model`` the trainable model."""

@@ -1,0 +1,217 @@
+"""Supervised fine-tuning samples for Qwen2-VL: token ids, the loss mask and the image features.
+
+A record is what `ctscribe prepare` writes (LLaMA-Factory's sharegpt form): ``messages`` whose user
+turns hold ``<image>`` placeholders, and ``images`` relative to the data folder. It becomes the
+exact token sequence Qwen2-VL-Instruct's chat template produces, with the loss on assistant tokens
+only (each answer and its ``<|im_end|>``, in every turn of a multi-turn conversation).
+
+Lengths are checked before training, from the text and the image sizes alone: a sample whose
+image tokens would not fit in ``cutoff_len`` is dropped and counted (truncating through image
+tokens is what breaks Qwen2-VL's image-feature/token match), a longer answer is truncated.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
+from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+VISION_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def render_conversation(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The chat template's text for a conversation, and the character spans the loss is taken on.
+
+    Written out rather than calling ``apply_chat_template`` because the spans of the assistant
+    answers are needed; a test checks the text equals Qwen2-VL-Instruct's template character for
+    character. Each image placeholder becomes one ``<|image_pad|>`` (expanded later).
+    """
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = 0
+
+    def add(text: str, train: bool = False) -> None:
+        nonlocal length
+        if train:
+            spans.append((length, length + len(text)))
+        parts.append(text)
+        length += len(text)
+
+    if not messages or messages[0]["role"] != "system":
+        add(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown role {role!r} in a conversation")
+        add(f"<|im_start|>{role}\n")
+        if role == "assistant":
+            add(f"{content}<|im_end|>", train=True)
+            add("\n")
+        else:
+            add(f"{content.replace(IMAGE_PLACEHOLDER, VISION_PROMPT)}<|im_end|>\n")
+    return "".join(parts), spans
+
+
+@dataclass
+class Encoded:
+    """Token ids and labels before the image pads are expanded (one pad per image)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_text(tokenizer, messages: list[dict]) -> Encoded:
+    """Tokenise a conversation; a token is labelled when its characters lie inside an answer span."""
+    text, spans = render_conversation(messages)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for token_id, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
+        inside = any(s <= start and end <= e for s, e in spans)
+        labels.append(token_id if inside else IGNORE_INDEX)
+    return Encoded(list(encoding["input_ids"]), labels)
+
+
+def expand_image_pads(encoded: Encoded, image_tokens: list[int], cutoff_len: int) -> Encoded | str:
+    """Repeat each image's pad to its token count and apply ``cutoff_len``; or the reason to drop."""
+    if encoded.input_ids.count(IMAGE_PAD_ID) != len(image_tokens):
+        return "images and <image> placeholders differ in number"
+    ids: list[int] = []
+    labels: list[int] = []
+    pads = iter(image_tokens)
+    for token_id, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        repeat = next(pads) if token_id == IMAGE_PAD_ID else 1
+        ids.extend([token_id] * repeat)
+        labels.extend([label] * repeat)
+    if len(ids) > cutoff_len:
+        last_image_token = max((i for i, t in enumerate(ids) if t == IMAGE_PAD_ID), default=-1)
+        if last_image_token >= cutoff_len:
+            return "image tokens beyond cutoff_len"
+        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+    if all(label == IGNORE_INDEX for label in labels):
+        return "no answer tokens within cutoff_len"
+    return Encoded(ids, labels)
+
+
+@dataclass
+class SFTDataset(torch.utils.data.Dataset):
+    """Prepared records, length-checked up front, loaded (image and all) one at a time.
+
+    Checking up front means a dropped sample is known and counted before the first step, and the
+    sampler's order, hence a resumed run's order, never depends on which samples fail.
+    """
+
+    records: list[dict]
+    image_root: Path
+    tokenizer: object
+    image_processor: object
+    image_options: ImageOptions
+    cutoff_len: int
+    dropped: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        kept = []
+        for record in self.records:
+            reason = self._check(record)
+            if reason is None:
+                kept.append(record)
+            else:
+                self.dropped[reason] += 1
+        self.records = kept
+
+    def _image_tokens(self, relpath: str) -> int:
+        with Image.open(self.image_root / relpath) as image:  # header only: no decode
+            width, height = image.size
+        return count_image_tokens(width, height, self.image_options.max_pixels, self.image_options.min_pixels)
+
+    def _check(self, record: dict) -> str | None:
+        try:
+            tokens = [self._image_tokens(p) for p in record.get("images", [])]
+        except OSError as error:
+            return f"unreadable image ({type(error).__name__})"
+        result = expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
+        return result if isinstance(result, str) else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        images = [
+            prepare_image(self.image_root / p, self.image_options).image for p in record.get("images", [])
+        ]
+        features = {}
+        tokens = []
+        if images:
+            features = self.image_processor(images=images, return_tensors="pt")
+            merge = self.image_processor.merge_size**2
+            tokens = [int(t * h * w) // merge for t, h, w in features["image_grid_thw"].tolist()]
+        encoded = expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
+        if isinstance(encoded, str):  # the length check ran on the same sizes; this cannot differ
+            raise RuntimeError(f"sample {record.get('id')} changed since it was checked: {encoded}")
+        sample = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
+        if images:
+            sample["pixel_values"] = features["pixel_values"]
+            sample["image_grid_thw"] = features["image_grid_thw"]
+        return sample
+
+
+@functools.cache
+def model_takes_token_types() -> bool:
+    """transformers >= 5.2x wants ``mm_token_type_ids`` (which tokens are image/video) for M-RoPE;
+    earlier 5.x releases compute it from the ids themselves and do not accept it."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return "mm_token_type_ids" in inspect.signature(Qwen2VLForConditionalGeneration.forward).parameters
+
+
+def mm_token_types(input_ids: torch.Tensor) -> torch.Tensor:
+    """0 for text, 1 for image tokens, 2 for video tokens, as Qwen2-VL's processor marks them."""
+    return (input_ids == IMAGE_PAD_ID).long() + 2 * (input_ids == VIDEO_PAD_ID).long()
+
+
+def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID) -> dict:
+    """Right-pad a batch; image patches of all samples are concatenated, as Qwen2-VL expects."""
+    longest = max(len(s["input_ids"]) for s in samples)
+    input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample["input_ids"])
+        input_ids[row, :n] = sample["input_ids"]
+        labels[row, :n] = sample["labels"]
+        attention_mask[row, :n] = 1
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    if model_takes_token_types():
+        batch["mm_token_type_ids"] = mm_token_types(input_ids)
+    with_images = [s for s in samples if "pixel_values" in s]
+    if with_images:
+        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
+        batch["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_images])
+    return batch
+
+
+def load_records(path: Path, max_samples: int | None = None) -> list[dict]:
+    """Records of a prepared split file (a JSON array), the first ``max_samples`` of them."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: is --data a folder written by `ctscribe prepare`?"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); rerun `ctscribe prepare`") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON array of records")
+    return records[:max_samples] if max_samples else records

@@ -1,0 +1,65 @@
+"""The generation engine: batching must not change what a request gets."""
+
+import pytest
+
+from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.fixtures.phantom import generate_rows
+from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter, user_message
+
+
+@pytest.fixture(scope="module")
+def engine(trained_run):
+    return TransformersEngine(trained_run / "model", max_pixels=LEARNING_PIXELS)
+
+
+def _requests(engine, n):
+    rows = [data for truth, data, _ in generate_rows(40, seed=5, short=True) if truth.modality == "CT"]
+    images = [engine.prepare(data) for data in rows[:n]]
+    prompts = ["Describe this CT image.", "What does this CT scan show? Describe the findings."]
+    return [
+        GenerationRequest([user_message(prompts[i % 2])], [image], max_new_tokens=12 + i % 3)
+        for i, image in enumerate(images)
+    ]
+
+
+@pytest.mark.slow
+def test_a_batch_gives_each_request_what_it_gets_alone(engine):
+    requests = _requests(engine, 6)
+    alone = [engine.generate([r])[0] for r in requests]
+    engine.batches.clear()
+    batched = engine.generate(requests)
+    assert engine.batches == [6]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    assert all(r.text.startswith("CT of the") for r in batched)
+    # each request stops at its own limit, and says why it stopped
+    for request, result in zip(requests, batched, strict=True):
+        assert result.completion_tokens <= request.max_new_tokens
+        assert result.finish_reason == (
+            "length" if result.completion_tokens == request.max_new_tokens else "stop"
+        )
+
+
+@pytest.mark.slow
+def test_sampling_and_greedy_requests_run_in_separate_batches(engine):
+    greedy, sampled = _requests(engine, 2)
+    sampled = GenerationRequest(sampled.messages, sampled.images, 8, temperature=1.0, seed=3)
+    engine.batches.clear()
+    results = engine.generate([greedy, sampled, greedy])
+    assert sorted(engine.batches) == [1, 2]
+    assert results[0].text == results[2].text
+
+
+def test_text_only_requests_work(tiny_model_dir):
+    engine = TransformersEngine(tiny_model_dir)
+    (result,) = engine.generate([GenerationRequest([{"role": "user", "content": "Hello"}], max_new_tokens=3)])
+    assert result.completion_tokens <= 3 and result.prompt_tokens > 3
+
+
+def test_resolve_adapter_accepts_the_run_dir_or_the_adapter(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert resolve_adapter(tmp_path) == tmp_path / "adapter"
+    assert resolve_adapter(tmp_path / "adapter") == tmp_path / "adapter"
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+        resolve_adapter(tmp_path / "nothing")
