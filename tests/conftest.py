@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 
@@ -27,14 +27,12 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 phantom rows with short captions, prepared at the tiny-cpu recipe's pixel budget."""
     from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+    from ctscribe.data.prepare import StageOptions, run_prepare
 
     root = tmp_path_factory.mktemp("learning")
     build_phantom(root / "phantom", rows=400, seed=1, short_captions=True)
     stage = StageOptions(image=ImageOptions(max_pixels=LEARNING_PIXELS))
-    run_prepare(
-        str(root / "phantom"), root / "data", stage, FinalizeOptions(), workers=2, show_progress=False
-    )
+    run_prepare(str(root / "phantom"), root / "data", stage, LEARNING_SPLITS, workers=2, show_progress=False)
     return root / "data"
 
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.fixtures.phantom import generate_rows
+from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter, user_message
 
 
@@ -13,8 +12,7 @@ def engine(trained_run):
 
 
 def _requests(engine, n):
-    rows = [data for truth, data, _ in generate_rows(40, seed=5, short=True) if truth.modality == "CT"]
-    images = [engine.prepare(data) for data in rows[:n]]
+    images = [engine.prepare(data) for _, data in clean_ct_rows(40, seed=5)[:n]]
     prompts = ["Describe this CT image.", "What does this CT scan show? Describe the findings."]
     return [
         GenerationRequest([user_message(prompts[i % 2])], [image], max_new_tokens=12 + i % 3)

@@ -38,6 +38,13 @@ PROMPTS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 HELD_OUT = 2
 
+# What predict and serve ask when the user gives no prompt: the training prompts' plain form, asking
+# for the description in the language the user picked.
+DEFAULT_PROMPTS = {
+    "en": "Describe this CT image and give your diagnostic impression.",
+    "zh": "请用中文描述这张CT图像，并给出诊断印象。",
+}
+
 
 def _fraction(key: str, salt: str) -> float:
     """A stable number in [0, 1) from a row key: the same row gets the same choice on every run."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +42,9 @@ class GenerationRequest:
     temperature: float = 0.0  # 0 is greedy: reproducible, what evaluation and tests need
     top_p: float = 1.0
     seed: int | None = None  # for sampling; greedy ignores it
+    # Called with each new piece of text as it is generated (serve's streaming); the pieces add up to
+    # a prefix of the final text, which the result then holds whole. Runs on the generating thread.
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,62 @@ def resolve_adapter(path: str | Path) -> Path:
     raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {path} or {path / 'adapter'}")
 
 
+def check_model_reference(model: str | Path) -> None:
+    """Fail with a clear message on a local model path that does not exist.
+
+    Otherwise transformers would take it for a Hub id and fail deep inside with a message about repo
+    names. A Hub id is ``name`` or ``namespace/name``; anything else is meant as a folder.
+    """
+    text = str(model)
+    if Path(text).exists():
+        return
+    if isinstance(model, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"no model folder at {text}")
+
+
 def _sampling_key(request: GenerationRequest) -> tuple:
     """Requests with equal keys can share one ``generate`` call."""
     if request.temperature <= 0:
         return ("greedy",)
     return ("sample", request.temperature, request.top_p, request.seed)
+
+
+class _TextStreamer:
+    """Feeds each request's ``on_text`` while a batch generates (transformers' streamer protocol).
+
+    ``generate`` calls :meth:`put` once with the prompts, then once per step with one new token per
+    row. Each row's text is decoded whole and only its new suffix is sent, held back while it ends in
+    an incomplete UTF-8 character, so the pieces always add up to a prefix of the final text.
+    """
+
+    def __init__(
+        self, decode: Callable[[list[int]], str], requests: Sequence[GenerationRequest], stop_ids: set[int]
+    ):
+        self.decode, self.requests, self.stop_ids = decode, requests, stop_ids
+        self.tokens: list[list[int]] = [[] for _ in requests]
+        self.sent = [""] * len(requests)
+        self.finished = [r.on_text is None for r in requests]
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            request = self.requests[row]
+            if self.finished[row] or token in self.stop_ids:
+                self.finished[row] = True
+                continue
+            self.tokens[row].append(token)
+            self.finished[row] = len(self.tokens[row]) >= request.max_new_tokens
+            text = self.decode(self.tokens[row])
+            if text.endswith("\ufffd") or len(text) <= len(self.sent[row]):
+                continue
+            request.on_text(text[len(self.sent[row]) :])
+            self.sent[row] = text
+
+    def end(self) -> None:
+        """Nothing to flush: the caller sends whatever the final text adds to what was streamed."""
 
 
 class TransformersEngine:
@@ -111,6 +165,7 @@ class TransformersEngine:
             torch_dtype = torch.bfloat16 if cuda_bf16 else torch.float32
         else:
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        check_model_reference(model)
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         self.processor = AutoProcessor.from_pretrained(str(processor or model))
         self.processor.tokenizer.padding_side = "left"
@@ -122,12 +177,15 @@ class TransformersEngine:
         self.model = loaded.to(self.device).eval()
         self.generation_config = copy.deepcopy(loaded.generation_config)
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.name = name or (Path(str(model)).name + (f"+{adapter_dir.parent.name}" if adapter_dir else ""))
+        self.name = name or (str(model) + (f"+{adapter_dir}" if adapter_dir else ""))
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
 
     def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
         """Any image through the one image path, at this engine's pixel budget."""
         return prepare_image(image, self.image_options).image
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.processor.decode(tokens, skip_special_tokens=True).strip()
 
     def _config(self, request: GenerationRequest, max_new_tokens: int):
         config = copy.deepcopy(self.generation_config)
@@ -136,8 +194,10 @@ class TransformersEngine:
         config.do_sample = request.temperature > 0
         if config.do_sample:
             config.temperature, config.top_p, config.top_k = request.temperature, request.top_p, 0
-        else:  # unset sampling knobs so transformers does not warn that greedy ignores them
-            config.temperature = config.top_p = config.top_k = None
+        else:
+            # transformers' neutral values: greedy ignores them, and the checkpoint's own sampling
+            # settings (Qwen2-VL ships temperature 0.01, top_k 1) would each print a warning.
+            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
         return config
 
     def _run(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -154,14 +214,17 @@ class TransformersEngine:
         max_new_tokens = max(r.max_new_tokens for r in requests)
         if requests[0].seed is not None:
             torch.manual_seed(requests[0].seed)
+        stop_ids = set(_as_list(self.generation_config.eos_token_id))
+        streamer = None
+        if any(r.on_text is not None for r in requests):
+            streamer = _TextStreamer(self._decode, requests, stop_ids)
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, generation_config=self._config(requests[0], max_new_tokens)
+                **inputs, generation_config=self._config(requests[0], max_new_tokens), streamer=streamer
             )
         self.batches.append(len(requests))
         seconds = time.perf_counter() - start
         prompt_length = inputs["input_ids"].shape[1]
-        stop_ids = set(_as_list(self.generation_config.eos_token_id))
         results = []
         for row, request in enumerate(requests):
             tokens = output[row, prompt_length:].tolist()[: request.max_new_tokens]
@@ -170,7 +233,7 @@ class TransformersEngine:
             tokens = tokens if end is None else tokens[:end]
             results.append(
                 GenerationResult(
-                    text=self.processor.decode(tokens, skip_special_tokens=True).strip(),
+                    text=self._decode(tokens),
                     prompt_tokens=int(inputs["attention_mask"][row].sum()),
                     completion_tokens=len(tokens),
                     finish_reason=finish,

@@ -1,0 +1,204 @@
+"""Merge a LoRA adapter into its base model and write a standalone Hugging Face folder.
+
+The result is a plain ``Qwen2VLForConditionalGeneration`` folder (safetensors, processor, chat
+template, generation config, model card): transformers, vLLM and LLaMA-Factory load it with no
+ctscribe code. Export checks its own work on a probe input before writing anything:
+
+1. the adapter must change the base model's logits: an untrained LoRA (B = 0) or an adapter put on
+   the wrong base changes nothing, and a merged copy of such a model proves nothing;
+2. the merged model's logits must equal base + adapter within a tolerance (fp32 arithmetic), so a
+   merge that silently dropped or double-applied a layer fails here, not in front of a clinician.
+
+The folder is written under a temporary name and renamed when complete, so a killed export never
+leaves something that looks like a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ctscribe import CLINICAL_NOTICE, __version__
+from ctscribe.generate.engine import check_model_reference, resolve_adapter, user_message
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("bf16", "fp16", "fp32")
+PROBE_PROMPT = "Describe this CT image and give your diagnostic impression."
+# The adapter must move some logit by more than this share of the largest base logit.
+MIN_ADAPTER_EFFECT = 1e-4
+# Merged vs base + adapter, both fp32: merging reorders float sums, so allow rounding, nothing more.
+MERGE_TOLERANCE = 1e-3
+
+
+class ExportError(ValueError):
+    """The export's own check failed; the message says which and by how much."""
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    adapter_effect: float  # max |logits(base + adapter) - logits(base)| on the probe, relative
+    merge_error: float  # max |logits(merged) - logits(base + adapter)|, relative
+
+
+def probe_image(size: int = 224) -> Image.Image:
+    """A deterministic CT-like probe: a bright ellipse (body) with a brighter disc inside, on black."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.32) ** 2 < 1
+    lesion = (x - 0.62) ** 2 + (y - 0.45) ** 2 < 0.004
+    grey = np.where(body, 110 + 60 * x, 0) + np.where(lesion, 80, 0)
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _probe_inputs(processor):
+    prompt = processor.apply_chat_template([user_message(PROBE_PROMPT)], add_generation_prompt=True)
+    return processor(text=[prompt], images=[probe_image()], return_tensors="pt")
+
+
+def _logits(model, inputs):
+    import torch
+
+    with torch.inference_mode():
+        return model(**inputs).logits.float()
+
+
+def merge_checked(base: str | Path, adapter_dir: Path):
+    """Load base + adapter in fp32, check the adapter's effect, merge, check the merge.
+
+    Returns ``(merged_model, processor, check)``; raises :class:`ExportError` when a check fails.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    check_model_reference(base)
+    processor = AutoProcessor.from_pretrained(str(base))
+    inputs = _probe_inputs(processor)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with model.disable_adapter():
+        base_logits = _logits(model, inputs)
+    adapted = _logits(model, inputs)
+    scale = max(1.0, float(adapted.abs().max()))
+    effect = float((adapted - base_logits).abs().max()) / scale
+    if effect <= MIN_ADAPTER_EFFECT:
+        raise ExportError(
+            f"the adapter does not change the base model's output (max logit change {effect:.2e} of the "
+            f"largest logit): it is untrained, or {adapter_dir} was not trained on {base}"
+        )
+    merged = model.merge_and_unload()
+    error = float((_logits(merged, inputs) - adapted).abs().max()) / scale
+    if error > MERGE_TOLERANCE:
+        raise ExportError(
+            f"the merged model's logits differ from base + adapter by {error:.2e} of the largest logit "
+            f"(tolerance {MERGE_TOLERANCE:g}); refusing to write it"
+        )
+    return merged, processor, ExportCheck(adapter_effect=effect, merge_error=error)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> str:
+    """README.md for the merged model: what it is, what it was trained on, how well, and its limits."""
+    run_dir = adapter_dir.parent
+    recipe_path = run_dir / "recipe.yaml"
+    recipe = recipe_path.read_text() if recipe_path.is_file() else None
+    summary = _read_json(run_dir / "run_summary.json")
+    stats = _read_json(run_dir / "data_stats.json")
+    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags: [ctscribe, qwen2-vl, ct, radiology, lora-merged]",
+        "---",
+        "",
+        "# CT description model (ctscribe)",
+        "",
+        f"> **Intended use: assistance, not diagnosis.** {CLINICAL_NOTICE}",
+        "",
+        f"Qwen2-VL `{base}` with the LoRA adapter `{adapter_dir}` merged in, saved as {dtype} by "
+        f"ctscribe {__version__}. Load it with plain transformers "
+        "(`Qwen2VLForConditionalGeneration.from_pretrained`, `AutoProcessor.from_pretrained`), "
+        "vLLM or LLaMA-Factory (template `qwen2_vl`).",
+        "",
+        "## Training data",
+        "",
+        "CT images of MedTrinity-25M prepared by `ctscribe prepare` (CT-only, cleaned captions, "
+        "splits without leakage)."
+        + (f" Samples used: {stats.get('train')} train, {stats.get('val')} validation." if stats else ""),
+        "",
+        "## Results",
+        "",
+    ]
+    if summary:
+        lines.append(f"- final training loss: {summary.get('train_loss')}")
+        if summary.get("best_eval_loss") is not None:
+            lines.append(f"- best validation loss: {summary['best_eval_loss']}")
+    if metrics:
+        keys = ("n", "bleu4", "rouge_l", "cider")
+        lines.append("- evaluation: " + ", ".join(f"{k} {metrics[k]}" for k in keys if k in metrics))
+    if not summary and not metrics:
+        lines.append("No training summary or evaluation found next to the adapter; run `ctscribe evaluate`.")
+    lines += [
+        f"- export check: the adapter moves the probe logits by {check.adapter_effect:.3g} (relative); "
+        f"merged vs base + adapter differ by {check.merge_error:.2g}",
+        "",
+        "## Limitations",
+        "",
+        "- Trained on MedTrinity-25M's machine-generated captions, not radiologists' reports; it can "
+        "name findings that are not there and miss findings that are.",
+        "- Single 2D slices only; no prior studies, no clinical context.",
+        "- Every output must be read by a qualified clinician before any use in care.",
+    ]
+    if recipe:
+        lines += ["", "## Recipe", "", "```yaml", recipe.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def export_merged(
+    base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "bf16", force: bool = False
+) -> ExportCheck:
+    """Merge, check and write the model folder ``out``; see the module docstring."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder or pass --force")
+    adapter_dir = resolve_adapter(adapter)
+    merged, processor, check = merge_checked(base, adapter_dir)
+    log.info(
+        "export check passed: adapter effect %.3g, merge error %.2g", check.adapter_effect, check.merge_error
+    )
+
+    merged = merged.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    # Training turns the KV cache off; generation needs it. Qwen2-VL keeps the flag in its text config.
+    getattr(merged.config, "text_config", merged.config).use_cache = True
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(str(partial), safe_serialization=True)
+    processor.save_pretrained(str(partial))
+    (partial / "README.md").write_text(model_card(str(base), adapter_dir, dtype, check))
+    (partial / "ctscribe_export.json").write_text(
+        json.dumps(
+            {"base": str(base), "adapter": str(adapter_dir), "dtype": dtype, **asdict(check)}, indent=2
+        )
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return check

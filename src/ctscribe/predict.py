@@ -1,0 +1,186 @@
+"""Batch inference: CT images, DICOM series and NIfTI volumes in, one JSONL record per image out.
+
+The output is a log of what was asked and answered, safe to resume and to share:
+
+- one record per image or slice, written (and flushed) as soon as its batch finishes, so a killed
+  run loses at most one batch; rerunning with the same ``--out`` skips inputs that already have a
+  result and retries those that failed;
+- a bad input becomes an error record with its reason, and the run goes on;
+- every record carries :data:`ctscribe.CLINICAL_NOTICE` in a field of its own, never inside the
+  generated text; inputs are named by the path the user gave, never by DICOM header content, so no
+  patient identifier reaches the output or the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.data.images import BadImageError
+from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.generate.engine import Engine, GenerationRequest, user_message
+from ctscribe.generate.inputs import InputItem, iter_inputs
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("input", "slice", "window", "status", "text", "error", "prompt", "model", "seconds", "notice")
+
+
+@dataclass
+class PredictSummary:
+    written: int = 0  # new records with a generated text
+    failed: int = 0  # new error records
+    skipped: int = 0  # inputs that already had a result in the output (resume)
+    errors: dict[str, int] = field(default_factory=dict)  # reason -> count, for the closing line
+
+    @property
+    def succeeded(self) -> int:
+        return self.written + self.skipped
+
+
+def record_key(source: str, slice_index: int | None) -> str:
+    """What identifies one result, for resume: the input as given and the slice within it."""
+    return source if slice_index is None else f"{source}#{slice_index}"
+
+
+def load_done(out: Path) -> set[str]:
+    """Keys of the successful records in ``out``, rewriting it without failures and torn lines.
+
+    A process killed mid-write leaves a partial last line; failed inputs are dropped so that a rerun
+    retries them (the file may have been fixed). The rewrite goes through a temporary file and a
+    rename, so a kill during it loses nothing.
+    """
+    if not out.exists():
+        return set()
+    kept: list[str] = []
+    done: set[str] = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn by a kill: its input runs again
+        if isinstance(record, dict) and record.get("status") == "ok":
+            kept.append(line)
+            done.add(record_key(record["input"], record.get("slice")))
+    temporary = out.with_name(out.name + ".tmp")
+    temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(temporary, out)
+    return done
+
+
+def _record(item: InputItem, model: str, prompt: str, **result) -> dict:
+    record = {
+        "input": item.source,
+        "slice": item.slice_index,
+        "window": item.window,
+        "prompt": prompt,
+        "model": model,
+        **result,
+        "notice": CLINICAL_NOTICE,
+    }
+    if item.record_id is not None:
+        record["id"] = item.record_id
+    if item.reference is not None:
+        record["reference"] = item.reference
+    return record
+
+
+def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
+    batch: list[InputItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict(
+    engine: Engine,
+    inputs: list[str | Path],
+    out: Path,
+    *,
+    lang: str = "en",
+    prompt: str | None = None,
+    window: str = "auto",
+    slices: str = "middle",
+    batch_size: int = 8,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    show_progress: bool = True,
+) -> PredictSummary:
+    """Describe every image in ``inputs``, appending records to the JSONL file ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = load_done(out)
+    summary = PredictSummary()
+
+    def pending() -> Iterator[InputItem]:
+        taken = 0
+        for item in iter_inputs(inputs, window=window, slices=slices):
+            if limit is not None and taken >= limit:
+                return
+            taken += 1
+            if record_key(item.source, item.slice_index) in done:
+                summary.skipped += 1
+                continue
+            yield item
+
+    progress = tqdm(desc="predict", unit="image", disable=not show_progress)
+    with out.open("a", encoding="utf-8") as sink:
+        for batch in _batches(pending(), batch_size):
+            records: list[dict | None] = [None] * len(batch)  # filled in input order
+            runnable: list[tuple[int, str, GenerationRequest]] = []
+            for slot, item in enumerate(batch):
+                text_prompt = prompt or item.prompt or DEFAULT_PROMPTS[lang]
+                try:
+                    if item.error is not None:
+                        raise BadImageError(item.error)
+                    image = engine.prepare(item.image)
+                except BadImageError as exc:
+                    records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
+                    continue
+                request = GenerationRequest([user_message(text_prompt)], [image], max_new_tokens)
+                runnable.append((slot, text_prompt, request))
+            if runnable:
+                start = time.perf_counter()
+                results = engine.generate([request for _, _, request in runnable])
+                seconds = (time.perf_counter() - start) / len(runnable)
+                for (slot, text_prompt, _), result in zip(runnable, results, strict=True):
+                    ok = {"status": "ok", "text": result.text, "seconds": round(seconds, 3)}
+                    records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
+            for record in filter(None, records):
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if record["status"] == "ok":
+                    summary.written += 1
+                else:
+                    summary.failed += 1
+                    summary.errors[record["error"]] = summary.errors.get(record["error"], 0) + 1
+                    log.warning("%s: %s", record_key(record["input"], record["slice"]), record["error"])
+            sink.flush()
+            os.fsync(sink.fileno())
+            progress.update(len(batch))
+    progress.close()
+    return summary
+
+
+def write_csv(jsonl: Path, csv_path: Path) -> int:
+    """The JSONL results as a CSV table (for spreadsheets), written atomically; returns the rows."""
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    temporary = csv_path.with_name(csv_path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    os.replace(temporary, csv_path)
+    return len(rows)

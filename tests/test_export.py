@@ -1,0 +1,70 @@
+"""export: a merged folder that plain transformers loads and that generates what base + adapter did."""
+
+import json
+
+import pytest
+from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+from ctscribe.export import ExportError, export_merged
+from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
+from ctscribe.generate.engine import GenerationRequest, TransformersEngine, user_message
+
+
+@pytest.fixture(scope="module")
+def merged(trained_adapter, trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "merged"
+    check = export_merged(trained_run / "model", trained_adapter, out, dtype="fp32")
+    return out, check
+
+
+@pytest.mark.slow
+def test_the_merged_folder_is_a_plain_transformers_model(merged):
+    out, check = merged
+    assert check.adapter_effect > 1e-4 and check.merge_error < 1e-3
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert (out / "chat_template.jinja").is_file() or (out / "chat_template.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    assert not out.with_name("merged.partial").exists()
+    card = (out / "README.md").read_text()
+    assert "not a diagnosis" in card and "base_model:" in card and "## Recipe" in card
+    model = Qwen2VLForConditionalGeneration.from_pretrained(out)  # no ctscribe code involved
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert model.config.text_config.use_cache is True
+    AutoProcessor.from_pretrained(out)
+    assert json.loads((out / "ctscribe_export.json").read_text())["dtype"] == "fp32"
+
+
+@pytest.mark.slow
+def test_the_merged_model_reproduces_the_adapters_greedy_generations(merged, trained_adapter, trained_run):
+    out, _ = merged
+    with_adapter = TransformersEngine(trained_run / "model", trained_adapter, max_pixels=LEARNING_PIXELS)
+    merged_engine = TransformersEngine(out, max_pixels=LEARNING_PIXELS)
+    images = [data for _, data in clean_ct_rows(30, seed=11)[:8]]
+    requests = [
+        GenerationRequest([user_message("Describe this CT image.")], [with_adapter.prepare(d)], 24)
+        for d in images
+    ]
+    expected = [r.text for r in with_adapter.generate(requests)]
+    assert [r.text for r in merged_engine.generate(requests)] == expected
+    assert all(text.startswith("CT of the") for text in expected)
+
+
+def test_an_untrained_adapter_is_refused(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
+    lora.save_pretrained(tmp_path / "adapter")  # LoRA's B starts at zero: this adapter changes nothing
+    with pytest.raises(ExportError, match="does not change"):
+        export_merged(tiny_model_dir, tmp_path / "adapter", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_non_empty_output_and_a_bad_dtype(tiny_model_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_merged(tiny_model_dir, tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match="bf16, fp16, fp32"):
+        export_merged(tiny_model_dir, tmp_path, tmp_path / "new", dtype="int8")
