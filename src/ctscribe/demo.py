@@ -4,7 +4,7 @@ It builds the fixtures, prepares the phantom set the way MedTrinity-25M is prepa
 clean captions, the one image path, de-duplication, splits), trains the tiny Qwen2-VL on it with
 the tiny-cpu recipe, and shows what it learned on fresh phantom slices it never saw. The phantom's
 CT captions are short ("CT of the chest. ..."), which a 10M-parameter model learns in a few hundred
-CPU steps. Later steps (export, evaluate, predict) join as they land.
+CPU steps. It ends with `ctscribe evaluate` of the trained model against its untrained base on the test split.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from rich.table import Table
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.images import ImageOptions
-from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
-from ctscribe.fixtures.learning import LEARNING_PIXELS, PhantomScore, score_on_phantom
+from ctscribe.data.prepare import StageOptions, run_prepare
+from ctscribe.evaluate.report import comparison_rows
+from ctscribe.evaluate.run import run_evaluation
+from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS, PhantomScore, score_on_phantom
 from ctscribe.fixtures.phantom import TruthRow, build_phantom, read_truth
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
@@ -82,6 +84,17 @@ def _score_table(before: PhantomScore, after: PhantomScore) -> Table:
     return table
 
 
+def _evaluation_table(metrics: dict, report_dir: Path) -> Table:
+    table = Table(
+        title=f"5. ctscribe evaluate on the test split ({metrics['n']} records) -> {report_dir / 'report.md'}"
+    )
+    for column in ("metric (95% interval)", "trained", "untrained"):
+        table.add_column(column)
+    for row in comparison_rows(metrics):
+        table.add_row(*row)
+    return table
+
+
 def run_demo(
     out: Path, rows: int = 400, seed: int = 0, max_steps: int = 300, console: Console | None = None
 ) -> dict:
@@ -96,7 +109,7 @@ def run_demo(
 
     data_dir = out / "data"
     stage = StageOptions(image=ImageOptions(max_pixels=LEARNING_PIXELS))
-    stats = run_prepare(str(phantom_dir), data_dir, stage, FinalizeOptions(), workers=2, show_progress=False)
+    stats = run_prepare(str(phantom_dir), data_dir, stage, LEARNING_SPLITS, workers=2, show_progress=False)
     console.print(_counts_table(f"2. ctscribe prepare -> {data_dir}", _prepare_rows(stats)))
     record = json.loads((data_dir / "train.json").read_text())[0]
     user, answer = (m["content"] for m in record["messages"])
@@ -127,11 +140,24 @@ def run_demo(
         "   Lesion presence is a small local finding: a model this small stays near chance within a "
         "demo's budget (docs/BENCHMARKS.md has its learning curve)."
     )
+
+    report_dir = out / "report"
+    metrics = run_evaluation(
+        lambda: TransformersEngine(trained, max_pixels=LEARNING_PIXELS, name="trained"),
+        data_dir / "test.json",
+        report_dir,
+        make_baseline=lambda: TransformersEngine(model_dir, max_pixels=LEARNING_PIXELS, name="untrained"),
+        run_dir=run_dir,
+        max_new_tokens=32,
+        with_meteor=False,  # a JVM start per run is slow; ctscribe evaluate adds METEOR where Java is
+    )
+    console.print(_evaluation_table(metrics, report_dir))
     console.print(f"[dim]{CLINICAL_NOTICE}[/]", soft_wrap=True)
     return {
         "data": str(data_dir),
         "run": str(run_dir),
         "kept": stats["kept"],
+        "report": str(report_dir),
         "region_accuracy": {"untrained": before.region_accuracy, "trained": after.region_accuracy},
         "lesion_accuracy": {"untrained": before.lesion_accuracy, "trained": after.lesion_accuracy},
     }

@@ -1,0 +1,1 @@
+"""Scoring for `ctscribe evaluate`: text metrics, clinical-findings accuracy and bootstrap intervals."""

@@ -1,0 +1,239 @@
+"""The human side of an evaluation: report.md, PNG plots and gallery.html, all in REPORT_DIR.
+
+Everything here reads ``metrics.json`` and the predictions files; nothing is generated or scored
+again, so the report always shows the numbers the JSON holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.data.images import BadImageError, open_image
+from ctscribe.evaluate.findings import Findings, parse_findings
+from ctscribe.evaluate.scores import FINDINGS_METRICS
+
+# (label, where in a metrics block): the rows of the comparison table and plot.
+ROWS = (
+    ("BLEU-4", ("bleu4",)),
+    ("ROUGE-L", ("rouge_l",)),
+    ("CIDEr", ("cider",)),
+    ("METEOR", ("meteor",)),
+    ("BERTScore F1", ("bertscore",)),
+    *((name.replace("_", " "), ("findings", name)) for name in FINDINGS_METRICS),
+    ("BLEU-4, findings sentence", ("findings_sentence", "bleu4")),
+    ("ROUGE-L, findings sentence", ("findings_sentence", "rouge_l")),
+)
+THUMBNAIL = 160
+
+
+def _get(block: dict | None, path: tuple[str, ...]) -> tuple[float | None, list | None]:
+    """A metric's value and 95% interval from a metrics block, or (None, None)."""
+    node = block or {}
+    for key in path[:-1]:
+        node = node.get(key) or {}
+    return node.get(path[-1]), (node.get("ci95") or {}).get(path[-1])
+
+
+def _fmt(value: float | None, interval: list | None) -> str:
+    if value is None:
+        return "n/a"
+    if interval and None not in interval:
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{value:.3f}"
+
+
+def comparison_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    """(metric, model, baseline) strings for every metric the model has: the report's main table."""
+    rows = []
+    for label, path in ROWS:
+        value, interval = _get(metrics, path)
+        if value is None and _get(metrics.get("baseline"), path)[0] is None:
+            continue
+        rows.append((label, _fmt(value, interval), _fmt(*_get(metrics.get("baseline"), path))))
+    return rows
+
+
+def _systems(metrics: dict) -> list[tuple[str, dict]]:
+    return [("model", metrics)] + ([("baseline", metrics["baseline"])] if metrics.get("baseline") else [])
+
+
+def _bar_chart(
+    labels: list[str], bars: list[tuple[str, list[float], list | None]], ylabel: str, png: Path
+) -> None:
+    """Grouped bars on a 0..1 axis: one group per label, one bar per ``(name, values, errors)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.5))
+    width = 0.8 / max(1, len(bars))
+    for k, (name, values, errors) in enumerate(bars):
+        positions = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(labels))]
+        axes.bar(positions, values, width, yerr=errors, capsize=3, label=name)
+    axes.set_xticks(range(len(labels)), labels, rotation=35 if len(labels) > 4 else 0, ha="right")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(ylabel)
+    axes.legend()
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png, dpi=120)
+    plt.close(figure)
+
+
+def plot_comparison(metrics: dict, png: Path) -> None:
+    """Bars per metric (0..1 scales; CIDEr is 0..10 and left out), model vs baseline, 95% intervals."""
+    rows = [path for _, path in ROWS if path[-1] != "cider" and _get(metrics, path)[0] is not None]
+    bars = []
+    for name, block in _systems(metrics):
+        values, low, high = [], [], []
+        for path in rows:
+            value, interval = _get(block, path)
+            value = value or 0.0
+            lo, hi = interval if interval and None not in interval else (value, value)
+            values.append(value)
+            low.append(max(0.0, value - lo))
+            high.append(max(0.0, hi - value))
+        bars.append((name, values, [low, high]))
+    labels = [label for label, path in ROWS if path in rows]
+    _bar_chart(labels, bars, "score (95% bootstrap interval)", png)
+
+
+def plot_regions(metrics: dict, png: Path) -> None:
+    """Region accuracy per body part of the reference, model vs baseline, with sample counts."""
+    parts = sorted(metrics.get("per_region", {}))
+    bars = [
+        (name, [(block.get("per_region", {}).get(p, {}).get("region_acc") or 0.0) for p in parts], None)
+        for name, block in _systems(metrics)
+    ]
+    labels = [f"{p}\n(n={metrics['per_region'][p]['n']})" for p in parts]
+    _bar_chart(labels, bars, "region accuracy", png)
+
+
+def _thumbnail(path: str) -> str:
+    """A small inline PNG of an input image, or "" when it cannot be read."""
+    try:
+        image = open_image(path).convert("RGB")
+    except BadImageError:
+        return ""
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="">'
+
+
+def _differences(prediction: Findings, reference: Findings) -> list[str]:
+    """Findings on which a prediction and its reference disagree, in words."""
+    notes = []
+    if prediction.body_part != reference.body_part:
+        notes.append(f"region: {prediction.body_part or 'none'} vs {reference.body_part or 'none'}")
+    if extra := sorted(prediction.abnormalities - reference.abnormalities):
+        notes.append("not in reference: " + ", ".join(extra))
+    if missing := sorted(reference.abnormalities - prediction.abnormalities):
+        notes.append("missed: " + ", ".join(missing))
+    if reference.laterality and prediction.laterality != reference.laterality:
+        said, expected = ("/".join(sorted(f.laterality)) or "none" for f in (prediction, reference))
+        notes.append(f"side: {said} vs {expected}")
+    return notes
+
+
+def _cell(text: str | None, notes: list[str]) -> str:
+    if text is None:
+        return "<td>-</td>"
+    flagged = "".join(f'<div class="diff">{html.escape(n)}</div>' for n in notes)
+    return f"<td>{html.escape(text)}{flagged}</td>"
+
+
+def write_gallery(records: list[dict], baseline: dict[str, dict], html_path: Path, examples: int) -> None:
+    """gallery.html: thumbnail, reference, baseline and model output; disagreeing findings flagged."""
+    rows = []
+    for record in [r for r in records if r.get("status") == "ok" and r.get("reference")][:examples]:
+        reference = parse_findings(record["reference"])
+        name = record.get("id") or record["input"]
+        cells = [
+            f"<td>{_thumbnail(record['input'])}<div class='src'>{html.escape(name)}</div></td>",
+            f"<td>{html.escape(record['reference'])}</td>",
+        ]
+        if baseline:
+            other = baseline.get(name, {})
+            text = other.get("text") if other.get("status") == "ok" else None
+            cells.append(_cell(text, _differences(parse_findings(text), reference) if text else []))
+        cells.append(_cell(record["text"], _differences(parse_findings(record["text"]), reference)))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    head = "<th>image</th><th>reference</th>" + ("<th>baseline</th>" if baseline else "") + "<th>model</th>"
+    html_path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>ctscribe evaluation gallery</title><style>"
+        "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:28em}"
+        ".diff{background:#fde2e1;color:#8a1f11;margin-top:4px;padding:2px 4px;font-size:90%}"
+        ".src{font-size:75%;color:#666;word-break:break-all}.notice{background:#fff4ce;padding:8px}"
+        "</style></head><body><h1>Evaluation gallery</h1>"
+        f"<p class='notice'>{html.escape(CLINICAL_NOTICE)}</p>"
+        "<p>Red notes mark findings on which an output disagrees with the reference "
+        "(body region, abnormality types, side), as the findings parser reads them.</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>",
+        encoding="utf-8",
+    )
+
+
+def write_report(out: Path, metrics: dict, plots: list[str]) -> None:
+    """report.md: the comparison table, per-region breakdown, plots, and how to read them."""
+    has_baseline = bool(metrics.get("baseline"))
+    lines = [
+        "# Evaluation report",
+        "",
+        f"> {CLINICAL_NOTICE}",
+        "",
+        f"Model `{metrics.get('model')}` on `{metrics.get('data')}`: {metrics.get('n', 0)} test samples "
+        f"scored, {metrics.get('failed', 0)} failed."
+        + (f" Baseline `{metrics['baseline'].get('model')}`." if has_baseline else ""),
+        "",
+        "Values with 95% bootstrap intervals; docs/EVALUATION.md explains each number and its limits.",
+        "",
+        "| metric | model | baseline |" if has_baseline else "| metric | model |",
+        "|---|---|---|" if has_baseline else "|---|---|",
+    ]
+    for label, model, base in comparison_rows(metrics):
+        lines.append(f"| {label} | {model} | {base} |" if has_baseline else f"| {label} | {model} |")
+    if metrics.get("per_region"):
+        lines += [
+            "",
+            "## By body region of the reference",
+            "",
+            "| region | n | region acc | abnormality F1 |",
+        ]
+        lines.append("|---|---|---|---|")
+        for part, row in metrics["per_region"].items():
+            scores = " | ".join(_fmt(row[key], None) for key in ("region_acc", "abnormality_f1"))
+            lines.append(f"| {part} | {row['n']} | {scores} |")
+    lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    lines += ["", "Examples side by side: [gallery.html](gallery.html).", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def build_report(
+    out: Path, metrics: dict, records: list[dict], baseline: list[dict], run_dir: Path | None, examples: int
+) -> None:
+    """Write metrics.json, the plots, report.md and gallery.html into ``out``."""
+    partial = out / "metrics.json.tmp"  # a reader never sees half a metrics.json
+    partial.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(partial, out / "metrics.json")
+    plots = ["metrics.png"]
+    plot_comparison(metrics, out / "metrics.png")
+    if metrics.get("per_region"):
+        plot_regions(metrics, out / "regions.png")
+        plots.append("regions.png")
+    if run_dir is not None and (run_dir / "train_log.jsonl").is_file():
+        from ctscribe.train.native import plot_loss
+
+        plot_loss(run_dir / "train_log.jsonl", out / "loss.png")
+        plots.append("loss.png")
+    by_key = {r.get("id") or r["input"]: r for r in baseline}
+    write_gallery(records, by_key, out / "gallery.html", examples)
+    write_report(out, metrics, plots)

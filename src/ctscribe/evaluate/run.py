@@ -1,0 +1,69 @@
+"""``ctscribe evaluate``: generate for a test split with the shared engine, score, and report.
+
+    test.json --predict--> REPORT_DIR/predictions.jsonl (and baseline_predictions.jsonl)
+              --score----> metrics.json --report--> report.md, *.png, gallery.html
+
+Generation is ``ctscribe predict`` itself, so it batches, resumes (a killed evaluation continues
+where it stopped) and records failures the same way. Engines are built one at a time through the
+factories given, so the model and the baseline never hold GPU memory together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ctscribe.evaluate.report import build_report
+from ctscribe.evaluate.scores import read_predictions, score_records
+from ctscribe.generate.engine import Engine
+from ctscribe.predict import predict
+
+log = logging.getLogger(__name__)
+
+
+def _generate(make_engine: Callable[[], Engine], data: Path, path: Path, **options) -> str:
+    engine = make_engine()
+    summary = predict(engine, [data], path, **options)
+    log.info(
+        "%s: %d generated, %d already done, %d failed",
+        path.name,
+        summary.written,
+        summary.skipped,
+        summary.failed,
+    )
+    name = engine.name
+    del engine  # free its memory before the next model loads
+    return name
+
+
+def run_evaluation(
+    make_engine: Callable[[], Engine],
+    data: Path,
+    out: Path,
+    *,
+    make_baseline: Callable[[], Engine] | None = None,
+    run_dir: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    examples: int = 24,
+    with_meteor: bool = True,
+    bertscore_model: Path | None = None,
+) -> dict:
+    """Evaluate on the split JSON ``data``; writes REPORT_DIR ``out`` and returns metrics.json's content."""
+    if not data.is_file():
+        raise FileNotFoundError(f"no test split at {data}; give the test.json that ctscribe prepare wrote")
+    out.mkdir(parents=True, exist_ok=True)
+    scoring = {"with_meteor": with_meteor, "bertscore_model": bertscore_model}
+    options = {"limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    model_name = _generate(make_engine, data, out / "predictions.jsonl", **options)
+    records = read_predictions(out / "predictions.jsonl")
+    metrics = {"model": model_name, "data": str(data), **score_records(records, **scoring)}
+    baseline: list[dict] = []
+    if make_baseline is not None:
+        baseline_name = _generate(make_baseline, data, out / "baseline_predictions.jsonl", **options)
+        baseline = read_predictions(out / "baseline_predictions.jsonl")
+        metrics["baseline"] = {"model": baseline_name, **score_records(baseline, **scoring)}
+    build_report(out, metrics, records, baseline, run_dir, examples)
+    return metrics

@@ -1,0 +1,119 @@
+"""Every number of an evaluation, from predictions files: text metrics, findings, intervals, breakdowns.
+
+Scoring reads the JSONL that generation wrote (``ctscribe.predict``) and nothing else, so a report can
+be recomputed, or a metric added, without generating again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ctscribe.evaluate.findings import findings_intervals, findings_sentence, parse_findings, score_findings
+from ctscribe.evaluate.text_metrics import text_metrics
+
+FINDINGS_METRICS = (
+    "region_acc",
+    "abnormality_f1",
+    "laterality_acc",
+    "hallucination_rate",
+    "omission_rate",
+    "abnormal_acc",
+    "region_overlap",
+)
+MIN_REGION_SAMPLES = 3  # a body part with fewer test samples gets no row in the breakdown
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The records of a predictions JSONL (torn last lines skipped: generation resumes over them)."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a metric with nothing to count is null."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def _text_block(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    with_meteor: bool,
+    seed: int,
+    bertscore_model: Path | None = None,
+) -> dict:
+    block: dict = {"n": len(predictions), "ci95": {}}
+    if not predictions:
+        return block
+    results = text_metrics(predictions, references, with_meteor=with_meteor)
+    if bertscore_model is not None:
+        from ctscribe.evaluate.bertscore import bertscore, default_layer
+
+        results["bertscore"] = bertscore(predictions, references, bertscore_model)
+        block["bertscore_layer"] = default_layer(bertscore_model)
+    for name, result in results.items():
+        block[name] = _number(result.score)
+        block["ci95"][name] = [_number(v) for v in result.ci(seed=seed)]
+    return block
+
+
+def score_records(
+    records: Sequence[dict], *, with_meteor: bool = False, seed: int = 0, bertscore_model: Path | None = None
+) -> dict:
+    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions."""
+    scored = [r for r in records if r.get("status") == "ok" and r.get("reference")]
+    failed = sum(1 for r in records if r.get("status") != "ok")
+    predictions = [r["text"] for r in scored]
+    references = [r["reference"] for r in scored]
+    metrics = {"failed": failed, **_text_block(predictions, references, with_meteor, seed, bertscore_model)}
+    if not scored:
+        return metrics
+
+    predicted = [parse_findings(text) for text in predictions]
+    expected = [parse_findings(text) for text in references]
+    findings = score_findings(predicted, expected)
+    intervals = findings_intervals(findings, seed=seed)
+    metrics["findings"] = {
+        "n": findings["n"],
+        **{name: _number(findings[name]) for name in FINDINGS_METRICS},
+        "ci95": {
+            name: [_number(v) for v in intervals[name]] for name in FINDINGS_METRICS if name in intervals
+        },
+    }
+
+    # The same text metrics on the findings sentence alone: the templated anatomy overview that
+    # inflates n-gram scores is left out. Samples whose reference has no findings sentence are skipped.
+    pairs = [
+        (findings_sentence(p), findings_sentence(r)) for p, r in zip(predictions, references, strict=True)
+    ]
+    pairs = [(p, r) for p, r in pairs if r]
+    metrics["findings_sentence"] = _text_block([p for p, _ in pairs], [r for _, r in pairs], False, seed)
+
+    regions: dict[str, list[int]] = {}
+    for index, reference in enumerate(expected):
+        if reference.body_part is not None:
+            regions.setdefault(reference.body_part, []).append(index)
+    per_sample = findings["per_sample"]
+    metrics["per_region"] = {
+        part: {
+            "n": len(indices),
+            "region_acc": _number(float(np.nanmean(per_sample["region"][indices]))),
+            "abnormality_f1": _number(
+                score_findings([predicted[i] for i in indices], [expected[i] for i in indices])[
+                    "abnormality_f1"
+                ]
+            ),
+        }
+        for part, indices in sorted(regions.items())
+        if len(indices) >= MIN_REGION_SAMPLES
+    }
+    return metrics

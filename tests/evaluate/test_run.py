@@ -1,0 +1,94 @@
+"""ctscribe evaluate end to end, and the scoring and report steps on hand-made predictions."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ctscribe.evaluate.report import build_report, comparison_rows
+from ctscribe.evaluate.scores import read_predictions, score_records
+from ctscribe.fixtures.learning import LEARNING_PIXELS
+
+REFERENCE = "The image is a CT scan of the chest. A nodule is located in the left lung."
+
+
+def _record(text: str, reference: str = REFERENCE, **extra) -> dict:
+    return {"input": "x.png", "slice": None, "status": "ok", "text": text, "reference": reference, **extra}
+
+
+def test_scores_count_failures_and_leave_them_out_of_the_metrics():
+    records = [
+        _record(REFERENCE),
+        _record("The image is a CT scan of the chest. A nodule is located in the right lung."),
+        {"input": "bad.png", "slice": None, "status": "error", "error": "cannot decode image"},
+    ]
+    metrics = score_records(records, seed=1)
+    assert metrics["n"] == 2 and metrics["failed"] == 1
+    assert metrics["findings"]["region_acc"] == 1.0
+    assert metrics["findings"]["abnormality_f1"] == 1.0
+    assert metrics["findings"]["laterality_acc"] == 0.5
+    low, high = metrics["findings"]["ci95"]["laterality_acc"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+    assert 0 < metrics["bleu4"] < 1 and metrics["ci95"]["bleu4"][0] <= metrics["bleu4"]
+    assert metrics["findings_sentence"]["n"] == 2
+    assert metrics["findings_sentence"]["rouge_l"] < metrics["rouge_l"]  # the shared template is gone
+    json.dumps(metrics, allow_nan=False)  # no NaN reaches metrics.json
+
+
+def test_per_region_breakdown_needs_enough_samples():
+    head = "The image is a CT scan of the head. There is haemorrhage in the left hemisphere."
+    records = [_record(head, head)] * 3 + [_record(REFERENCE)]
+    assert set(score_records(records)["per_region"]) == {"head"}
+
+
+def test_the_report_shows_the_numbers_of_metrics_json(tmp_path):
+    records = [_record(REFERENCE, id="a"), _record("CT of the head. No abnormality.", id="b")]
+    baseline = [_record("Nothing useful.", id="a"), _record("Nothing.", id="b")]
+    metrics = {"model": "m", "data": "test.json", **score_records(records)}
+    metrics["baseline"] = {"model": "base", **score_records(baseline)}
+    build_report(tmp_path, metrics, records, baseline, None, examples=5)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    report = (tmp_path / "report.md").read_text()
+    for label, model, base in comparison_rows(metrics):
+        assert f"| {label} | {model} | {base} |" in report
+    assert "not a diagnosis" in report
+    gallery = (tmp_path / "gallery.html").read_text()
+    assert gallery.count("<tr>") == 3 and "Nothing useful." in gallery and "not a diagnosis" in gallery
+    assert "missed: nodule" in gallery  # the baseline's missing finding is flagged
+    assert (tmp_path / "metrics.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
+    trained_run, tiny_model_dir, learning_data, tmp_path
+):
+    out = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "ctscribe", "evaluate",
+        "--model", str(trained_run / "model"), "--baseline", str(tiny_model_dir),
+        "--data", str(learning_data / "test.json"), "--out", str(out), "--run-dir", str(trained_run),
+        "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", "24", "--batch-size", "16",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    trained, untrained = metrics["findings"]["region_acc"], metrics["baseline"]["findings"]["region_acc"]
+    assert metrics["n"] >= 20 and metrics["baseline"]["n"] == metrics["n"]
+    assert trained >= 0.9 and untrained <= 0.3, (trained, untrained)
+    assert (
+        metrics["findings"]["ci95"]["region_acc"][0]
+        > metrics["baseline"]["findings"]["ci95"]["region_acc"][1]
+    )
+    report = (out / "report.md").read_text()
+    assert f"{trained:.3f}" in report and f"{untrained:.3f}" in report
+    for name in ("metrics.png", "regions.png", "loss.png", "gallery.html"):
+        assert (out / name).is_file(), name
+
+    # a killed evaluation continues: drop the last records and run again
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:30])
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len(read_predictions(out / "predictions.jsonl")) == len(lines)
+    assert json.loads((out / "metrics.json").read_text())["findings"] == metrics["findings"]
