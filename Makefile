@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test lint format lock clean
+.PHONY: install demo test lint format lock clean chromium
 
 install: $(STAMP)
 
@@ -28,8 +28,18 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
+
+# Debian's chromium for the browser test of the web page (tests/serve/test_web.py drives it with
+# Playwright; Playwright's own browser download is never used). Without apt-get the test is skipped
+# (and fails under CI=true).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "chromium: no apt-get here; the browser test will be skipped"; exit 0; fi; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
 # Re-resolve the newest versions the ranges in pyproject.toml allow and pin them.
 lock:

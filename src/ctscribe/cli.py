@@ -296,6 +296,268 @@ def train(
     typer.echo(f"wrote {final}")
 
 
+class ExportDtype(StrEnum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+@app.command()
+def export(
+    base: Annotated[str, typer.Option(help="The base model the adapter was trained on: Hub id or folder.")],
+    adapter: Annotated[Path, typer.Option(help="The adapter folder, or the run folder that holds adapter/.")],
+    out: Annotated[Path, typer.Option(help="New folder for the merged model.")],
+    dtype: Annotated[ExportDtype, typer.Option(help="Weight type of the merged model.")] = ExportDtype.bf16,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Merge a LoRA adapter into its base: a standalone model for transformers, vLLM and LLaMA-Factory.
+
+    Checks its own work first: the adapter must change the base model's output on a probe image, and
+    the merged model must match base + adapter; otherwise nothing is written.
+
+    Example: ctscribe export --base Qwen/Qwen2-VL-2B-Instruct --adapter runs/lora --out models/ct-2b
+    """
+    from ctscribe.export import export_merged
+
+    check = export_merged(base, adapter, out, dtype=dtype.value, force=force)
+    typer.echo(
+        f"wrote {out} (adapter effect {check.adapter_effect:.3g}, merge error {check.merge_error:.2g})"
+    )
+
+
+class DescriptionLang(StrEnum):
+    en = "en"
+    zh = "zh"
+
+
+class Backend(StrEnum):
+    transformers = "transformers"
+    vllm = "vllm"
+    openai = "openai"
+
+
+BackendOption = Annotated[
+    Backend,
+    typer.Option(
+        help="Generation backend: transformers, vllm (CUDA GPU, pip install vllm), or openai: any "
+        "OpenAI-compatible server at --base-url (ctscribe serve, vllm serve), key from CTSCRIBE_API_KEY."
+    ),
+]
+BaseUrlOption = Annotated[
+    str | None, typer.Option(help="With --backend openai: the server's API root, e.g. http://host:8000/v1.")
+]
+
+
+@app.command()
+def predict(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Images (PNG/JPG), folders (recursive), DICOM files or series folders, NIfTI volumes, "
+            "or a prepared split JSON.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    out: Annotated[Path, typer.Option(help="JSONL output; rerunning skips inputs already answered.")],
+    adapter: Annotated[
+        Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also write the results as a CSV table.")] = None,
+    lang: Annotated[DescriptionLang, typer.Option(help="Language of the description.")] = DescriptionLang.en,
+    prompt: Annotated[str | None, typer.Option(help="Ask this instead of the default question.")] = None,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="CT window for DICOM/NIfTI: auto, a preset (lung, mediastinum, bone, brain, soft-tissue, "
+            "liver, ...) or WIDTH/LEVEL in HU such as 400/50."
+        ),
+    ] = "auto",
+    slices: Annotated[
+        str, typer.Option(help="Volumes and series: middle, all, or every:K (every K-th slice).")
+    ] = "middle",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Describe at most this many images.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    max_pixels: Annotated[
+        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
+    ] = 512 * 512,
+    backend: BackendOption = Backend.transformers,
+    base_url: BaseUrlOption = None,
+    strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
+) -> None:
+    """Describe CT images in batches: one JSONL record per image or slice, with the window used.
+
+    Every record carries the notice that the text assists and does not replace a clinician's reading.
+    No patient identifiers from DICOM headers are written or logged. Exit status 0 when at least one
+    input succeeded (error records name the failures), 1 when none did, or when any did with --strict.
+
+    Example: ctscribe predict scans/ --model models/ct-2b --out preds.jsonl --window lung --slices all
+    """
+    from ctscribe.predict import predict as run_predict
+    from ctscribe.predict import write_csv
+
+    engine = _engine(backend, model, adapter, max_pixels, base_url)
+    summary = run_predict(
+        engine,
+        list(inputs),
+        out,
+        lang=lang.value,
+        prompt=prompt,
+        window=window,
+        slices=slices,
+        batch_size=batch_size,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+    )
+    if csv is not None:
+        write_csv(out, csv)
+    typer.echo(
+        f"wrote {summary.written} description(s) to {out}; {summary.failed} failed, "
+        f"{summary.skipped} already done"
+    )
+    for reason, count in sorted(summary.errors.items(), key=lambda item: -item[1])[:10]:
+        typer.echo(f"  {count} x {reason}", err=True)
+    if summary.succeeded == 0 or (strict and summary.failed):
+        raise typer.Exit(1)
+
+
+def _engine(backend: Backend, model: str, adapter: Path | None, max_pixels: int, base_url: str | None = None):
+    """The generation engine the commands share, on the chosen backend."""
+    if backend is Backend.openai:
+        if base_url is None:
+            raise typer.BadParameter("--backend openai needs --base-url", param_hint="--base-url")
+        if adapter is not None:
+            raise typer.BadParameter("the server applies adapters; drop --adapter", param_hint="--adapter")
+        from ctscribe.generate.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(base_url, model, max_pixels=max_pixels)
+    if backend is Backend.vllm:
+        from ctscribe.generate.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, adapter, max_pixels=max_pixels)
+    from ctscribe.generate.engine import TransformersEngine
+
+    return TransformersEngine(model, adapter, max_pixels=max_pixels)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str, typer.Option(help="Model to evaluate: Hub id or folder (a merged export, or the base).")
+    ],
+    data: Annotated[Path, typer.Option(help="The test split: DIR/test.json from ctscribe prepare.")],
+    out: Annotated[Path, typer.Option(help="Report folder; rerunning continues an interrupted evaluation.")],
+    adapter: Annotated[
+        Path | None, typer.Option(help="LoRA adapter (or its run folder) for --model.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Also evaluate this model (e.g. the untrained base) for comparison.")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Training run folder: adds its loss curve to the report.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N test records only.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    max_pixels: Annotated[
+        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
+    ] = 512 * 512,
+    examples: Annotated[int, typer.Option(min=0, help="Examples in gallery.html.")] = 24,
+    bertscore_model: Annotated[
+        Path | None,
+        typer.Option(help="Local folder of a BERT-family model: adds BERTScore F1 (never downloads)."),
+    ] = None,
+    backend: BackendOption = Backend.transformers,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Score a model on a test split: text metrics, clinical findings, base vs fine-tuned, plots.
+
+    Writes predictions.jsonl, metrics.json (each number with a 95% bootstrap interval), report.md,
+    metrics.png, regions.png, loss.png (with --run-dir) and gallery.html. See docs/EVALUATION.md.
+
+    Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
+    --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora
+    """
+    from ctscribe.evaluate.report import comparison_rows
+    from ctscribe.evaluate.run import run_evaluation
+
+    if baseline and backend is Backend.openai:  # one --base-url serves one model
+        raise typer.BadParameter(
+            "with --backend openai, evaluate the baseline's server in a run of its own",
+            param_hint="--baseline",
+        )
+
+    metrics = run_evaluation(
+        lambda: _engine(backend, model, adapter, max_pixels, base_url),
+        data,
+        out,
+        make_baseline=(lambda: _engine(backend, baseline, None, max_pixels)) if baseline else None,
+        run_dir=run_dir,
+        limit=limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        examples=examples,
+        bertscore_model=bertscore_model,
+    )
+    for label, value, base in comparison_rows(metrics):
+        typer.echo(f"{label:<28} {value:<26} {base if baseline else ''}")
+    typer.echo(f"wrote {out / 'report.md'}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    adapter: Annotated[
+        Path | None, typer.Option(help="LoRA adapter (or its run folder) for --model.")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; the default answers this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CTSCRIBE_API_KEY", help="Require this bearer key on the API and ask for it on the page."
+        ),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most requests generated together.")] = 8,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Most requests waiting or running; more get 503 and a retry hint.")
+    ] = 64,
+    max_image_mb: Annotated[float, typer.Option(min=0.01, help="Largest image upload, in MB.")] = 20,
+    max_pixels: Annotated[
+        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
+    ] = 512 * 512,
+    web: Annotated[bool, typer.Option(help="Serve the web page at / too.")] = True,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model name in /v1/models and responses (default: --model as given).")
+    ] = None,
+) -> None:
+    """Serve the model: an OpenAI-compatible API (/v1/chat/completions) and a web page for clinicians.
+
+    Concurrent requests are batched by one engine. The notice that output assists and does not
+    replace a clinician's reading travels in the X-Clinical-Notice header and a clinical_notice field.
+
+    Example: ctscribe serve --model models/ct-2b --api-key "$KEY" --host 0.0.0.0
+    """
+    from ctscribe.serve.app import serve as run_server
+
+    engine = _engine(Backend.transformers, model, adapter, max_pixels)
+    if served_model_name:
+        engine.name = served_model_name
+    run_server(
+        engine,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_image_mb=max_image_mb,
+        web=web,
+    )
+
+
 @app.command()
 def demo(
     out: Annotated[
@@ -305,7 +567,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed for the fixtures.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="Training steps (300 learns the body region).")] = 300,
 ) -> None:
-    """Run ctscribe offline on its built-in fixtures: prepare, train, and what the model learned.
+    """Run ctscribe offline on its built-in fixtures: prepare, train, what the model learned, evaluate.
 
     No downloads; a few minutes on 2 CPU cores.
     """

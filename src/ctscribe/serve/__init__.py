@@ -1,0 +1,1 @@
+"""serve: the OpenAI-compatible API and the clinicians' web page, in front of one batching engine."""

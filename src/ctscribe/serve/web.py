@@ -1,0 +1,373 @@
+"""The clinicians' web page: upload a CT image, get a description, ask follow-ups, download a report.
+
+The page is only a *client* of an OpenAI-compatible API (``/v1/chat/completions`` with ``stream``,
+and ``/v1/models`` to find the model when run on its own), so the same page works in front of
+``ctscribe serve`` (which mounts it at ``/``) and in front of ``vllm serve`` on an exported model::
+
+    python -m ctscribe.serve.web --base-url http://gpu-host:8000/v1 --port 7860
+
+What stays on the page server: reading uploads. DICOM and NIfTI go through the same reader and CT
+windowing as ``ctscribe predict`` (:func:`ctscribe.generate.inputs.iter_inputs`: the middle slice of a
+multi-frame file or series, ``auto`` or a chosen window), and every image through the one image path
+(:func:`ctscribe.data.images.prepare_image`), so the API receives the pixels the model was trained on,
+as a lossless PNG data URL. Nothing of a DICOM header is shown, logged or written to the report: only
+the file name and the window. Conversations are not logged either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
+from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.data.windows import AUTO, CUSTOM, PRESETS, parse_window
+from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
+from ctscribe.generate.inputs import iter_inputs
+from ctscribe.generate.openai_engine import image_data_url
+
+log = logging.getLogger(__name__)
+
+WINDOW_CHOICES = [AUTO, *PRESETS, CUSTOM]
+LANGUAGES = [("English", "en"), ("中文", "zh")]
+MAX_TOKENS = 1024  # the page's limit; ctscribe serve allows 2048
+KEEP_REPORTS_S = 3600
+TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
+NO_WINDOW = "none (an image file is shown as uploaded)"
+UNSUPPORTED = "unsupported file: upload a PNG or JPG image, DICOM file(s) of one series, or a NIfTI volume"
+HELP = (
+    "Upload a CT image (PNG or JPG), a DICOM file, all DICOM files of one series, or a NIfTI volume; "
+    "the middle slice of a volume is used. Then **Describe**, and ask follow-up questions about the "
+    "same image. DICOM headers are read only for the image and the window: no patient data is shown."
+)
+
+
+class UploadError(ValueError):
+    """An upload the page cannot use; ``str()`` is shown on the page as it is."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The image the conversation is about: what is shown, what is sent, and how it was made."""
+
+    image: Image.Image  # windowed 8-bit RGB, shown on the page
+    data_url: str  # the prepared image as a PNG data URL, sent in the first user turn
+    name: str  # the file name only, never a folder or header content
+    window: str | None  # window label for DICOM/NIfTI, None for image files
+    note: str = ""  # e.g. that only the first of several series is used
+
+    @property
+    def info(self) -> str:
+        """One Markdown line for the page and the report."""
+        text = f"**Image:** {self.name} · **Window:** {self.window or NO_WINDOW}"
+        return f"{text} · {self.note}" if self.note else text
+
+
+def window_spec(choice: str, custom: str = "") -> str:
+    """The ``--window`` string for the selector: ``custom`` takes the W/L box, checked here so a typo
+    is reported next to the box rather than as a failed read."""
+    spec = (custom or "").strip() if choice == CUSTOM else (choice or AUTO)
+    if not spec:
+        raise UploadError("custom window: type WIDTH/LEVEL in HU, such as 400/50 or 1500/-600")
+    try:
+        parse_window(spec)
+    except ValueError as error:
+        raise UploadError(str(error)) from None
+    return spec
+
+
+def load_upload(
+    paths: Sequence[str | os.PathLike],
+    window: str = AUTO,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Upload:
+    """Read uploaded files into the image to describe, as ``ctscribe predict`` would read them.
+
+    Several files are linked into one folder so the reader groups DICOM slices into series and
+    picks the middle slice by position, whatever order the browser sent them in.
+    """
+    paths = [Path(path) for path in paths if path]
+    if not paths:
+        raise UploadError("no file uploaded")
+    if any(path.suffix.lower() == ".json" for path in paths):
+        raise UploadError(UNSUPPORTED)
+    if len(paths) == 1:
+        items = list(iter_inputs(paths, window=window))
+    else:
+        with tempfile.TemporaryDirectory(prefix="ctscribe-upload-") as folder:
+            for number, path in enumerate(paths):
+                link = Path(folder) / path.name
+                if link.exists():  # the same name from two folders
+                    link = Path(folder) / f"{number}-{path.name}"
+                link.symlink_to(path.resolve())
+            items = list(iter_inputs([folder], window=window))
+    good = [item for item in items if item.image is not None]
+    if not good:
+        error = items[0].error if items else "nothing readable"
+        raise UploadError(UNSUPPORTED if (error or "").startswith("unsupported file") else error)
+    item = good[0]
+    try:
+        prepared = prepare_image(item.image, ImageOptions(max_pixels=max_pixels)).image
+    except BadImageError as error:
+        raise UploadError(f"unusable image: {error}") from None
+    name = Path(item.source).name
+    note = f"first of {len(good)} images or series uploaded" if len(good) > 1 else ""
+    if item.slice_index:  # 0 is a single slice; a higher index is the middle of a volume or series
+        note = ", ".join(filter(None, [f"middle slice (#{item.slice_index + 1})", note]))
+    return Upload(item.image, image_data_url(prepared), name, item.window, note)
+
+
+def api_messages(history: Sequence[dict], data_url: str) -> list[dict]:
+    """The conversation as OpenAI chat messages, the image in the first user turn (before its text,
+    as Qwen2-VL was trained), so every follow-up is answered with the image in view."""
+    messages = []
+    for number, turn in enumerate(history):
+        content: str | list[dict] = turn["content"]
+        if number == 0:
+            content = [
+                {"type": "image_url", "image_url": {"url": data_url}},
+                {"type": "text", "text": turn["content"]},
+            ]
+        messages.append({"role": turn["role"], "content": content})
+    return messages
+
+
+def stream_reply(
+    client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0
+) -> Iterator[str]:
+    """The assistant's reply as it grows, from a streamed chat completion.
+
+    Temperature 0 (greedy) by default: the same image and question give the same description, as
+    in evaluation; the page offers more only as an option.
+    """
+    text = ""
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True, max_tokens=max_tokens, temperature=temperature
+    )
+    for chunk in stream:
+        if not chunk.choices:  # a usage-only chunk (vLLM)
+            continue
+        choice = chunk.choices[0]
+        if choice.delta is not None and choice.delta.content:
+            text += choice.delta.content
+            yield text
+        if choice.finish_reason == "error":  # ctscribe serve: generation failed after the stream began
+            raise RuntimeError("generation failed on the model server; its log has the details")
+    if not text.strip():
+        raise RuntimeError("the model returned an empty reply")
+
+
+def error_message(error: Exception, base_url: str) -> str:
+    """A short sentence for the page: the server's own message for 4xx/5xx, never a traceback."""
+    import openai
+
+    if isinstance(error, UploadError | RuntimeError):
+        return str(error)
+    if isinstance(error, openai.APITimeoutError):
+        return f"the model server at {base_url} did not answer in time; try again"
+    if isinstance(error, openai.APIConnectionError):
+        return f"cannot reach the model server at {base_url}; is it running?"
+    if isinstance(error, openai.APIStatusError):
+        body = error.body
+        detail = body.get("message") if isinstance(body, dict) else None
+        detail = detail if isinstance(detail, str) and detail else error.response.reason_phrase
+        if error.status_code == 401:
+            return f"the model server refused the API key (HTTP 401): {detail}"
+        if error.status_code == 503:
+            return f"the model server is busy (HTTP 503): {detail}; try again in a few seconds"
+        return f"the model server refused the request (HTTP {error.status_code}): {detail}"
+    return "unexpected error on the page server; its log has the details"
+
+
+def report_markdown(upload: Upload, history: Sequence[dict], model: str, when: datetime) -> str:
+    """The downloadable report: the image (file name and window only), the conversation, the model,
+    the date, and the clinical notice at the top and the bottom so no excerpt loses it."""
+    lines = [
+        "# ctscribe report",
+        "",
+        f"> **Clinical notice.** {CLINICAL_NOTICE}",
+        "",
+        f"- Date: {when.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- Model: {model}",
+        f"- Image: {upload.name}",
+        f"- Window: {upload.window or NO_WINDOW}",
+    ]
+    if upload.note:
+        lines.append(f"- Note: {upload.note}")
+    lines += ["", "## Conversation", ""]
+    for turn in history:
+        who = "Question" if turn["role"] == "user" else "ctscribe"
+        lines += [f"**{who}:**", "", turn["content"].strip(), ""]
+    lines += ["---", "", CLINICAL_NOTICE, ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, upload: Upload, history: Sequence[dict], model: str) -> Path:
+    """Write the report to a fresh folder (so concurrent users never share a file) for download.
+
+    Gradio serves a copy from its own cache (cleaned by ``delete_cache``); our copies older than
+    :data:`KEEP_REPORTS_S` are removed here, so reports do not pile up on the page server.
+    """
+    cutoff = time.time() - KEEP_REPORTS_S
+    for old in folder.iterdir():
+        if old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+    when = datetime.now().astimezone()
+    target = Path(tempfile.mkdtemp(dir=folder)) / f"ctscribe-report-{when:%Y%m%d-%H%M%S}.md"
+    target.write_text(report_markdown(upload, history, model, when), encoding="utf-8")
+    return target
+
+
+def build_page(
+    api_base_url: str,
+    api_key: str | None = None,
+    model: str = "",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+):
+    """The Gradio page, a client of the API at ``api_base_url`` (sending ``api_key`` as the bearer
+    key when set). ``max_pixels`` should be the budget the model was trained with."""
+    import gradio as gr
+    from openai import OpenAI
+
+    # The openai client insists on a key; servers without one ignore it.
+    client = OpenAI(base_url=api_base_url, api_key=api_key or "none", timeout=TIMEOUT_S, max_retries=2)
+    reports = Path(tempfile.mkdtemp(prefix="ctscribe-reports-"))
+
+    def show(paths, window, custom):
+        """Show the image of ``paths`` in the chosen window and start a fresh conversation about it."""
+        cleared = ([], [], gr.DownloadButton(value=None, interactive=False))
+        if not paths:
+            return None, None, "", "", *cleared
+        try:
+            upload = load_upload(paths, window_spec(window, custom), max_pixels)
+        except UploadError as error:
+            return None, None, "", f"**Error:** {error}", *cleared
+        return upload, upload.image, upload.info, "", *cleared
+
+    def on_files(files, shown, window, custom):
+        """An upload adds to the file list: describe only what was just added (a new image, or all
+        files of a new series), and keep the list to those; removing a file keeps the rest."""
+        files = [files] if isinstance(files, str) else list(files or [])
+        added = [path for path in files if path not in shown]
+        paths = added or files
+        return paths, paths, *show(paths, window, custom)
+
+    def converse(upload, history, question, temperature=0.0, tokens=max_tokens):
+        """Stream the reply to ``question`` into the chat; on failure keep the earlier conversation."""
+        question = (question or "").strip()
+        report = gr.DownloadButton()
+        if upload is None:
+            yield history, history, "**Error:** upload an image first", report, question
+            return
+        if not question:
+            yield history, history, "**Error:** type a question first", report, question
+            return
+        asked = [*history, {"role": "user", "content": question}]
+        shown = [*asked, {"role": "assistant", "content": ""}]
+        yield history, shown, "Generating…", report, ""
+        try:
+            reply = ""
+            messages = api_messages(asked, upload.data_url)
+            for reply in stream_reply(client, model, messages, int(tokens), float(temperature)):
+                yield history, [*asked, {"role": "assistant", "content": reply}], "Generating…", report, ""
+        except Exception as error:  # every failure becomes a sentence on the page
+            message = error_message(error, api_base_url)
+            if message.startswith("unexpected"):
+                log.exception("page request failed")
+            else:
+                log.warning("page request failed: %s", message)
+            yield history, history, f"**Error:** {message}", report, question
+            return
+        done = [*asked, {"role": "assistant", "content": reply}]
+        path = write_report(reports, upload, done, model)
+        yield done, done, "", gr.DownloadButton(value=str(path), interactive=True), ""
+
+    def describe(upload, lang, temperature, tokens):
+        """Describe the image afresh: a new conversation with the default prompt in the language."""
+        yield from converse(upload, [], DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"]), temperature, tokens)
+
+    with gr.Blocks(title="ctscribe", analytics_enabled=False, delete_cache=(900, KEEP_REPORTS_S)) as page:
+        gr.Markdown("# ctscribe: CT image descriptions")
+        gr.Markdown(f"**Clinical notice.** {CLINICAL_NOTICE}", elem_id="clinical-notice")
+        upload_state, history_state = gr.State(None), gr.State([])
+        with gr.Row():
+            with gr.Column(scale=2):
+                files = gr.File(label="CT image", file_count="multiple", type="filepath", elem_id="upload")
+                with gr.Row():
+                    window = gr.Dropdown(WINDOW_CHOICES, value=AUTO, label="Window (DICOM, NIfTI)")
+                    custom = gr.Textbox(label="Custom width/level (HU)", placeholder="400/50")
+                lang = gr.Radio(LANGUAGES, value="en", label="Language of the description")
+                preview = gr.Image(
+                    label="Image", type="pil", format="png", interactive=False, elem_id="preview"
+                )
+                info = gr.Markdown(elem_id="image-info")
+                with gr.Accordion("Options", open=False, elem_id="options"):
+                    temperature = gr.Slider(
+                        0, 1.5, value=0, step=0.1, label="Temperature (0: the same reply every time)"
+                    )
+                    tokens = gr.Slider(
+                        16, MAX_TOKENS, value=max_tokens, step=16, label="Longest reply (tokens)"
+                    )
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label=f"Model: {model}", elem_id="chat", feedback_options=None)
+                status = gr.Markdown(elem_id="status")
+                describe_button = gr.Button("Describe", variant="primary", elem_id="describe")
+                question = gr.Textbox(label="Follow-up question about this image", elem_id="question")
+                ask_button = gr.Button("Ask", elem_id="ask")
+                report = gr.DownloadButton("Download report", interactive=False, elem_id="report")
+        gr.Markdown(HELP)
+
+        shown_state = gr.State([])  # the uploaded paths the image comes from
+        loaded = [upload_state, preview, info, status, history_state, chat, report]
+        # .upload/.delete/.clear rather than .change: setting the list from here must not re-trigger.
+        for event in (files.upload, files.delete, files.clear):
+            event(on_files, [files, shown_state, window, custom], [files, shown_state, *loaded])
+        for event in (window.change, custom.submit):
+            event(show, [shown_state, window, custom], loaded)
+        chatting = [history_state, chat, status, report, question]
+        # The model server queues and batches (and answers 503 when full): the page must not make
+        # one clinician wait for another's description, so its own queue does not limit.
+        sampling = [temperature, tokens]
+        describe_button.click(describe, [upload_state, lang, *sampling], chatting, concurrency_limit=None)
+        for event in (ask_button.click, question.submit):
+            event(
+                converse, [upload_state, history_state, question, *sampling], chatting, concurrency_limit=None
+            )
+    return page
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the page alone in front of any OpenAI-compatible server (vLLM, or a remote ctscribe)."""
+    parser = argparse.ArgumentParser(prog="python -m ctscribe.serve.web", description=__doc__.split("\n")[0])
+    parser.add_argument("--base-url", required=True, help="the API root, e.g. http://gpu-host:8000/v1")
+    parser.add_argument("--model", help="served model name (default: the first of /v1/models)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind the page to")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    options = parser.parse_args(argv)
+    api_key = os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    model = options.model
+    if not model:
+        from openai import OpenAI
+
+        model = OpenAI(base_url=options.base_url, api_key=api_key or "none").models.list().data[0].id
+    page = build_page(options.base_url, api_key, model, max_pixels=options.max_pixels)
+    auth = (lambda _user, password: password == api_key) if api_key else None
+    page.launch(server_name=options.host, server_port=options.port, auth=auth, run_history=False)
+
+
+if __name__ == "__main__":
+    main()

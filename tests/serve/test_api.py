@@ -1,0 +1,265 @@
+"""The OpenAI-compatible API over real HTTP on loopback, with the trained tiny model in fp32."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
+from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
+from ctscribe.generate.openai_engine import image_data_url
+
+KEY = "test-key-123"
+PROMPT = "Describe this CT image and give your diagnostic impression."
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
+
+    def __init__(self, model: Path, log: Path, *args: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
+        self.log = log
+        self.process = subprocess.Popen(
+            [*command, "--max-pixels", str(LEARNING_PIXELS), "--no-web", *args],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("server did not start in time")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    running = Server(trained_run / "model", tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _headers(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _phantom_urls(n: int) -> list[str]:
+    rows = clean_ct_rows(3 * n, seed=21)[:n]
+    return [image_data_url(Image.open(io.BytesIO(data)).convert("RGB")) for _, data in rows]
+
+
+def _chat(url: str, image_url: str | None, **extra) -> dict:
+    content = [{"type": "text", "text": PROMPT}]
+    if image_url:
+        content.insert(0, {"type": "image_url", "image_url": {"url": image_url}})
+    return {
+        "model": "anything",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        **extra,
+    }
+
+
+def _ct_slice_url() -> str:
+    """pydicom's real CT slice, windowed to a PNG as a client would upload it."""
+    from ctscribe.data.dicom import read_dicom
+    from ctscribe.data.windows import apply_window
+
+    (ct,) = read_dicom(pydicom_ct_slices()["CT_small.dcm"])
+    grey = apply_window(ct.hu, 400, 50)
+    return image_data_url(Image.fromarray(grey).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_a_real_ct_slice_gets_a_description_and_the_notice_travels_apart(server):
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json=_chat(server.url, _ct_slice_url()),
+        headers=_headers(),
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    text = body["choices"][0]["message"]["content"]
+    assert text and CLINICAL_NOTICE not in text
+    assert body["clinical_notice"] == CLINICAL_NOTICE
+    assert response.headers["x-clinical-notice"] == CLINICAL_NOTICE
+    assert body["usage"]["completion_tokens"] >= 1 and body["object"] == "chat.completion"
+
+
+@pytest.mark.slow
+def test_any_openai_client_works_and_streaming_adds_up_to_the_same_text(server, trained_run):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == [str(trained_run / "model")]
+    (url,) = _phantom_urls(1)
+    messages = _chat(server.url, url)["messages"]
+    whole = (
+        client.chat.completions.create(model="x", messages=messages, max_tokens=16).choices[0].message.content
+    )
+    assert whole.startswith("CT of the")
+    pieces, finish = [], None
+    for chunk in client.chat.completions.create(model="x", messages=messages, max_tokens=16, stream=True):
+        pieces.append(chunk.choices[0].delta.content or "")
+        finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == whole and len([p for p in pieces if p]) > 1
+    assert finish in ("stop", "length")
+    # text-only follow-ups work too
+    follow = [*messages, {"role": "assistant", "content": whole}, {"role": "user", "content": "Which side?"}]
+    assert (
+        client.chat.completions.create(model="x", messages=follow, max_tokens=8).choices[0].message.content
+        is not None
+    )
+
+
+@pytest.mark.slow
+def test_a_missing_or_wrong_key_gets_401_but_health_stays_open(server):
+    body = _chat(server.url, None)
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30).status_code == 401
+    wrong = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=_headers("nope"), timeout=30)
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{server.url}/health", timeout=30).json()["status"] == "ok"
+
+
+def _bomb_png(side: int = 60_000) -> bytes:
+    """A tiny PNG whose header claims side x side pixels: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("image_url", "message"),
+    [
+        ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), "unusable image"),
+        ("data:image/png;base64,%%%not-base64%%%", "not valid base64"),
+        ("https://example.org/ct.png", "data: URL"),
+        ("data:image/png;base64," + base64.b64encode(_bomb_png()).decode(), "too large"),
+        ("data:image/png;base64," + base64.b64encode(b"\0" * (25 * 2**20)).decode(), "limit"),
+    ],
+    ids=["not-an-image", "bad-base64", "remote-url", "decompression-bomb", "oversized"],
+)
+def test_bad_uploads_get_400_with_a_clear_message(server, image_url, message):
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json=_chat(server.url, image_url), headers=_headers(), timeout=60
+    )
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_clients_get_their_single_request_answers_from_shared_batches(server):
+    urls = _phantom_urls(16)
+
+    def ask(url: str) -> str:
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json=_chat(server.url, url, max_tokens=20),
+            headers=_headers(),
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    alone = [ask(url) for url in urls]
+    before = httpx.get(f"{server.url}/health", timeout=30).json()["batches"]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, urls))
+    after = httpx.get(f"{server.url}/health", timeout=30).json()["batches"]
+    assert together == alone
+    grown = {int(size): count - before.get(size, 0) for size, count in after.items()}
+    assert any(size > 1 and count > 0 for size, count in grown.items()), after
+
+
+@pytest.mark.slow
+def test_a_full_queue_answers_503_with_a_retry_hint(trained_run, tmp_path):
+    busy = Server(trained_run / "model", tmp_path / "busy.log", "--max-batch", "1", "--max-queue", "2")
+    try:
+        (url,) = _phantom_urls(1)
+
+        def ask(_: int) -> httpx.Response:
+            return httpx.post(
+                f"{busy.url}/v1/chat/completions", json=_chat(busy.url, url, max_tokens=64), timeout=300
+            )
+
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(ask, range(10)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 503 in codes, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] and "busy" in refused.json()["error"]["message"]
+        assert httpx.get(f"{busy.url}/health", timeout=30).json()["status"] == "ok"  # still standing
+    finally:
+        busy.stop()
+    assert "Traceback" not in (tmp_path / "busy.log").read_text()
+
+
+@pytest.mark.slow
+def test_predict_with_the_openai_backend_is_a_client_of_the_server(server, trained_run, tmp_path):
+    from ctscribe.generate.engine import TransformersEngine
+    from ctscribe.generate.openai_engine import OpenAIEngine
+    from ctscribe.predict import predict
+
+    images = []
+    for index, (_, data) in enumerate(clean_ct_rows(12, seed=8)[:3]):
+        images.append(tmp_path / f"{index}.png")
+        images[-1].write_bytes(data)
+    remote = OpenAIEngine(f"{server.url}/v1", api_key=KEY, max_pixels=LEARNING_PIXELS)
+    local = TransformersEngine(trained_run / "model", max_pixels=LEARNING_PIXELS)
+    for engine, out in ((remote, tmp_path / "remote.jsonl"), (local, tmp_path / "local.jsonl")):
+        summary = predict(engine, images, out, max_new_tokens=16, show_progress=False)
+        assert summary.written == 3
+    remote_texts = [json.loads(line)["text"] for line in (tmp_path / "remote.jsonl").read_text().splitlines()]
+    local_texts = [json.loads(line)["text"] for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+    assert remote_texts == local_texts and all(t.startswith("CT of the") for t in remote_texts)
+    assert remote.name == str(trained_run / "model")  # the model the server lists

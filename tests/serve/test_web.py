@@ -1,0 +1,402 @@
+"""The clinicians' page: its pure functions, then the real page in Debian's chromium via Playwright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
+from ctscribe.serve.web import (
+    NO_WINDOW,
+    UNSUPPORTED,
+    Upload,
+    UploadError,
+    api_messages,
+    error_message,
+    load_upload,
+    report_markdown,
+    stream_reply,
+    window_spec,
+    write_report,
+)
+
+CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+KEY = "page-key-123"
+TEST_PIXELS = 12544  # 112 x 112: the tiny model answers in a second or two on a CPU
+
+
+# --- reading uploads ----------------------------------------------------------------------------------
+
+
+def test_dicom_upload_is_windowed_and_labelled():
+    upload = load_upload([CT_SMALL])
+    assert upload.name == "CT_small.dcm"
+    assert upload.window.startswith("soft-tissue 400/50 (auto: HU histogram")
+    assert upload.image.mode == "RGB" and upload.image.size == (128, 128)
+    assert upload.data_url.startswith("data:image/png;base64,")
+    assert "CT_small.dcm" in upload.info and "soft-tissue 400/50" in upload.info
+
+
+def test_window_presets_and_custom_windows_change_the_pixels():
+    lung = load_upload([CT_SMALL], window_spec("lung"))
+    custom = load_upload([CT_SMALL], window_spec("custom", " 400/50 "))
+    assert lung.window == "lung 1500/-600"
+    assert custom.window == "400/50"
+    assert not np.array_equal(np.asarray(lung.image), np.asarray(custom.image))
+
+
+@pytest.mark.parametrize("custom", ["", "wide", "0/40"])
+def test_bad_custom_windows_are_explained(custom):
+    with pytest.raises(UploadError, match=r"WIDTH/LEVEL|window"):
+        window_spec("custom", custom)
+
+
+def test_image_upload_is_not_windowed(tmp_path):
+    path = tmp_path / "slice.png"
+    Image.fromarray(np.tile(np.arange(128, dtype=np.uint8), (128, 1))).save(path)
+    upload = load_upload([path], window_spec("lung"))
+    assert upload.window is None and NO_WINDOW in upload.info and upload.name == "slice.png"
+
+
+def test_bad_uploads_are_explained(tmp_path):
+    fake = tmp_path / "scan.png"
+    fake.write_text("not an image")
+    with pytest.raises(UploadError) as caught:
+        load_upload([fake])
+    assert "Traceback" not in str(caught.value) and str(caught.value)
+    for name in ("notes.txt", "test.json"):
+        (tmp_path / name).write_text("{}")
+        with pytest.raises(UploadError, match="unsupported file"):
+            load_upload([tmp_path / name])
+    with pytest.raises(UploadError, match="no file"):
+        load_upload([])
+    assert "PNG or JPG" in UNSUPPORTED
+
+
+def test_series_upload_uses_the_middle_slice_by_position(tmp_path):
+    import pydicom
+
+    # Three slices of one series whose file names sort in a different order than their positions.
+    for name, z in (("a.dcm", 20.0), ("b.dcm", 0.0), ("c.dcm", 10.0)):
+        dataset = pydicom.dcmread(CT_SMALL)
+        position = [float(value) for value in dataset.ImagePositionPatient]
+        dataset.ImagePositionPatient = [position[0], position[1], z]
+        dataset.save_as(tmp_path / name)
+    upload = load_upload([tmp_path / name for name in ("a.dcm", "b.dcm", "c.dcm")])
+    assert upload.name == "c.dcm"
+    assert "middle slice (#2)" in upload.note
+
+
+def test_report_has_the_notice_and_no_dicom_identifiers(tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    secrets = write_sentinel_dicom(tmp_path / "slice.dcm")
+    upload = load_upload([tmp_path / "slice.dcm"])
+    history = [
+        {"role": "user", "content": DEFAULT_PROMPTS["en"]},
+        {"role": "assistant", "content": "Axial CT of the upper abdomen."},
+        {"role": "user", "content": "Any free fluid?"},
+        {"role": "assistant", "content": "No free fluid is seen."},
+    ]
+    when = datetime(2025, 1, 2, 3, 4, tzinfo=UTC)
+    report = report_markdown(upload, history, "ct-2b", when)
+    assert report.count(CLINICAL_NOTICE) == 2
+    for expected in (
+        "slice.dcm",
+        upload.window,
+        "ct-2b",
+        "2025-01-02 03:04",
+        "Any free fluid?",
+        "No free fluid",
+    ):
+        assert expected in report
+    shown = report + upload.info + caplog.text
+    for secret in secrets:
+        assert secret not in shown
+
+
+# --- talking to the API -------------------------------------------------------------------------------
+
+
+def test_image_goes_in_the_first_user_turn_only():
+    history = [
+        {"role": "user", "content": "Describe."},
+        {"role": "assistant", "content": "A chest CT."},
+        {"role": "user", "content": "Any nodule?"},
+    ]
+    messages = api_messages(history, "data:image/png;base64,AAAA")
+    assert messages[0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "Describe."},
+    ]
+    assert messages[1:] == history[1:]
+
+
+class FakeClient:
+    """Just enough of ``openai.OpenAI`` to replay a stream of chunks."""
+
+    def __init__(self, chunks):
+        self.sent = None
+
+        def create(**request):
+            self.sent = request
+            return iter(chunks)
+
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
+
+
+def _chunk(content=None, finish=None):
+    if content is None and finish is None:
+        return SimpleNamespace(choices=[])  # usage-only chunk
+    return SimpleNamespace(
+        choices=[SimpleNamespace(delta=SimpleNamespace(content=content), finish_reason=finish)]
+    )
+
+
+def test_stream_reply_grows_and_reports_server_failures():
+    client = FakeClient([_chunk(""), _chunk("A chest"), _chunk(" CT."), _chunk(finish="stop"), _chunk()])
+    assert list(stream_reply(client, "m", [], 64)) == ["A chest", "A chest CT."]
+    assert (
+        client.sent["stream"] is True
+        and client.sent["temperature"] == 0.0
+        and client.sent["max_tokens"] == 64
+    )
+    with pytest.raises(RuntimeError, match="generation failed"):
+        list(stream_reply(FakeClient([_chunk("A"), _chunk(finish="error")]), "m", [], 64))
+    with pytest.raises(RuntimeError, match="empty reply"):
+        list(stream_reply(FakeClient([_chunk(""), _chunk(finish="stop")]), "m", [], 64))
+
+
+def _status_error(cls, status: int, message: str):
+    import openai
+
+    http = getattr(openai._exceptions, "httpx2", None) or openai._exceptions.httpx
+    request = http.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    body = {"message": message, "type": "invalid_request_error", "code": status}
+    return cls(f"Error code: {status}", response=http.Response(status, request=request), body=body)
+
+
+def test_api_errors_become_sentences():
+    import openai
+
+    url = "http://127.0.0.1:9/v1"
+    too_big = _status_error(openai.BadRequestError, 400, "image larger than the 20 MB limit")
+    busy = _status_error(openai.InternalServerError, 503, "the server is busy")
+    key = _status_error(openai.AuthenticationError, 401, "missing or wrong API key")
+    assert (
+        error_message(too_big, url)
+        == "the model server refused the request (HTTP 400): image larger than the 20 MB limit"
+    )
+    assert "busy (HTTP 503): the server is busy; try again" in error_message(busy, url)
+    assert "refused the API key (HTTP 401)" in error_message(key, url)
+    assert error_message(KeyError("x"), url).startswith("unexpected error")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{_free_port()}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        list(stream_reply(client, "m", [], 8))
+    assert error_message(caught.value, url) == f"cannot reach the model server at {url}; is it running?"
+
+
+# --- the real page in a real browser ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _require_chromium() -> None:
+    """Skip where Debian's chromium is missing (``make chromium`` installs it); in CI, fail instead."""
+    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    missing = None
+    if not CHROMIUM.is_file():
+        missing = f"{CHROMIUM} is missing: install Debian's chromium with `make chromium`"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright Python package is not installed"
+    if missing and in_ci:
+        pytest.fail(f"browser test cannot run in CI: {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def page_server(request, tmp_path_factory):
+    """``ctscribe serve`` with the page and an API key, in its own process group, always killed."""
+    _require_chromium()  # before the model is built: a skip costs nothing
+    tiny_model_dir = request.getfixturevalue("tiny_model_dir")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
+    command += ["--max-pixels", str(TEST_PIXELS), "--api-key", KEY]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ctscribe serve exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("ctscribe serve did not answer /health in 180 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(page_server):
+    """Debian's chromium driven by Playwright; Playwright's own browsers are never downloaded."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _open(browser, url: str):
+    """A fresh page that may reach the server on loopback only: the page must work offline."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort()
+    )
+    page.goto(url + "/")
+    return page
+
+
+def _log_in(page, password: str) -> None:
+    page.get_by_label("username").fill("clinician")
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+
+
+@pytest.mark.slow
+def test_login_form_refuses_a_wrong_key_and_admits_the_right_one(page_server, browser):
+    page = _open(browser, page_server)
+    try:
+        _log_in(page, "wrong-key")
+        page.get_by_text("Incorrect Credentials").wait_for()
+        assert page.locator("#clinical-notice").count() == 0
+        _log_in(page, KEY)
+        page.locator("#clinical-notice").wait_for()
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_describe_and_follow_up_in_a_real_browser(page_server, browser, tmp_path):
+    load_upload([CT_SMALL]).image.save(tmp_path / "ct.png")
+    page = _open(browser, page_server)
+    try:
+        _log_in(page, KEY)
+        notice = page.locator("#clinical-notice")
+        notice.wait_for()
+        assert CLINICAL_NOTICE in notice.inner_text()
+
+        page.locator("#ask").click()  # nothing uploaded yet: a sentence, not a traceback
+        page.locator("#status").get_by_text("upload an image first").wait_for()
+
+        upload = page.locator("#upload input[type=file]")
+        upload.set_input_files(CT_SMALL)  # DICOM is read and windowed on the server
+        page.locator("#image-info").get_by_text("soft-tissue 400/50 (auto:").wait_for()
+        upload.set_input_files(tmp_path / "ct.png")  # a new upload replaces the image
+        page.locator("#image-info").get_by_text("ct.png").wait_for()
+        assert "CT_small.dcm" not in page.locator("#upload").inner_text()
+        # The random tiny model's greedy reply is whitespace only; sampling makes it visible text.
+        page.get_by_text("Options").click()
+        for label, value in (("Temperature", "1"), ("Longest reply", "32")):
+            box = page.get_by_label(f"number input for {label}", exact=False)
+            box.fill(value)
+            box.press("Enter")
+
+        page.locator("#describe").click()
+        bot = page.locator('#chat [data-testid="bot"]')
+        bot.first.wait_for()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 1"
+            " && document.querySelector('#chat [data-testid=\"bot\"]').innerText.trim().length > 0"
+            " && document.querySelector('#status').innerText.trim() === ''"
+        )
+        first = bot.first.inner_text().strip()
+        assert first
+
+        page.locator("#question textarea").fill("Is there any free fluid?")
+        page.locator("#ask").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 2"
+            " && document.querySelector('#status').innerText.trim() === ''"
+        )
+        assert bot.nth(1).inner_text().strip()
+
+        with page.expect_download() as download:
+            page.locator("#report").click()
+        report = Path(download.value.path()).read_text(encoding="utf-8")
+        for expected in (CLINICAL_NOTICE, "ct.png", DEFAULT_PROMPTS["en"], "Is there any free fluid?"):
+            assert expected in report
+        assert report.count("**ctscribe:**") == 2
+
+        assert notice.is_visible()
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.is_file() and shot.stat().st_size > 20_000
+    finally:
+        page.close()
+
+
+def test_upload_dataclass_info_mentions_notes():
+    upload = Upload(Image.new("RGB", (8, 8)), "data:image/png;base64,", "x.dcm", "lung 1500/-600", "note")
+    assert upload.info.endswith("· note")
+
+
+def test_write_report_uses_a_fresh_file_and_drops_old_ones(tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    upload = Upload(Image.new("RGB", (8, 8)), "data:image/png;base64,", "x.png", None)
+    history = [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "A CT."}]
+    first, second = (write_report(tmp_path, upload, history, "m") for _ in range(2))
+    assert first != second and first.name.startswith("ctscribe-report-") and first.suffix == ".md"
+    assert CLINICAL_NOTICE in first.read_text(encoding="utf-8")
+    assert not stale.exists()
