@@ -72,6 +72,21 @@ class Engine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
 
+class ImagePath:
+    """Every backend prepares images through the one image path, at its own pixel budget."""
+
+    image_options: ImageOptions
+
+    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
+        """Any image through the one image path, at this engine's pixel budget."""
+        return prepare_image(image, self.image_options).image
+
+
+def engine_name(model: str | Path, adapter_dir: Path | None) -> str:
+    """The name written next to outputs: the model as given, plus the adapter when one is applied."""
+    return str(model) + (f"+{adapter_dir}" if adapter_dir else "")
+
+
 def resolve_adapter(path: str | Path) -> Path:
     """An adapter folder, given either the folder itself or the run dir that holds ``adapter/``."""
     path = Path(path)
@@ -140,7 +155,7 @@ class _TextStreamer:
         """Nothing to flush: the caller sends whatever the final text adds to what was streamed."""
 
 
-class TransformersEngine:
+class TransformersEngine(ImagePath):
     """Qwen2-VL (optionally with a PEFT adapter) on transformers, batched with left padding."""
 
     def __init__(
@@ -177,12 +192,8 @@ class TransformersEngine:
         self.model = loaded.to(self.device).eval()
         self.generation_config = copy.deepcopy(loaded.generation_config)
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.name = name or (str(model) + (f"+{adapter_dir}" if adapter_dir else ""))
+        self.name = name or engine_name(model, adapter_dir)
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
-
-    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
-        """Any image through the one image path, at this engine's pixel budget."""
-        return prepare_image(image, self.image_options).image
 
     def _decode(self, tokens: list[int]) -> str:
         return self.processor.decode(tokens, skip_special_tokens=True).strip()

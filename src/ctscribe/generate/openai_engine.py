@@ -15,12 +15,11 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from PIL import Image
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
-from ctscribe.generate.engine import GenerationRequest, GenerationResult
+from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePath
 
 TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
 RETRIES = 3  # the client retries 503 (queue full) and connection errors, with backoff
@@ -50,7 +49,7 @@ def openai_messages(request: GenerationRequest) -> list[dict]:
     return converted
 
 
-class OpenAIEngine:
+class OpenAIEngine(ImagePath):
     """A client of an OpenAI-compatible chat completions server."""
 
     def __init__(
@@ -72,9 +71,6 @@ class OpenAIEngine:
         self.name = self.model
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
         self.concurrency = concurrency
-
-    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
-        return prepare_image(image, self.image_options).image
 
     def _one(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()

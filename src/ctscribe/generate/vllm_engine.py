@@ -14,13 +14,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
+from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.generate.engine import (
+    GenerationRequest,
+    GenerationResult,
+    ImagePath,
+    engine_name,
+    resolve_adapter,
+)
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
-from ctscribe.generate.engine import GenerationRequest, GenerationResult, resolve_adapter
 
-
-class VLLMEngine:
+class VLLMEngine(ImagePath):
     """Qwen2-VL (optionally with a LoRA adapter on the language model) on vLLM's offline ``LLM``."""
 
     def __init__(
@@ -54,10 +58,7 @@ class VLLMEngine:
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.name = name or (str(model) + (f"+{adapter_dir}" if adapter_dir else ""))
-
-    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
-        return prepare_image(image, self.image_options).image
+        self.name = name or engine_name(model, adapter_dir)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         from vllm import SamplingParams
