@@ -7,7 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test lint format lock clean chromium
+# LLaMA-Factory pins older torch/transformers/peft than ctscribe, so it gets its own environment and
+# ctscribe runs it only as a program (`ctscribe train --engine llamafactory`, docs/LLAMAFACTORY.md).
+LF_VENV := .venv-lf
+LF_STAMP := $(LF_VENV)/.installed
+LF_PINS := llamafactory==0.9.5 torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
+
+.PHONY: install demo test lint format lock lf-env lf-env-for-tests lf-lock clean chromium
 
 install: $(STAMP)
 
@@ -28,8 +34,23 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint chromium
+test: lint chromium lf-env-for-tests
 	$(BIN)/python -m pytest
+
+# LLaMA-Factory's own environment, pinned by requirements-lf.lock.
+lf-env: $(LF_STAMP)
+
+$(LF_STAMP): requirements-lf.lock
+	test -x $(LF_VENV)/bin/python || $(PYTHON) -m venv $(LF_VENV)
+	$(LF_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements-lf.lock $(LF_PINS)
+	DISABLE_VERSION_CHECK=1 $(LF_VENV)/bin/llamafactory-cli version
+	touch $(LF_STAMP)
+
+# make test builds .venv-lf; where it cannot be built the LLaMA-Factory tests are skipped, except under
+# CI=true, where this step (and those tests) fail instead.
+lf-env-for-tests:
+	@$(MAKE) --no-print-directory lf-env || { test "$$CI" != true && \
+	  echo "lf-env: could not build $(LF_VENV); the LLaMA-Factory tests will be skipped"; }
 
 # Debian's chromium for the browser test of the web page (tests/serve/test_web.py drives it with
 # Playwright; Playwright's own browser download is never used). Without apt-get the test is skipped
@@ -50,5 +71,14 @@ lock:
 	 build/lock-venv/bin/python -m pip freeze --exclude ctscribe) > requirements.lock
 	rm -rf build/lock-venv
 
+# Re-resolve LLaMA-Factory's environment from LF_PINS and pin it.
+lf-lock:
+	rm -rf build/lf-lock-venv
+	$(PYTHON) -m venv build/lf-lock-venv
+	build/lf-lock-venv/bin/python -m pip install --quiet --disable-pip-version-check $(LF_PINS)
+	(echo '# Exact versions of the LLaMA-Factory environment (.venv-lf, make lf-env); regenerate with make lf-lock.'; \
+	 build/lf-lock-venv/bin/python -m pip freeze) > requirements-lf.lock
+	rm -rf build/lf-lock-venv
+
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LF_VENV) build .pytest_cache .ruff_cache

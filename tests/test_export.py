@@ -5,15 +5,20 @@ import json
 import pytest
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-from ctscribe.export import ExportError, export_merged
+from ctscribe.export import ExportError, export_llamafactory, export_merged, verify_merged
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.engine import GenerationRequest, TransformersEngine, user_message
 
 
-@pytest.fixture(scope="module")
-def merged(trained_adapter, trained_run, tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "llamafactory"])
+def merged(request, trained_adapter, trained_run, tmp_path_factory):
+    """A native adapter merged by ctscribe, and by ``llamafactory-cli export`` (adapters interchange)."""
     out = tmp_path_factory.mktemp("export") / "merged"
-    check = export_merged(trained_run / "model", trained_adapter, out, dtype="fp32")
+    if request.param == "llamafactory":
+        cli = request.getfixturevalue("llamafactory_cli")
+        check = export_llamafactory(trained_run / "model", trained_adapter, out, dtype="fp32", cli=cli)
+    else:
+        check = export_merged(trained_run / "model", trained_adapter, out, dtype="fp32")
     return out, check
 
 
@@ -68,3 +73,18 @@ def test_export_refuses_a_non_empty_output_and_a_bad_dtype(tiny_model_dir, tmp_p
         export_merged(tiny_model_dir, tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="bf16, fp16, fp32"):
         export_merged(tiny_model_dir, tmp_path, tmp_path / "new", dtype="int8")
+
+
+def test_a_merge_written_by_another_tool_is_checked_against_base_plus_adapter(tiny_model_dir, tmp_path):
+    """verify_merged (the check on LLaMA-Factory's merges) passes a true merge and refuses the base."""
+    from peft import LoraConfig, get_peft_model
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)$", init_lora_weights=False)
+    lora = get_peft_model(model, config)  # random A and B: an adapter that changes the output
+    lora.save_pretrained(tmp_path / "adapter")
+    lora.merge_and_unload().save_pretrained(tmp_path / "merged")
+    check = verify_merged(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged", "fp32")
+    assert check.adapter_effect > 1e-4 and check.merge_error < 1e-3
+    with pytest.raises(ExportError, match="differ from base"):
+        verify_merged(tiny_model_dir, tmp_path / "adapter", tiny_model_dir, "bf16")

@@ -256,6 +256,28 @@ def prepare_merge(
     typer.echo(f"wrote {out}")
 
 
+class Engine(StrEnum):
+    native = "native"
+    llamafactory = "llamafactory"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="native: ctscribe's transformers + PEFT trainer. llamafactory: the same recipe run by "
+        "llamafactory-cli in its own environment (make lf-env); see docs/LLAMAFACTORY.md."
+    ),
+]
+LlamaFactoryCliOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--llamafactory-cli",
+        help="With --engine llamafactory: the llamafactory-cli to run. Default: .venv-lf from make lf-env, "
+        "$CTSCRIBE_LLAMAFACTORY_CLI, or the PATH.",
+    ),
+]
+
+
 @app.command()
 def train(
     recipe: Annotated[
@@ -274,6 +296,8 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last complete checkpoint.")
     ] = False,
+    engine: EngineOption = Engine.native,
+    llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Fine-tune Qwen2-VL on prepared data (LoRA by default; QLoRA and full fine-tuning too).
 
@@ -281,9 +305,9 @@ def train(
     Several GPUs: accelerate launch -m ctscribe train ... or torchrun --nproc_per_node N -m ctscribe train ...
 
     Example: ctscribe train --data data/ct --model Qwen/Qwen2-VL-2B-Instruct --out runs/lora
+    With LLaMA-Factory: ctscribe train --engine llamafactory --data data/ct --out runs/lf-lora
     """
     from ctscribe.recipe import load_recipe
-    from ctscribe.train.native import train as run_training
 
     resolved = load_recipe(
         recipe,
@@ -292,7 +316,14 @@ def train(
         output_dir=str(out) if out else None,
         model_name_or_path=model,
     )
-    final = run_training(resolved, resume=resume)
+    if engine is Engine.llamafactory:
+        from ctscribe.train.llamafactory import train as train_llamafactory
+
+        final = train_llamafactory(resolved, resume=resume, cli=llamafactory_cli)
+    else:
+        from ctscribe.train.native import train as train_native
+
+        final = train_native(resolved, resume=resume)
     typer.echo(f"wrote {final}")
 
 
@@ -309,17 +340,26 @@ def export(
     out: Annotated[Path, typer.Option(help="New folder for the merged model.")],
     dtype: Annotated[ExportDtype, typer.Option(help="Weight type of the merged model.")] = ExportDtype.bf16,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="Who merges: native (PEFT here) or llamafactory (llamafactory-cli export)."),
+    ] = Engine.native,
+    llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Merge a LoRA adapter into its base: a standalone model for transformers, vLLM and LLaMA-Factory.
 
     Checks its own work first: the adapter must change the base model's output on a probe image, and
-    the merged model must match base + adapter; otherwise nothing is written.
+    the merged model must match base + adapter; otherwise nothing is written. Adapters of either
+    engine merge with either engine.
 
     Example: ctscribe export --base Qwen/Qwen2-VL-2B-Instruct --adapter runs/lora --out models/ct-2b
     """
-    from ctscribe.export import export_merged
+    from ctscribe.export import export_llamafactory, export_merged
 
-    check = export_merged(base, adapter, out, dtype=dtype.value, force=force)
+    if engine is Engine.llamafactory:
+        check = export_llamafactory(base, adapter, out, dtype=dtype.value, force=force, cli=llamafactory_cli)
+    else:
+        check = export_merged(base, adapter, out, dtype=dtype.value, force=force)
     typer.echo(
         f"wrote {out} (adapter effect {check.adapter_effect:.3g}, merge error {check.merge_error:.2g})"
     )
@@ -580,8 +620,10 @@ def main() -> None:
     """Console entry point: expected failures (bad paths, bad values) print one clear line, no traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ctscribe").setLevel(logging.INFO)  # ours at INFO; libraries' chatter stays quiet
+    from ctscribe.llamafactory import LlamaFactoryError
+
     try:
         app()
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:  # RecipeError too
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, LlamaFactoryError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None

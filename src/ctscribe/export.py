@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ PROBE_PROMPT = "Describe this CT image and give your diagnostic impression."
 MIN_ADAPTER_EFFECT = 1e-4
 # Merged vs base + adapter, both fp32: merging reorders float sums, so allow rounding, nothing more.
 MERGE_TOLERANCE = 1e-3
+# A merge written in a 16-bit type by another tool is checked after that rounding (bf16 keeps 8 bits).
+DTYPE_TOLERANCE = {"fp32": MERGE_TOLERANCE, "fp16": 1e-2, "bf16": 5e-2}
 
 
 class ExportError(ValueError):
@@ -68,10 +71,11 @@ def _logits(model, inputs):
         return model(**inputs).logits.float()
 
 
-def merge_checked(base: str | Path, adapter_dir: Path):
-    """Load base + adapter in fp32, check the adapter's effect, merge, check the merge.
+def _adapted(base: str | Path, adapter_dir: Path):
+    """Base + adapter in fp32 with the adapter's effect on the probe checked.
 
-    Returns ``(merged_model, processor, check)``; raises :class:`ExportError` when a check fails.
+    Returns ``(peft_model, processor, probe_inputs, adapted_logits, scale, effect)``; ``scale`` (the
+    largest logit, at least 1) makes every difference relative.
     """
     import torch
     from peft import PeftModel
@@ -92,14 +96,46 @@ def merge_checked(base: str | Path, adapter_dir: Path):
             f"the adapter does not change the base model's output (max logit change {effect:.2e} of the "
             f"largest logit): it is untrained, or {adapter_dir} was not trained on {base}"
         )
-    merged = model.merge_and_unload()
+    return model, processor, inputs, adapted, scale, effect
+
+
+def _merge_error(merged, inputs, adapted, scale: float, tolerance: float) -> float:
+    """How far the merged model's probe logits are from base + adapter; raises past ``tolerance``."""
     error = float((_logits(merged, inputs) - adapted).abs().max()) / scale
-    if error > MERGE_TOLERANCE:
+    if error > tolerance:
         raise ExportError(
             f"the merged model's logits differ from base + adapter by {error:.2e} of the largest logit "
-            f"(tolerance {MERGE_TOLERANCE:g}); refusing to write it"
+            f"(tolerance {tolerance:g}); refusing to write it"
         )
+    return error
+
+
+def merge_checked(base: str | Path, adapter_dir: Path):
+    """Load base + adapter in fp32, check the adapter's effect, merge, check the merge.
+
+    Returns ``(merged_model, processor, check)``; raises :class:`ExportError` when a check fails.
+    """
+    model, processor, inputs, adapted, scale, effect = _adapted(base, adapter_dir)
+    merged = model.merge_and_unload()
+    error = _merge_error(merged, inputs, adapted, scale, MERGE_TOLERANCE)
     return merged, processor, ExportCheck(adapter_effect=effect, merge_error=error)
+
+
+def verify_merged(base: str | Path, adapter_dir: Path, merged_dir: Path, dtype: str) -> ExportCheck:
+    """Check a model merged by another tool (LLaMA-Factory) against base + adapter, as export does.
+
+    Loading it here also proves that ctscribe's transformers reads what the other tool wrote. The
+    merged weights were rounded to ``dtype``, so the tolerance is that type's rounding, and the merged
+    model must also sit closer to base + adapter than the base alone does.
+    """
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model, _, inputs, adapted, scale, effect = _adapted(base, adapter_dir)
+    del model
+    merged = Qwen2VLForConditionalGeneration.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    error = _merge_error(merged, inputs, adapted, scale, min(DTYPE_TOLERANCE[dtype], effect / 2))
+    return ExportCheck(adapter_effect=effect, merge_error=error)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -168,6 +204,24 @@ def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> 
     return "\n".join(lines) + "\n"
 
 
+def _claim_out(out: Path, force: bool) -> Path:
+    """The ``.partial`` folder to write into; refuses a non-empty ``out`` unless forced."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder or pass --force")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+def _publish(partial: Path, out: Path, record: dict, card: str) -> None:
+    """Add the model card and export record, then rename: ``out`` appears only when complete."""
+    (partial / "README.md").write_text(card)
+    (partial / "ctscribe_export.json").write_text(json.dumps(record, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+
 def export_merged(
     base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "bf16", force: bool = False
 ) -> ExportCheck:
@@ -177,8 +231,7 @@ def export_merged(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder or pass --force")
+    partial = _claim_out(out, force)
     adapter_dir = resolve_adapter(adapter)
     merged, processor, check = merge_checked(base, adapter_dir)
     log.info(
@@ -188,17 +241,69 @@ def export_merged(
     merged = merged.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
     # Training turns the KV cache off; generation needs it. Qwen2-VL keeps the flag in its text config.
     getattr(merged.config, "text_config", merged.config).use_cache = True
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(str(partial), safe_serialization=True)
     processor.save_pretrained(str(partial))
-    (partial / "README.md").write_text(model_card(str(base), adapter_dir, dtype, check))
-    (partial / "ctscribe_export.json").write_text(
-        json.dumps(
-            {"base": str(base), "adapter": str(adapter_dir), "dtype": dtype, **asdict(check)}, indent=2
-        )
+    record = {
+        "engine": "ctscribe",
+        "base": str(base),
+        "adapter": str(adapter_dir),
+        "dtype": dtype,
+        **asdict(check),
+    }
+    _publish(partial, out, record, model_card(str(base), adapter_dir, dtype, check))
+    return check
+
+
+def export_llamafactory(
+    base: str | Path,
+    adapter: str | Path,
+    out: str | Path,
+    dtype: str = "bf16",
+    force: bool = False,
+    cli: str | Path | None = None,
+) -> ExportCheck:
+    """Merge with ``llamafactory-cli export`` (a YAML file, no web UI), then check it as export does.
+
+    The YAML and LLaMA-Factory's output are kept in the folder (``llamafactory_export.yaml``,
+    ``llamafactory_export.log``) so the merge can be repeated without ctscribe.
+    """
+    from ctscribe.llamafactory import TEMPLATE, find_cli, run_cli, write_config
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    executable = find_cli(cli)
+    out = Path(out)
+    partial = _claim_out(out, force)
+    adapter_dir = resolve_adapter(adapter)
+    check_model_reference(base)
+    config = {
+        "model_name_or_path": str(base),
+        "adapter_name_or_path": str(adapter_dir.resolve()),
+        "template": TEMPLATE,
+        "finetuning_type": "lora",
+        "export_dir": str(partial.resolve()),
+        "export_device": "cpu",
+        "export_size": 5,
+        "infer_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        config_path = write_config(Path(scratch) / "llamafactory_export.yaml", config)
+        log_path = Path(scratch) / "llamafactory_export.log"
+        run_cli(executable, "export", config_path, log_path)
+        for path in (config_path, log_path):
+            shutil.copy2(path, partial / path.name)
+    check = verify_merged(base, adapter_dir, partial, dtype)
+    log.info(
+        "llamafactory export checked: adapter effect %.3g, merge error %.2g",
+        check.adapter_effect,
+        check.merge_error,
     )
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    record = {
+        "engine": "llamafactory",
+        "base": str(base),
+        "adapter": str(adapter_dir),
+        "dtype": dtype,
+        **asdict(check),
+    }
+    _publish(partial, out, record, model_card(str(base), adapter_dir, dtype, check))
     return check

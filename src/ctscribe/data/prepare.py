@@ -36,6 +36,7 @@ from ctscribe.data.modality import classify_modality
 from ctscribe.data.prompts import choose_prompt
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
 from ctscribe.data.splits import SPLITS, assign_split
+from ctscribe.files import atomic_write_text
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
@@ -135,23 +136,12 @@ def stage_unit(unit: Unit, out: Path, options: StageOptions) -> int:
     """Stage every row of a unit; the unit's file appears only once all its rows are done."""
     records = [stage_row(row, out, options) for row in unit.load()]
     path = _unit_path(out, unit.key)
-    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return len(records)
 
 
 def _stage_unit_star(args: tuple[Unit, Path, StageOptions]) -> int:
     return stage_unit(*args)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _check_options(out: Path, fingerprint: dict) -> None:
@@ -168,7 +158,7 @@ def _check_options(out: Path, fingerprint: dict) -> None:
                 "rerun with the same options to resume, or choose a new --out"
             )
     else:
-        _atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
+        atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
 def stage(
@@ -216,7 +206,7 @@ def stage(
                 done += 1
                 if progress:
                     progress(rows)
-    _atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [index, count]}))
+    atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [index, count]}))
     return {"units_staged": done, "units_resumed": resumed}
 
 
@@ -367,9 +357,9 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     archives = out / STAGING / "archives.json"
     if archives.exists():
         stats["archives"] = json.loads(archives.read_text())
-    _atomic_write_text(out / "dataset_info.json", json.dumps(dataset_info(options.name), indent=2))
-    _atomic_write_text(out / "README.md", dataset_card(stats, example))
-    _atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "dataset_info.json", json.dumps(dataset_info(options.name), indent=2))
+    atomic_write_text(out / "README.md", dataset_card(stats, example))
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
     return stats
 
 
@@ -474,7 +464,7 @@ def merge_shards(shard_dirs: list[Path], out: Path, options: FinalizeOptions) ->
             _link_or_copy(path, _unit_path(out, path.stem))
         for image in (shard_dir / "images").rglob("*.png"):
             _link_or_copy(image, out / image.relative_to(shard_dir))
-    _atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [0, 1]}))
+    atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [0, 1]}))
     return finalize(out, options)
 
 
@@ -531,7 +521,7 @@ def open_source(
 
             wanted = metadata_names(files, wanted_row)
             report = extract_archives(archives, image_root, wanted.__contains__)
-            _atomic_write_text(out / STAGING / "archives.json", json.dumps(asdict(report), indent=2))
+            atomic_write_text(out / STAGING / "archives.json", json.dumps(asdict(report), indent=2))
             if report.truncated:
                 lost = ", ".join(report.truncated)
                 log.warning("truncated or corrupt archive(s): %s; the images they lost are skipped", lost)

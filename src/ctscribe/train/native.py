@@ -237,6 +237,27 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
     )
 
 
+def claim_run_dir(recipe: Recipe, resume: bool, started: bool) -> bool:
+    """Whether to resume the run in ``output_dir``; refuses to mix two runs in one folder.
+
+    A folder holding a ``started`` run is trained into again only with ``--resume`` and the recipe
+    it was started with: anything else would overwrite or blend two runs. Both engines use this.
+    """
+    run_dir = Path(recipe.output_dir)
+    if not started:
+        return False
+    if not resume:
+        raise RecipeError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out"
+        )
+    saved = run_dir / "recipe.yaml"
+    if saved.exists() and saved.read_text() != recipe.to_yaml():
+        raise RecipeError(
+            f"{run_dir} was trained with another recipe; resume with the same recipe and options"
+        )
+    return True
+
+
 def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()) -> Path:
     """Train as the recipe says; returns the folder of the adapter (or full model)."""
     from transformers import AutoProcessor
@@ -245,16 +266,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
     data_dir, run_dir = Path(recipe.dataset_dir), Path(recipe.output_dir)
     checkpoint = None
-    if run_dir.exists() and any(run_dir.glob("checkpoint-*")):
-        if not resume:
-            raise RecipeError(
-                f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out"
-            )
-        saved = run_dir / "recipe.yaml"
-        if saved.exists() and saved.read_text() != recipe.to_yaml():
-            raise RecipeError(
-                f"{run_dir} was trained with another recipe; resume with the same recipe and options"
-            )
+    if claim_run_dir(recipe, resume, started=any(run_dir.glob("checkpoint-*"))):
         removed = remove_incomplete_checkpoints(run_dir)
         if removed:
             log.warning("removed half-written checkpoint(s): %s", ", ".join(removed))
@@ -343,6 +355,9 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
             "train_loss": result.training_loss,
             "best_checkpoint": Path(best).name if best else None,
             "best_eval_loss": trainer.state.best_metric,
+            # transformers' own measure (samples over the train loop's time), as LLaMA-Factory reports it
+            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            "train_runtime": result.metrics.get("train_runtime"),
         }
         (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     return final

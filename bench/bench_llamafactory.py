@@ -1,0 +1,95 @@
+"""Benchmark the two training engines: ctscribe's native trainer vs LLaMA-Factory, in one run.
+
+Both train the same model on the same prepared phantom data with the same recipe (the original
+recipe's LoRA settings, a few optimizer steps) and the same pixel budget: LLaMA-Factory gets our
+``image_max_pixels`` (its own default, 768*768, would feed it more image tokens per sample and hand
+the native engine a win it did not earn). Speed is transformers' ``train_samples_per_second``, which
+both engines report the same way (samples over the training loop's time, model loading excluded).
+The machines are noisy, so the result is the ratio within one run, not the absolute numbers.
+
+Usage: python bench/bench_llamafactory.py [--rows 96] [--steps 8] [--size tiny] [--json out.json]
+Needs LLaMA-Factory's environment (make lf-env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+from ctscribe.fixtures.phantom import build_phantom
+from ctscribe.fixtures.tiny_model import build_tiny_model
+from ctscribe.recipe import load_recipe
+from ctscribe.train import llamafactory, native
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=96, help="phantom rows to prepare")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per engine")
+    parser.add_argument("--accumulation", type=int, default=4, help="gradient_accumulation_steps")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "2b"])
+    parser.add_argument("--llamafactory-cli", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="default bench/results/engines-<device>.json")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_tiny_model(root / "model", size=args.size)
+        build_phantom(root / "phantom", rows=args.rows, seed=5)
+        run_prepare(
+            str(root / "phantom"),
+            root / "data",
+            StageOptions(),
+            FinalizeOptions(val_fraction=0.05, test_fraction=0.05),
+            workers=2,
+        )
+        overrides = [
+            f"max_steps={args.steps}",
+            f"gradient_accumulation_steps={args.accumulation}",
+            "save_steps=100000",
+            "logging_steps=1",
+            "report_to=none",
+            "dataloader_num_workers=0",
+        ]
+        results = {}
+        for engine, train in (("native", native.train), ("llamafactory", llamafactory.train)):
+            recipe = load_recipe(
+                "original",
+                overrides,
+                dataset_dir=str(root / "data"),
+                output_dir=str(root / engine),
+                model_name_or_path=str(model),
+            )
+            extra = {"cli": args.llamafactory_cli} if engine == "llamafactory" else {}
+            train(recipe, **extra)
+            summary = json.loads((root / engine / "run_summary.json").read_text())
+            results[engine] = {
+                "samples_per_s": summary["train_samples_per_second"],
+                "train_runtime_s": summary["train_runtime"],
+                "train_loss": summary["train_loss"],
+            }
+        recipe_yaml = recipe.to_yaml()
+
+    ratio = results["native"]["samples_per_s"] / results["llamafactory"]["samples_per_s"]
+    samples = args.steps * args.accumulation * 2
+    print(f"{'engine':<14} {'samples/s':>10} {'seconds':>8} {'loss':>8}   ({samples} samples, {device})")
+    for engine, row in results.items():
+        speed, seconds, loss = row["samples_per_s"], row["train_runtime_s"], row["train_loss"]
+        print(f"{engine:<14} {speed:>10.2f} {seconds:>8.1f} {loss:>8.3f}")
+    print(f"native / llamafactory: {ratio:.2f}x")
+    out = args.json or Path(f"bench/results/engines-{device.replace(' ', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"device": device, "size": args.size, "samples": samples, **results, "ratio": ratio}
+    out.write_text(json.dumps({**record, "recipe": recipe_yaml}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

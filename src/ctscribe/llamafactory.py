@@ -1,0 +1,130 @@
+"""LLaMA-Factory as an engine: find its command, hand it a YAML file, stream what it prints.
+
+LLaMA-Factory 0.9.5 pins older torch, transformers and peft than ctscribe (torch 2.11, transformers
+<= 5.6), so it cannot share ctscribe's environment. It lives in its own (``make lf-env`` builds
+``.venv-lf``) and ctscribe only ever runs ``llamafactory-cli`` as a program, with a YAML file
+written from ctscribe's recipe: no web UI, no edited version checks (``DISABLE_VERSION_CHECK=1`` is
+LLaMA-Factory's own switch for running beside newer packages). The models, adapters and data both
+sides read and write are plain Hugging Face folders, so neither needs the other's code.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ctscribe.files import atomic_write_text
+
+CLI_NAME = "llamafactory-cli"
+ENV_DIR = ".venv-lf"
+CLI_ENV_VAR = "CTSCRIBE_LLAMAFACTORY_CLI"
+TEMPLATE = "qwen2_vl"  # LLaMA-Factory's chat template for Qwen2-VL-Instruct
+# The last lines of LLaMA-Factory's output repeated in the error when it fails.
+ERROR_TAIL_LINES = 40
+
+
+class LlamaFactoryError(RuntimeError):
+    """LLaMA-Factory is missing or failed; the message says what to do or shows its last output."""
+
+
+def _checkout_root() -> Path:
+    """The source checkout ctscribe runs from (where ``make lf-env`` puts ``.venv-lf``)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def find_cli(explicit: str | os.PathLike | None = None) -> Path:
+    """The ``llamafactory-cli`` to run.
+
+    In order: ``explicit`` (``--llamafactory-cli``), ``$CTSCRIBE_LLAMAFACTORY_CLI``, ``.venv-lf`` in
+    the current folder or the source checkout, then ``llamafactory-cli`` on the PATH. An explicit
+    path that is wrong is an error rather than a fall-through, so a typo never silently runs
+    another installation.
+    """
+    for given in (explicit, os.environ.get(CLI_ENV_VAR) or None):
+        if given is not None:
+            path = Path(given).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise LlamaFactoryError(f"{path} is not an executable llamafactory-cli")
+            return path
+    for root in (Path.cwd(), _checkout_root()):
+        path = root / ENV_DIR / "bin" / CLI_NAME
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    found = shutil.which(CLI_NAME)
+    if found:
+        return Path(found)
+    raise LlamaFactoryError(
+        f"{CLI_NAME} not found: run `make lf-env` in the ctscribe checkout (it builds {ENV_DIR}), or pass "
+        f"--llamafactory-cli PATH / set {CLI_ENV_VAR}"
+    )
+
+
+def write_config(path: Path, config: dict) -> Path:
+    """Write a LLaMA-Factory YAML config atomically (a killed run never leaves half a config)."""
+    return atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
+def _environment() -> dict[str, str]:
+    """The child's environment: LLaMA-Factory's version check off, nothing of ctscribe's venv leaking.
+
+    PYTHONPATH and VIRTUAL_ENV would point LLaMA-Factory's interpreter at ctscribe's packages
+    (newer transformers), which is exactly the mix the separate environment exists to avoid.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["DISABLE_VERSION_CHECK"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"  # progress arrives as it happens, not when a buffer fills
+    return env
+
+
+def run_cli(cli: Path, command: str, config: Path, log_path: Path, echo: bool = True) -> None:
+    """Run ``llamafactory-cli COMMAND CONFIG``, streaming its output to ``log_path`` (and stderr).
+
+    Raises :class:`LlamaFactoryError` with the last lines of its output when it fails. Ctrl-C stops
+    the child too, so no training process is left running without its parent.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=ERROR_TAIL_LINES)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [str(cli), command, str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=_environment(),
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                tail.append(line)
+                if echo:
+                    sys.stderr.write(line)
+            code = process.wait()
+        except BaseException:
+            process.terminate()
+            process.wait()
+            raise
+    if code != 0:
+        raise LlamaFactoryError(
+            f"{CLI_NAME} {command} {config} failed (exit {code}); its last lines:\n"
+            + "".join(tail)
+            + f"full output: {log_path}"
+        )
+
+
+def has_module(cli: Path, module: str) -> bool:
+    """Whether LLaMA-Factory's interpreter (beside its CLI) can import ``module``."""
+    python = cli.parent / "python"
+    if not python.is_file():
+        return False
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([str(python), "-c", probe], env=_environment(), check=False).returncode == 0

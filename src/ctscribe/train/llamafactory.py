@@ -1,0 +1,224 @@
+"""Train with LLaMA-Factory: the same recipe, written as its YAML and run by ``llamafactory-cli train``.
+
+The recipe's keys already use LLaMA-Factory's names, so most pass straight through; this module
+names the few that differ (``bf16: auto``, ``gradient_checkpointing``, ``attn_implementation``,
+QLoRA) and the keys only the native engine has. LLaMA-Factory reads ctscribe's prepared folder
+unchanged through its ``dataset_info.json``.
+
+RUN_DIR after a run, laid out like a native run so export, predict, evaluate and serve take either::
+
+    recipe.yaml              the resolved ctscribe recipe
+    llamafactory_train.yaml  what LLaMA-Factory was given (rerun it with llamafactory-cli train)
+    llamafactory/            LLaMA-Factory's output_dir: checkpoints, its logs, trainer_log.jsonl
+    llamafactory.log         everything it printed
+    adapter/ (or model/)     the final adapter (or full model) with the processor
+    train_log.jsonl          ctscribe's log format, converted from trainer_log.jsonl
+    loss.png, run_summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ctscribe.llamafactory import TEMPLATE, find_cli, has_module, run_cli, write_config
+from ctscribe.recipe import Recipe, RecipeError
+from ctscribe.train.model import use_bf16
+from ctscribe.train.native import claim_run_dir, plot_loss
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SUBDIR = "llamafactory"
+# Recipe keys with the same name and meaning in LLaMA-Factory's arguments.
+SAME_NAME = (
+    "model_name_or_path",
+    "freeze_vision_tower",
+    "freeze_multi_modal_projector",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "dataset_dir",
+    "image_max_pixels",
+    "image_min_pixels",
+    "cutoff_len",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "seed",
+    "dataloader_num_workers",
+    "report_to",
+)
+# Recipe keys translated below (or, like max_samples and deepspeed, passed only when set).
+TRANSLATED = (
+    "finetuning_type",
+    "max_samples",
+    "output_dir",
+    "bf16",
+    "gradient_checkpointing",
+    "attn_implementation",
+    "use_liger_kernel",
+    "eval_steps",
+    "deepspeed",
+    "fsdp",
+)
+FLASH_ATTN = {"auto": "auto", "sdpa": "sdpa", "eager": "disabled", "flash_attention_2": "fa2"}
+# LLaMA-Factory's own log files, kept in llamafactory/ and not copied into adapter/.
+LOG_FILES = {
+    "trainer_log.jsonl",
+    "trainer_state.json",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+    "training_args.bin",
+    "README.md",
+}
+
+
+def dataset_names(data_dir: Path) -> tuple[str, str | None]:
+    """The ``dataset_info.json`` names of the train split and of the validation split (if non-empty)."""
+    info_path = data_dir / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(
+            f"{info_path} not found: is --data a folder written by `ctscribe prepare`?"
+        ) from None
+    by_file = {entry.get("file_name"): name for name, entry in info.items() if isinstance(entry, dict)}
+    if "train.json" not in by_file:
+        raise RecipeError(f"{info_path} has no entry for train.json")
+    val = by_file.get("val.json")
+    val_path = data_dir / "val.json"
+    if val and (not val_path.is_file() or not json.loads(val_path.read_text(encoding="utf-8"))):
+        val = None
+    return by_file["train.json"], val
+
+
+def train_config(recipe: Recipe, cli: Path | None = None, resume_from: Path | None = None) -> dict:
+    """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML)."""
+    if not recipe.dataset_dir or not recipe.output_dir:
+        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
+    train_set, val_set = dataset_names(Path(recipe.dataset_dir))
+    settings = recipe.to_dict()
+    config: dict = {"stage": "sft", "do_train": True, "template": TEMPLATE}
+    config.update({key: settings[key] for key in SAME_NAME})
+    # Local folders as absolute paths: the YAML can then be rerun from any folder.
+    for key in ("model_name_or_path", "dataset_dir"):
+        if Path(config[key]).exists():
+            config[key] = str(Path(config[key]).resolve())
+    config["finetuning_type"] = "full" if recipe.finetuning_type == "full" else "lora"
+    if recipe.finetuning_type == "qlora":
+        config["quantization_bit"] = 4  # LLaMA-Factory's QLoRA: LoRA on a 4-bit bitsandbytes base
+    config["dataset"] = train_set
+    if recipe.max_samples is not None:
+        config["max_samples"] = recipe.max_samples
+    config["output_dir"] = str((Path(recipe.output_dir) / OUTPUT_SUBDIR).resolve())
+    config["overwrite_output_dir"] = resume_from is None
+    if resume_from is not None:
+        config["resume_from_checkpoint"] = str(resume_from)
+    config["bf16"] = use_bf16(recipe)
+    config["disable_gradient_checkpointing"] = not recipe.gradient_checkpointing
+    config["flash_attn"] = FLASH_ATTN[recipe.attn_implementation]
+    liger = recipe.use_liger_kernel
+    if liger == "auto":  # asked of LLaMA-Factory's environment: that is where the kernels would run
+        liger = cli is not None and has_module(cli, "liger_kernel")
+    config["enable_liger_kernel"] = bool(liger)
+    config["save_strategy"] = "steps"
+    if val_set is not None:
+        config.update(
+            eval_dataset=val_set,
+            eval_strategy="steps",
+            eval_steps=recipe.eval_steps or recipe.save_steps,
+        )
+    if recipe.deepspeed:
+        config["deepspeed"] = str(Path(recipe.deepspeed).resolve())
+    if recipe.fsdp:
+        config["fsdp"] = recipe.fsdp
+    config["plot_loss"] = True
+    return config
+
+
+def _last_checkpoint(output: Path) -> Path | None:
+    found = [p for p in output.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def convert_log(trainer_log: Path, out: Path) -> list[dict]:
+    """LLaMA-Factory's ``trainer_log.jsonl`` as ctscribe's ``train_log.jsonl`` (same keys as native)."""
+    rows = []
+    if trainer_log.exists():
+        for line in trainer_log.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            row = {"step": entry["current_steps"]}
+            if "loss" in entry:
+                row.update(loss=entry["loss"], learning_rate=entry.get("lr"))
+            if "eval_loss" in entry:
+                row["eval_loss"] = entry["eval_loss"]
+            if len(row) > 1:  # its closing line carries the step count only
+                rows.append(row)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return rows
+
+
+def _publish(output: Path, final: Path) -> None:
+    """Copy the final adapter (or model) and processor files out of LLaMA-Factory's output_dir."""
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for path in output.iterdir():
+        if path.is_file() and path.name not in LOG_FILES and not path.name.endswith(".png"):
+            shutil.copy2(path, staging / path.name)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+
+
+def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = None) -> Path:
+    """Run ``llamafactory-cli train`` on the recipe; returns the adapter (or full model) folder."""
+    executable = find_cli(cli)
+    if not recipe.dataset_dir or not recipe.output_dir:
+        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
+    run_dir = Path(recipe.output_dir)
+    output = run_dir / OUTPUT_SUBDIR
+    resume_from = None
+    if claim_run_dir(recipe, resume, started=output.exists()):
+        resume_from = _last_checkpoint(output)
+        log.info("resuming from %s", resume_from or "the start (no checkpoint was saved)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    config = write_config(run_dir / "llamafactory_train.yaml", train_config(recipe, executable, resume_from))
+    run_cli(executable, "train", config, run_dir / "llamafactory.log")
+
+    final = run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
+    _publish(output, final)
+    rows = convert_log(output / "trainer_log.jsonl", run_dir / "train_log.jsonl")
+    plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png")
+    state_path = output / "trainer_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    results_path = output / "train_results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    evals = [row["eval_loss"] for row in rows if "eval_loss" in row]
+    summary = {
+        "engine": "llamafactory",
+        "final": final.name,
+        "global_step": state.get("global_step"),
+        "train_loss": results.get("train_loss"),
+        "best_checkpoint": None,
+        "best_eval_loss": min(evals) if evals else None,
+        "train_samples_per_second": results.get("train_samples_per_second"),
+        "train_runtime": results.get("train_runtime"),
+    }
+    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    return final

@@ -1,0 +1,205 @@
+"""The LLaMA-Factory engine: the recipe as its YAML, its run laid out like a native one, and the real
+round trip (prepare -> llamafactory-cli train -> llamafactory-cli export -> ctscribe predict)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.recipe import Recipe, RecipeError, load_recipe
+from ctscribe.train.llamafactory import SAME_NAME, TRANSLATED, convert_log, train, train_config
+
+
+def _data_dir(tmp_path: Path, val_rows: int = 1) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    info = {
+        "ct": {"file_name": "train.json", "formatting": "sharegpt"},
+        "ct_val": {"file_name": "val.json", "formatting": "sharegpt"},
+    }
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    (data / "train.json").write_text("[{}]")
+    (data / "val.json").write_text(json.dumps([{}] * val_rows))
+    return data
+
+
+def test_every_recipe_key_reaches_llamafactory_or_is_translated():
+    """A new recipe key must be mapped here, or the LLaMA-Factory engine would silently ignore it."""
+    keys = [field.name for field in dataclasses.fields(Recipe)]
+    assert sorted(SAME_NAME + TRANSLATED) == sorted(keys)
+
+
+def test_the_original_recipe_becomes_the_original_train_sh(tmp_path):
+    recipe = load_recipe("original", dataset_dir=str(_data_dir(tmp_path)), output_dir=str(tmp_path / "run"))
+    config = train_config(recipe)
+    expected = {
+        "stage": "sft",
+        "do_train": True,
+        "template": "qwen2_vl",
+        "model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct",
+        "finetuning_type": "lora",
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+        "learning_rate": 5e-5,
+        "num_train_epochs": 3.0,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 8,
+        "max_samples": 100000,
+        "logging_steps": 5,
+        "save_steps": 3000,
+        "image_max_pixels": 262144,  # ours, not LLaMA-Factory's 768*768 default
+        "dataset": "ct",
+        "eval_dataset": "ct_val",
+        "eval_steps": 3000,
+        "disable_gradient_checkpointing": False,
+        "flash_attn": "auto",
+        "enable_liger_kernel": False,  # no CLI given: nothing to ask whether Liger is installed
+        "overwrite_output_dir": True,
+    }
+    assert {key: config[key] for key in expected} == expected
+    assert config["dataset_dir"] == str((tmp_path / "data").resolve())
+    assert config["output_dir"] == str((tmp_path / "run" / "llamafactory").resolve())
+    assert "quantization_bit" not in config and "deepspeed" not in config
+
+
+def test_qlora_eager_attention_and_an_empty_validation_split(tmp_path):
+    recipe = load_recipe(
+        "original",
+        [
+            "finetuning_type=qlora",
+            "attn_implementation=eager",
+            "gradient_checkpointing=false",
+            "max_samples=null",
+        ],
+        dataset_dir=str(_data_dir(tmp_path, val_rows=0)),
+        output_dir=str(tmp_path / "run"),
+    )
+    config = train_config(recipe)
+    assert config["finetuning_type"] == "lora" and config["quantization_bit"] == 4
+    assert config["flash_attn"] == "disabled" and config["disable_gradient_checkpointing"] is True
+    assert "eval_dataset" not in config and "eval_strategy" not in config and "max_samples" not in config
+
+
+def test_a_folder_without_dataset_info_is_refused(tmp_path):
+    recipe = load_recipe("original", dataset_dir=str(tmp_path), output_dir=str(tmp_path / "run"))
+    with pytest.raises(RecipeError, match=r"dataset_info\.json"):
+        train_config(recipe)
+
+
+def test_llamafactory_logs_become_ctscribe_logs(tmp_path):
+    trainer_log = tmp_path / "trainer_log.jsonl"
+    lines = [
+        {"current_steps": 5, "total_steps": 10, "loss": 2.5, "lr": 1e-4, "epoch": 0.5},
+        {"current_steps": 10, "total_steps": 10, "eval_loss": 2.0},
+        {"current_steps": 10, "total_steps": 10},
+    ]
+    trainer_log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = convert_log(trainer_log, tmp_path / "train_log.jsonl")
+    assert rows == [{"step": 5, "loss": 2.5, "learning_rate": 1e-4}, {"step": 10, "eval_loss": 2.0}]
+    assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 2
+
+
+FAKE_CLI = """#!{python}
+# Stands in for llamafactory-cli: writes what LLaMA-Factory writes into output_dir.
+import json, pathlib, sys, yaml
+config = yaml.safe_load(open(sys.argv[2]))
+out = pathlib.Path(config["output_dir"])
+(out / "checkpoint-2").mkdir(parents=True, exist_ok=True)
+for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
+    (out / name).write_text("{{}}")
+(out / "trainer_log.jsonl").write_text(json.dumps({{"current_steps": 2, "loss": 1.5, "lr": 0.1}}) + "\\n")
+(out / "train_results.json").write_text(json.dumps({{"train_loss": 1.5, "train_samples_per_second": 3.0}}))
+(out / "training_loss.png").write_bytes(b"png")
+print("resume_from_checkpoint", config.get("resume_from_checkpoint"))
+"""
+
+
+def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp_path):
+    cli = tmp_path / "llamafactory-cli"
+    cli.write_text(FAKE_CLI.format(python=sys.executable))
+    cli.chmod(0o755)
+    data, run = _data_dir(tmp_path), tmp_path / "run"
+    recipe = load_recipe("tiny-cpu", dataset_dir=str(data), output_dir=str(run), model_name_or_path="m")
+    final = train(recipe, cli=cli)
+    assert final == run / "model"  # tiny-cpu is full fine-tuning
+    assert sorted(p.name for p in final.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    ]
+    assert json.loads((run / "run_summary.json").read_text())["train_samples_per_second"] == 3.0
+    assert (run / "loss.png").is_file() and (run / "recipe.yaml").read_text() == recipe.to_yaml()
+    assert yaml.safe_load((run / "llamafactory_train.yaml").read_text())["stage"] == "sft"
+
+    with pytest.raises(RecipeError, match="--resume"):
+        train(recipe, cli=cli)
+    train(recipe, resume=True, cli=cli)
+    resumed = yaml.safe_load((run / "llamafactory_train.yaml").read_text())
+    assert resumed["resume_from_checkpoint"] == str((run / "llamafactory" / "checkpoint-2").resolve())
+    assert resumed["overwrite_output_dir"] is False
+    assert "resume_from_checkpoint" in (run / "llamafactory.log").read_text()
+
+
+def _ctscribe(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "ctscribe", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _predictions(path: Path) -> list[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(row["status"] == "ok" for row in rows)
+    return [row["text"] for row in rows]
+
+
+@pytest.mark.slow
+def test_llamafactory_trains_exports_and_ctscribe_predicts(
+    learning_data, trained_run, llamafactory_cli, tmp_path
+):
+    """prepare's folder, unchanged -> llamafactory-cli train -> llamafactory-cli export -> predict.
+
+    The base is the trained tiny model, so greedy answers are real text and the comparison between
+    the merged model and base + LLaMA-Factory's adapter means something.
+    """
+    base = trained_run / "model"
+    run = tmp_path / "lf-run"
+    lora = ["finetuning_type=lora", "lora_rank=16", "lora_alpha=32", "freeze_vision_tower=true"]
+    lora += [
+        "freeze_multi_modal_projector=true",
+        "max_steps=6",
+        "save_steps=3",
+        "eval_steps=3",
+        "logging_steps=2",
+    ]
+    sets = [arg for setting in lora for arg in ("--set", setting)]
+    cli = ["--llamafactory-cli", str(llamafactory_cli)]
+    _ctscribe("train", "tiny-cpu", "--engine", "llamafactory", *cli, "--data", str(learning_data),
+              "--model", str(base), "--out", str(run), *sets)  # fmt: skip
+    config = yaml.safe_load((run / "llamafactory_train.yaml").read_text())
+    assert config["image_max_pixels"] == LEARNING_PIXELS and config["dataset"] == "mllm_med"
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "loss" in row] == [2, 4, 6]
+    assert [row["step"] for row in log if "eval_loss" in row] == [3, 6]
+    assert (run / "adapter" / "adapter_config.json").is_file()
+
+    merged = tmp_path / "merged"
+    _ctscribe("export", "--engine", "llamafactory", *cli, "--base", str(base), "--adapter", str(run),
+              "--out", str(merged), "--dtype", "fp32")  # fmt: skip
+    assert json.loads((merged / "ctscribe_export.json").read_text())["engine"] == "llamafactory"
+    assert (merged / "llamafactory_export.yaml").is_file()
+
+    test_split = str(learning_data / "test.json")
+    common = ["--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", "16", "--limit", "6"]
+    _ctscribe("predict", test_split, "--model", str(merged), "--out", str(tmp_path / "merged.jsonl"), *common)
+    _ctscribe("predict", test_split, "--model", str(base), "--adapter", str(run),
+              "--out", str(tmp_path / "adapter.jsonl"), *common)  # fmt: skip
+    from_merged = _predictions(tmp_path / "merged.jsonl")
+    assert len(from_merged) == 6 and all(text.startswith("CT of the") for text in from_merged)
+    assert _predictions(tmp_path / "adapter.jsonl") == from_merged
