@@ -32,6 +32,23 @@ def test_defaults_are_the_original_llamafactory_recipe() -> None:
     validate(recipe)
 
 
+def test_speed_switches_are_on_by_default_and_each_can_be_turned_off() -> None:
+    recipe = Recipe()
+    assert recipe.loss_on_labelled_only and recipe.packing and recipe.group_by_length
+    assert recipe.cache_vision_features == "auto" and recipe.vision_feature_cache_dir is None
+    off = load_recipe(
+        overrides=[
+            "loss_on_labelled_only=false",
+            "packing=false",
+            "group_by_length=false",
+            "cache_vision_features=false",
+            "vision_feature_cache_dir=/data/cache",
+        ]
+    )
+    assert not (off.loss_on_labelled_only or off.packing or off.group_by_length or off.cache_vision_features)
+    assert off.vision_feature_cache_dir == "/data/cache"
+
+
 def test_original_yaml_equals_the_defaults_and_lists_every_key_in_order() -> None:
     assert load_recipe("original") == Recipe()
     keys = list(yaml.safe_load(builtin_recipe("original").read_text(encoding="utf-8")))
@@ -180,6 +197,14 @@ def test_unknown_fixed_key() -> None:
         ("bf16=fp16", r"bf16 must be 'auto', true or false, got 'fp16'"),
         ("report_to=wandb", r"report_to must be one of 'tensorboard', 'none', got 'wandb'"),
         ("lora_target=[q_proj]", r"lora_target must be a string, got \['q_proj'\]"),
+        ("packing=1", r"packing must be true or false, got 1"),
+        ("group_by_length=maybe", r"group_by_length must be true or false, got 'maybe'"),
+        ("loss_on_labelled_only=null", r"loss_on_labelled_only must be true or false, got null"),
+        (
+            "cache_vision_features=always",
+            r"cache_vision_features must be 'auto', true or false, got 'always'",
+        ),
+        ("vision_feature_cache_dir=5", r"vision_feature_cache_dir must be a string or null, got 5"),
     ],
 )
 def test_wrong_types(override: str, message: str) -> None:
@@ -230,6 +255,11 @@ def test_ints_become_floats_for_float_fields(tmp_path: Path) -> None:
         (["save_total_limit=0"], r"save_total_limit must be >= 1, got 0"),
         (["lora_target=q_proj;v_proj"], r"lora_target must be 'all' or comma-separated module names"),
         (["model_name_or_path=' '"], r"model_name_or_path must not be empty"),
+        (["vision_feature_cache_dir=''"], r"vision_feature_cache_dir must not be empty"),
+        (
+            ["cache_vision_features=true", "freeze_vision_tower=false"],
+            r"cache_vision_features: true needs freeze_vision_tower and freeze_multi_modal_projector",
+        ),
     ],
 )
 def test_value_ranges(overrides: list[str], message: str) -> None:

@@ -76,6 +76,12 @@ class Recipe:
     gradient_checkpointing: bool = True
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     use_liger_kernel: Literal["auto"] | bool = "auto"
+    # speed (docs/TRAINING.md "Speed"): each changes how fast a step runs, never what it computes
+    loss_on_labelled_only: bool = True  # the LM head (151,936 wide) only where a label is
+    cache_vision_features: Literal["auto"] | bool = "auto"  # "auto": when tower and projector are frozen
+    vision_feature_cache_dir: str | None = None  # None: RUN_DIR/feature_cache
+    packing: bool = True  # each micro-batch's samples packed into rows, attention kept per sample
+    group_by_length: bool = True  # batches of similar length (less padding), order still seeded
     logging_steps: int = 5
     save_steps: int = 3000
     eval_steps: int | None = None  # None: evaluate when saving
@@ -309,7 +315,7 @@ def validate(recipe: Recipe) -> None:
     """
     v = {key: _coerce(key, getattr(recipe, key)) for key in _SPECS}
 
-    for key in ("model_name_or_path", "dataset_dir", "output_dir", "deepspeed"):
+    for key in ("model_name_or_path", "dataset_dir", "output_dir", "deepspeed", "vision_feature_cache_dir"):
         if v[key] is not None and not str(v[key]).strip():
             raise RecipeError(f"{key} must not be empty")
     at_least_one = (
@@ -356,4 +362,11 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError(
             "lora_target must be 'all' or comma-separated module names like 'q_proj,v_proj', "
             f"got {v['lora_target']!r}"
+        )
+    if v["cache_vision_features"] is True and not (
+        v["freeze_vision_tower"] and v["freeze_multi_modal_projector"]
+    ):
+        raise RecipeError(
+            "cache_vision_features: true needs freeze_vision_tower and freeze_multi_modal_projector "
+            "(cached features would go stale as the tower trains); use auto or false"
         )

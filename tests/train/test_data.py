@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor
 
 from ctscribe.data.images import ImageOptions
 from ctscribe.fixtures.tiny_model import IM_END_ID, IMAGE_PAD_ID
@@ -24,11 +23,6 @@ CONVERSATION = [
     {"role": "user", "content": "Is there a bleed?"},
     {"role": "assistant", "content": "Yes, on the left."},
 ]
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
 
 
 def _as_template_messages(messages):

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
 from ctscribe.recipe import RecipeError, load_recipe
-from ctscribe.train.native import COMPLETE_MARKER, train
+from ctscribe.train.native import COMPLETE_MARKER, EpochSeededSampler, LengthGroupedSampler, train
 
 
 @pytest.mark.slow
@@ -164,3 +164,40 @@ def test_two_processes_match_one(learning_data, tiny_model_dir, tmp_path):
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
     assert torch.cuda.device_count() == 0 or True  # CPU only by construction (CUDA_VISIBLE_DEVICES="")
+
+
+def test_length_grouped_order_is_seeded_and_groups_lengths():
+    lengths = [5, 90, 12, 40, 77, 3, 64, 18, 51, 29, 8, 70]
+    sampler = LengthGroupedSampler(lengths, group=4, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(lengths)))
+    assert list(LengthGroupedSampler(lengths, group=4, seed=3)) == first  # a resumed run: same order
+    groups = [first[i : i + 4] for i in range(0, len(first), 4)]
+    assert all([lengths[i] for i in g] == sorted((lengths[i] for i in g), reverse=True) for g in groups)
+    # Same groups as the plain seeded shuffle, only sorted within each.
+    plain = list(EpochSeededSampler(len(lengths), seed=3))
+    assert [sorted(g) for g in groups] == [sorted(plain[i : i + 4]) for i in range(0, len(plain), 4)]
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_speed_switches_change_speed_not_the_losses(learning_data, tiny_model_dir, tmp_path):
+    def run(name, on):
+        sets = {
+            "freeze_vision_tower": "true",
+            "freeze_multi_modal_projector": "true",
+            "max_steps": 3,
+            "save_steps": 3,
+            "eval_steps": 3,
+            "group_by_length": "false",  # the one switch that changes which samples share a step
+            **{key: on for key in ("loss_on_labelled_only", "packing", "cache_vision_features")},
+        }
+        train(_lora_recipe(learning_data, tiny_model_dir, tmp_path / name, **sets))
+        return _losses(tmp_path / name)
+
+    fast, plain = run("fast", "true"), run("plain", "false")
+    assert sorted(fast) == sorted(plain) == [1, 2, 3]
+    # Cached features are bf16, the CPU model fp32: equal up to that rounding.
+    assert all(fast[s] == pytest.approx(plain[s], rel=5e-3) for s in plain), (fast, plain)
+    assert list((tmp_path / "fast" / "feature_cache").glob("*/shard-*.safetensors"))
+    assert not (tmp_path / "plain" / "feature_cache").exists()

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
 from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
+from ctscribe.train.packing import pack_rows
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -109,7 +110,11 @@ class SFTDataset(torch.utils.data.Dataset):
     """Prepared records, length-checked up front, loaded (image and all) one at a time.
 
     Checking up front means a dropped sample is known and counted before the first step, and the
-    sampler's order, hence a resumed run's order, never depends on which samples fail.
+    sampler's order, hence a resumed run's order, never depends on which samples fail. The check
+    also yields each kept sample's token count (``lengths``), which length-grouped batches use.
+
+    With ``features`` (a vision-feature cache, see ``train.feature_cache``) a sample carries its
+    images' cached features instead of pixels, and no image is decoded.
     """
 
     records: list[dict]
@@ -119,52 +124,70 @@ class SFTDataset(torch.utils.data.Dataset):
     image_options: ImageOptions
     cutoff_len: int
     dropped: Counter = field(default_factory=Counter)
+    features: object | None = None  # a FeatureCache holding every image of the records
+    lengths: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         kept = []
         for record in self.records:
-            reason = self._check(record)
-            if reason is None:
-                kept.append(record)
+            result = self.encode(record)
+            if isinstance(result, str):
+                self.dropped[result] += 1
             else:
-                self.dropped[reason] += 1
+                kept.append(record)
+                self.lengths.append(len(result.input_ids))
         self.records = kept
+
+    def image_paths(self) -> list[Path]:
+        """Every image the kept records use (a cache is built for exactly these)."""
+        return [self.image_root / p for record in self.records for p in record.get("images", [])]
 
     def _image_tokens(self, relpath: str) -> int:
         with Image.open(self.image_root / relpath) as image:  # header only: no decode
             width, height = image.size
         return count_image_tokens(width, height, self.image_options.max_pixels, self.image_options.min_pixels)
 
-    def _check(self, record: dict) -> str | None:
+    def encode(self, record: dict) -> Encoded | str:
+        """The sample as it will be trained, or the reason it is dropped."""
         try:
             tokens = [self._image_tokens(p) for p in record.get("images", [])]
         except OSError as error:
             return f"unreadable image ({type(error).__name__})"
-        result = expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
-        return result if isinstance(result, str) else None
+        return expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _images(self, record: dict) -> dict:
+        """The record's images as the model takes them: pixels, or cached features; and their grids."""
+        paths = [self.image_root / p for p in record.get("images", [])]
+        if not paths:
+            return {}
+        if self.features is not None:
+            cached = [self.features.get(path) for path in paths]
+            return {
+                "image_features": torch.cat([features for features, _ in cached]),
+                "image_grid_thw": torch.cat([grid for _, grid in cached]),
+            }
+        images = [prepare_image(path, self.image_options).image for path in paths]
+        processed = self.image_processor(images=images, return_tensors="pt")
+        return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        images = [
-            prepare_image(self.image_root / p, self.image_options).image for p in record.get("images", [])
-        ]
-        features = {}
+        images = self._images(record)
         tokens = []
         if images:
-            features = self.image_processor(images=images, return_tensors="pt")
             merge = self.image_processor.merge_size**2
-            tokens = [int(t * h * w) // merge for t, h, w in features["image_grid_thw"].tolist()]
+            tokens = [int(t * h * w) // merge for t, h, w in images["image_grid_thw"].tolist()]
         encoded = expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
         if isinstance(encoded, str):  # the length check ran on the same sizes; this cannot differ
             raise RuntimeError(f"sample {record.get('id')} changed since it was checked: {encoded}")
-        sample = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
-        if images:
-            sample["pixel_values"] = features["pixel_values"]
-            sample["image_grid_thw"] = features["image_grid_thw"]
-        return sample
+        return {
+            "input_ids": torch.tensor(encoded.input_ids),
+            "labels": torch.tensor(encoded.labels),
+            **images,
+        }
 
 
 @functools.cache
@@ -181,24 +204,42 @@ def mm_token_types(input_ids: torch.Tensor) -> torch.Tensor:
     return (input_ids == IMAGE_PAD_ID).long() + 2 * (input_ids == VIDEO_PAD_ID).long()
 
 
-def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID) -> dict:
-    """Right-pad a batch; image patches of all samples are concatenated, as Qwen2-VL expects."""
-    longest = max(len(s["input_ids"]) for s in samples)
-    input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample["input_ids"])
-        input_ids[row, :n] = sample["input_ids"]
-        labels[row, :n] = sample["labels"]
-        attention_mask[row, :n] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID, pack_to: int | None = None) -> dict:
+    """Right-pad a batch; image patches (or cached features) of all samples are concatenated.
+
+    With ``pack_to`` the samples are packed end to end into rows of at most that many tokens (see
+    ``train.packing``): the batch then has ``text_position_ids`` restarting at 0 for each sample
+    (padding counts as one more) instead of an ``attention_mask``.
+    """
+    lengths = [len(s["input_ids"]) for s in samples]
+    rows = pack_rows(lengths, pack_to) if pack_to else [[i] for i in range(len(samples))]
+    longest = max(sum(lengths[i] for i in row) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    text_positions = torch.zeros((len(rows), longest), dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            end = offset + lengths[i]
+            input_ids[r, offset:end] = samples[i]["input_ids"]
+            labels[r, offset:end] = samples[i]["labels"]
+            text_positions[r, offset:end] = torch.arange(lengths[i])
+            offset = end
+        attention_mask[r, :offset] = 1
+        text_positions[r, offset:] = torch.arange(longest - offset)
+    batch = {"input_ids": input_ids, "labels": labels}
+    if pack_to:
+        batch["text_position_ids"] = text_positions
+    else:
+        batch["attention_mask"] = attention_mask
     if model_takes_token_types():
         batch["mm_token_type_ids"] = mm_token_types(input_ids)
-    with_images = [s for s in samples if "pixel_values" in s]
-    if with_images:
-        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
-        batch["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_images])
+    # Rows hold consecutive samples, so sample order is the order of the image-pad runs.
+    for key in ("pixel_values", "image_features", "image_grid_thw"):
+        parts = [s[key] for s in samples if key in s]
+        if parts:
+            batch[key] = torch.cat(parts)
     return batch
 
 

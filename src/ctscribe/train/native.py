@@ -18,10 +18,12 @@ RUN_DIR after a run::
     data_stats.json        samples used and dropped, by reason
     tensorboard/           TensorBoard event files
     checkpoint-N/          the last checkpoints, and the best by validation loss (kept by rotation)
+    feature_cache/         vision features of every image, when the tower is frozen (train.feature_cache)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -34,6 +36,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from ctscribe.data.images import ImageOptions
 from ctscribe.recipe import Recipe, RecipeError
 from ctscribe.train.data import SFTDataset, collate, load_records
+from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
+from ctscribe.train.inputs import model_inputs, qwen_core
+from ctscribe.train.loss import labelled_only_loss, liger_active
 from ctscribe.train.model import build_model, use_bf16
 
 log = logging.getLogger(__name__)
@@ -79,16 +84,60 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return self.size
 
 
+class LengthGroupedSampler(EpochSeededSampler):
+    """The seeded shuffle, then each run of ``group`` indices sorted longest first.
+
+    Neighbouring indices become batches, so batches hold samples of similar length and pad less
+    (transformers' ``group_by_length`` does the same from the global RNG; this one keeps the order a
+    function of (seed, epoch) only, so resumed and multi-process runs still repeat a single one).
+    """
+
+    def __init__(self, lengths: list[int], group: int, seed: int) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths, self.group = lengths, group
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        groups = [order[i : i + self.group] for i in range(0, len(order), self.group)]
+        return iter([i for group in groups for i in sorted(group, key=lambda i: -self.lengths[i])])
+
+
+# Batches per length-sorted group: as in transformers' LengthGroupedSampler ("megabatch" of 50).
+LENGTH_GROUP_BATCHES = 50
+
+
 class CtscribeTrainer(Trainer):
-    """A Trainer with a reproducible data order and checkpoints that count only once complete.
+    """A Trainer with a reproducible data order, checkpoints that count only once complete, and the
+    speed-ups of docs/TRAINING.md "Speed" (length-grouped batches, packed rows, cached vision
+    features, the LM head only at labelled positions).
 
     The Trainer writes a checkpoint folder file by file; a process killed midway leaves a folder
     that looks like a checkpoint. The marker, written last, is what `--resume` looks for.
     """
 
+    def __init__(self, *args, labelled_only: bool = False, group_by_length: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.labelled_only, self.group_by_length = labelled_only, group_by_length
+
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return EpochSeededSampler(len(dataset), self.args.data_seed or self.args.seed)
+        seed = self.args.data_seed or self.args.seed
+        if self.group_by_length:
+            group = self.args.per_device_train_batch_size * self.args.world_size * LENGTH_GROUP_BATCHES
+            return LengthGroupedSampler(dataset.lengths, group, seed)
+        return EpochSeededSampler(len(dataset), seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Packed rows and cached features become forward arguments; then the model's loss, or the
+        same loss with logits only at labelled positions."""
+        inputs = model_inputs(qwen_core(self.accelerator.unwrap_model(model)), inputs)
+        if not self.labelled_only:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = labelled_only_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As Trainer.compute_loss: the token count spans all processes, and DDP averages gradients.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -190,11 +239,6 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
             f"save_steps ({recipe.save_steps}) must be a multiple of eval_steps ({eval_steps}) "
             "to keep the best checkpoint"
         )
-    import importlib.util
-
-    liger = recipe.use_liger_kernel
-    if liger == "auto":
-        liger = importlib.util.find_spec("liger_kernel") is not None
     return TrainingArguments(
         output_dir=str(run_dir),
         learning_rate=recipe.learning_rate,
@@ -229,7 +273,8 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
         remove_unused_columns=False,  # pixel_values and image_grid_thw are not in the model's signature
         deepspeed=recipe.deepspeed,
         fsdp=recipe.fsdp,
-        use_liger_kernel=bool(liger),
+        use_liger_kernel=liger_active(recipe),
+        prediction_loss_only=True,  # evaluation reports eval_loss only; logits would only cost memory
         ddp_find_unused_parameters=False,
         # Without a GPU, transformers sets up torchrun's processes as a gloo process group only when
         # told it runs on the CPU; otherwise each process would silently train on its own.
@@ -258,6 +303,17 @@ def claim_run_dir(recipe: Recipe, resume: bool, started: bool) -> bool:
     return True
 
 
+def training_image_options(recipe: Recipe) -> ImageOptions:
+    """Prepared images are already cleaned and cropped: in training the one image path only decodes
+    them and fits them to the recipe's budget (a no-op when it equals prepare's)."""
+    return ImageOptions(
+        max_pixels=recipe.image_max_pixels,
+        min_pixels=recipe.image_min_pixels,
+        roi_box="keep",
+        crop_background=False,
+    )
+
+
 def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()) -> Path:
     """Train as the recipe says; returns the folder of the adapter (or full model)."""
     from transformers import AutoProcessor
@@ -282,14 +338,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         log.info("resuming from %s", checkpoint)
 
     processor = AutoProcessor.from_pretrained(recipe.model_name_or_path)
-    # Prepared images are already cleaned and cropped: here the one image path only decodes them
-    # and fits them to the recipe's budget (a no-op when it equals prepare's).
-    image_options = ImageOptions(
-        max_pixels=recipe.image_max_pixels,
-        min_pixels=recipe.image_min_pixels,
-        roi_box="keep",
-        crop_background=False,
-    )
+    image_options = training_image_options(recipe)
 
     def dataset(split: str) -> SFTDataset | None:
         path = data_dir / f"{split}.json"
@@ -326,6 +375,16 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
     args = training_arguments(recipe, run_dir, evaluate=eval_set is not None)
     set_seed(recipe.seed)  # LoRA's random init happens here, before the Trainer seeds anything
     model = build_model(recipe)
+    if cache_wanted(recipe):
+        root = Path(recipe.vision_feature_cache_dir or run_dir / "feature_cache")
+        splits = [split for split in (train_set, eval_set) if split is not None]
+        paths = [path for split in splits for path in split.image_paths()]
+        with args.main_process_first(desc="vision-feature cache"):  # one process builds, the rest read
+            cache = build_feature_cache(
+                root, qwen_core(model).visual, processor.image_processor, image_options, paths
+            )
+        for split in splits:
+            split.features = cache
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     loggers: list[TrainerCallback] = [JsonlLogger(log_path, samples_per_step)]
     if recipe.report_to == "tensorboard" and args.process_index == 0:
@@ -338,8 +397,11 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=collate,
+        data_collator=functools.partial(collate, pack_to=recipe.cutoff_len if recipe.packing else None),
         callbacks=[*loggers, *callbacks],
+        # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
+        labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),
+        group_by_length=recipe.group_by_length,
     )
     result = trainer.train(resume_from_checkpoint=checkpoint)
 

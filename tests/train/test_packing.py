@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
+from ctscribe.train.data import collate
+from ctscribe.train.inputs import model_inputs, qwen_core
+from ctscribe.train.packing import count_images, pack_rows
+
+
+def test_pack_rows_keeps_order_and_capacity():
+    assert pack_rows([3, 4, 2, 5, 1], capacity=7) == [[0, 1], [2, 3], [4]]
+    assert pack_rows([7, 7], capacity=7) == [[0], [1]]
+    with pytest.raises(ValueError, match="8 tokens cannot be packed into rows of 7"):
+        pack_rows([8], capacity=7)
+
+
+def test_count_images_counts_runs_of_image_pads():
+    p = IMAGE_PAD_ID
+    assert count_images(torch.tensor([[1, p, p, 2, p, 3, p, p, p]])) == 3
+    assert count_images(torch.tensor([[1, 2, 3]])) == 0
+
+
+def test_packed_batch_layout(make_dataset):
+    dataset = make_dataset()
+    samples = [dataset[i] for i in range(3)]
+    lengths = [len(s["input_ids"]) for s in samples]
+    batch = collate(samples, pack_to=lengths[0] + lengths[1])
+    assert batch["input_ids"].shape == (2, lengths[0] + lengths[1])
+    assert "attention_mask" not in batch
+    starts = [(row == 0).nonzero().flatten().tolist() for row in batch["text_position_ids"]]
+    assert starts == [[0, lengths[0]], [0, lengths[2]]]  # the second row's padding starts a segment
+    assert torch.equal(batch["input_ids"][0, lengths[0] :], samples[1]["input_ids"])
+    assert batch["image_grid_thw"].tolist() == torch.cat([s["image_grid_thw"] for s in samples]).tolist()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
+    make_dataset, labelled_count, tiny_model, attention
+):
+    tiny_model.set_attn_implementation(attention)
+    core = qwen_core(tiny_model)
+    dataset = make_dataset()
+    samples = [dataset[i] for i in range(3)]
+    lengths = [len(s["input_ids"]) for s in samples]
+    unpacked, packed = collate(samples), collate(samples, pack_to=512)
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    count = labelled_count(unpacked)
+    assert labelled_count(packed) == count
+    with torch.no_grad():
+        expected = tiny_model(**unpacked, num_items_in_batch=count)
+        got = tiny_model(**model_inputs(core, packed), num_items_in_batch=count)
+        # Without the per-sample borders (positions running on), samples see each other: another loss.
+        leaky = dict(packed, text_position_ids=torch.arange(sum(lengths))[None])
+        leaked = tiny_model(**model_inputs(core, leaky), num_items_in_batch=count)
+    tiny_model.set_attn_implementation("sdpa")
+    assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+    offsets = [0, lengths[0], lengths[0] + lengths[1]]
+    for row, (offset, length) in enumerate(zip(offsets, lengths, strict=True)):
+        assert torch.allclose(
+            got.logits[0, offset : offset + length], expected.logits[row, :length], atol=1e-5
+        )
+    assert abs(leaked.loss.item() - expected.loss.item()) > 1e-3
