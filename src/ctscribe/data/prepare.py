@@ -31,9 +31,10 @@ from pathlib import Path
 
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.dedupe import NearDuplicateIndex, image_hash
+from ctscribe.data.dialogue import dialogue_meta, followups
 from ctscribe.data.images import BadImageError, ImageOptions, prepare_image
 from ctscribe.data.modality import classify_modality
-from ctscribe.data.prompts import choose_prompt
+from ctscribe.data.prompts import choose_prompt, prompt_language
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
 from ctscribe.data.splits import SPLITS, assign_split
 
@@ -63,6 +64,7 @@ class FinalizeOptions:
     val_fraction: float = 0.02
     test_fraction: float = 0.02
     name: str = "mllm_med"
+    dialogue: bool = False  # physician follow-up turns after the description (ctscribe.data.dialogue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def stage_unit(unit: Unit, out: Path, options: StageOptions) -> int:
     """Stage every row of a unit; the unit's file appears only once all its rows are done."""
     records = [stage_row(row, out, options) for row in unit.load()]
     path = _unit_path(out, unit.key)
-    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return len(records)
 
 
@@ -143,7 +145,8 @@ def _stage_unit_star(args: tuple[Unit, Path, StageOptions]) -> int:
     return stage_unit(*args)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -168,7 +171,7 @@ def _check_options(out: Path, fingerprint: dict) -> None:
                 "rerun with the same options to resume, or choose a new --out"
             )
     else:
-        _atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
+        atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
 def stage(
@@ -216,7 +219,7 @@ def stage(
                 done += 1
                 if progress:
                     progress(rows)
-    _atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [index, count]}))
+    atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [index, count]}))
     return {"units_staged": done, "units_resumed": resumed}
 
 
@@ -236,15 +239,43 @@ def iter_staged(out: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def sft_record(record: dict, prompt: str) -> dict:
-    """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it."""
+def sft_record(
+    record_id: str, image: str, caption: str, split: str, options: FinalizeOptions, answer_lang: str = "en"
+) -> dict:
+    """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it.
+
+    With ``options.dialogue``, the description is followed by a clinician's follow-up questions and
+    their answers from the caption, and ``dialogue`` describes each turn for evaluation."""
+    prompt = choose_prompt(record_id, split, options.lang, answer_lang)
+    messages = [
+        {"role": "user", "content": f"{IMAGE_TOKEN}{prompt}"},
+        {"role": "assistant", "content": caption},
+    ]
+    record = {"id": record_id, "messages": messages, "images": [image]}
+    if options.dialogue:
+        turns = followups(record_id, caption, prompt_language(record_id, options.lang))
+        for turn in turns:
+            messages += [
+                {"role": "user", "content": turn.question},
+                {"role": "assistant", "content": turn.answer},
+            ]
+        record["dialogue"] = dialogue_meta(turns)
+    return record
+
+
+def count_turns(record: dict, counts: Counter) -> None:
+    """Add a record's dialogue turns to ``counts`` (by topic, and closed answers by yes/no)."""
+    for entry in record.get("dialogue", ())[1:]:
+        counts[f"turns:{entry['topic']}"] += 1
+        if entry["expected"] is not None:
+            counts[f"closed:{entry['expected']}"] += 1
+
+
+def dialogue_stats(counts: Counter) -> dict:
+    """stats.json's ``dialogue`` block: follow-up turns per topic, closed answers per yes/no."""
     return {
-        "id": record["id"],
-        "messages": [
-            {"role": "user", "content": f"{IMAGE_TOKEN}{prompt}"},
-            {"role": "assistant", "content": record["caption"]},
-        ],
-        "images": [record["image"]],
+        "turns": {k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("turns:")},
+        "closed": {answer: counts[f"closed:{answer}"] for answer in ("yes", "no")},
     }
 
 
@@ -267,7 +298,7 @@ def dataset_info(name: str) -> dict:
     }
 
 
-class _JsonArrayWriter:
+class JsonArrayWriter:
     """Streams records into a JSON array (LLaMA-Factory's format) without holding them all."""
 
     def __init__(self, path: Path) -> None:
@@ -299,12 +330,13 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     modalities: Counter[str] = Counter()
     bad_reasons: Counter[str] = Counter()
     duplicate_kinds: Counter[str] = Counter()
+    turn_counts: Counter[str] = Counter()
     unreferenced_images: list[str] = []
     read = kept = roi_found = token_sum = 0
     has_groups = False
     example: dict | None = None
 
-    writers = {split: _JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
+    writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
     try:
         for record in iter_staged(out):
             read += 1
@@ -334,7 +366,8 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
             split = assign_split(
                 record.get("group") or record["id"], options.val_fraction, options.test_fraction
             )
-            sft = sft_record(record, choose_prompt(record["id"], split, options.lang))
+            sft = sft_record(record["id"], record["image"], record["caption"], split, options)
+            count_turns(sft, turn_counts)
             writers[split].write(sft)
             example = example or sft
             kept += 1
@@ -364,12 +397,14 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
         "source": staging_options["source"],
         "options": {**staging_options["stage"], **asdict(options)},
     }
+    if options.dialogue:
+        stats["dialogue"] = dialogue_stats(turn_counts)
     archives = out / STAGING / "archives.json"
     if archives.exists():
         stats["archives"] = json.loads(archives.read_text())
-    _atomic_write_text(out / "dataset_info.json", json.dumps(dataset_info(options.name), indent=2))
-    _atomic_write_text(out / "README.md", dataset_card(stats, example))
-    _atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "dataset_info.json", json.dumps(dataset_info(options.name), indent=2))
+    atomic_write_text(out / "README.md", dataset_card(stats, example))
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
     return stats
 
 
@@ -418,6 +453,15 @@ def dataset_card(stats: dict, example: dict | None) -> str:
         )
     lines += [
         f"- Prompts: language {options['lang']}; two prompts per language appear in the test split only.",
+        *(
+            [
+                "- Dialogue: each description is followed by a clinician's follow-up questions answered "
+                f"from the caption only; follow-up turns {stats['dialogue']['turns']}, closed answers "
+                f"{stats['dialogue']['closed']}.",
+            ]
+            if options.get("dialogue")
+            else []
+        ),
         "",
         "## Use",
         "",
@@ -471,14 +515,14 @@ def merge_shards(shard_dirs: list[Path], out: Path, options: FinalizeOptions) ->
     _check_options(out, merged)
     for shard_dir in shard_dirs:
         for path in sorted((shard_dir / STAGING / "units").glob("*.jsonl")):
-            _link_or_copy(path, _unit_path(out, path.stem))
+            link_or_copy(path, _unit_path(out, path.stem))
         for image in (shard_dir / "images").rglob("*.png"):
-            _link_or_copy(image, out / image.relative_to(shard_dir))
-    _atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [0, 1]}))
+            link_or_copy(image, out / image.relative_to(shard_dir))
+    atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [0, 1]}))
     return finalize(out, options)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link when on the same file system (no extra disk for millions of images), else copy."""
     if target.exists():
         return
@@ -531,7 +575,7 @@ def open_source(
 
             wanted = metadata_names(files, wanted_row)
             report = extract_archives(archives, image_root, wanted.__contains__)
-            _atomic_write_text(out / STAGING / "archives.json", json.dumps(asdict(report), indent=2))
+            atomic_write_text(out / STAGING / "archives.json", json.dumps(asdict(report), indent=2))
             if report.truncated:
                 lost = ", ".join(report.truncated)
                 log.warning("truncated or corrupt archive(s): %s; the images they lost are skipped", lost)
