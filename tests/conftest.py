@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import httpx
 import pytest
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS
@@ -111,3 +117,60 @@ def llamafactory_cli(unavailable) -> Path:
         return find_cli()
     except LlamaFactoryError as error:
         unavailable(str(error))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
+
+    def __init__(self, model: Path, log: Path, *args: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
+        self.log = log
+        self.process = subprocess.Popen(
+            [*command, "--max-pixels", str(LEARNING_PIXELS), "--no-web", *args],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("server did not start in time")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """``start_server(model, log, *args)``: a running ``ctscribe serve`` (a :class:`Server`), stopped at
+    the end of the session at the latest."""
+    started: list[Server] = []
+
+    def start(model: Path, log: Path, *args: str) -> Server:
+        started.append(Server(model, log, *args))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()

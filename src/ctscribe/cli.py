@@ -155,6 +155,10 @@ def _print_stats(stats: dict) -> None:
 
 
 Fraction = Annotated[float, typer.Option(min=0.0, max=0.5)]
+DialogueOption = typer.Option(
+    help="Multi-turn records: the description, then a clinician's follow-up questions (organ, abnormality, "
+    "location, effect, balanced yes/no) answered from the caption only. See docs/PREPARE.md."
+)
 
 
 @app.command()
@@ -181,6 +185,7 @@ def prepare(
     ] = RoiBox.remove,
     crop_background: Annotated[bool, typer.Option(help="Crop the black air around the body.")] = True,
     lang: Annotated[Lang, typer.Option(help="Prompt language (answers are the English captions).")] = Lang.en,
+    dialogue: Annotated[bool, DialogueOption] = False,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     limit: Annotated[int | None, typer.Option(min=1, help="Read only the first N source rows.")] = None,
@@ -211,7 +216,7 @@ def prepare(
         image=ImageOptions(max_pixels=max_pixels, roi_box=roi_box.value, crop_background=crop_background),
     )
     finalize_options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name
+        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
     )
     result = run_prepare(
         source,
@@ -242,6 +247,7 @@ def prepare_merge(
     ],
     out: Annotated[Path, typer.Option(help="New output folder for the joined data set.")],
     lang: Annotated[Lang, typer.Option(help="Prompt language.")] = Lang.en,
+    dialogue: Annotated[bool, DialogueOption] = False,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
@@ -250,10 +256,88 @@ def prepare_merge(
     from ctscribe.data.prepare import FinalizeOptions, merge_shards
 
     options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name
+        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
     )
     _print_stats(merge_shards(shards, out, options))
     typer.echo(f"wrote {out}")
+
+
+class Answers(StrEnum):
+    zh = "zh"
+    both = "both"
+
+
+@app.command()
+def translate(
+    data: Annotated[Path, typer.Option(help="Prepared data folder (from ctscribe prepare).")],
+    out: Annotated[Path, typer.Option(help="New folder for the translated data set. Rerun to resume.")],
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible server that translates (vLLM, ctscribe serve), e.g. "
+            "http://127.0.0.1:8000; /v1 is added when the URL has no path. Key from CTSCRIBE_API_KEY."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name on the server (default: the first listed).")
+    ] = None,
+    captions_zh: Annotated[
+        Path | None,
+        typer.Option(help="Instead of a server: JSONL or CSV with id and caption_zh, joined by record id."),
+    ] = None,
+    answers: Annotated[
+        Answers, typer.Option(help="zh: every answer Chinese; both: Chinese or English, half each (by id).")
+    ] = Answers.zh,
+    lang: Annotated[
+        Lang, typer.Option(help="Prompt language (the prompts ask for the answer's language).")
+    ] = Lang.zh,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, max=2048, help="Longest translation; a longer one is a failure.")
+    ] = 1024,
+    batch_size: Annotated[int, typer.Option(min=1, help="Concurrent requests (and cache checkpoint).")] = 16,
+    check_answers: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse answers cut off at --max-tokens or not mostly Chinese. --no-check-answers keeps any "
+            "non-empty answer (bilingual servers; plumbing tests with a tiny model)."
+        ),
+    ] = True,
+    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+) -> None:
+    """Chinese answers for a prepared data set: through an OpenAI-compatible server, or joined from a file.
+
+    Each distinct caption is asked once; answers are cached in OUT/translations.jsonl, so a rerun asks
+    only for what is missing or failed. Writes train/val/test.json (same records and splits, prompts
+    asking for the answer's language, dialogue turns rebuilt from the Chinese caption),
+    dataset_info.json and stats.json (failures counted by reason). See docs/PREPARE.md.
+
+    Example: ctscribe translate --data data/ct --out data/ct-zh --base-url http://127.0.0.1:8000
+    """
+    from ctscribe.data.translate import TranslateOptions, run_translate
+
+    stats = run_translate(
+        data,
+        out,
+        TranslateOptions(answers=answers.value, lang=lang.value, name=name),
+        base_url=base_url,
+        model=model,
+        captions_zh=captions_zh,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        check=check_answers,
+    )
+    translation = stats["translation"]
+    if "requested" in translation:
+        typer.echo(
+            f"{translation['captions']} caption(s) to translate: {translation['cached']} cached, "
+            f"{translation['requested']} requested, {translation['translated']} translated"
+        )
+        for reason, count in translation["failed"].items():
+            typer.echo(f"  {count} x {reason}", err=True)
+    skipped = sum(stats["skipped"].values())
+    typer.echo(f"wrote {stats['kept']} record(s) to {out}; {skipped} without a Chinese caption left out")
+    if stats["kept"] == 0:
+        raise typer.Exit(1)
 
 
 class Engine(StrEnum):
@@ -514,7 +598,9 @@ def evaluate(
     """Score a model on a test split: text metrics, clinical findings, base vs fine-tuned, plots.
 
     Writes predictions.jsonl, metrics.json (each number with a 95% bootstrap interval), report.md,
-    metrics.png, regions.png, loss.png (with --run-dir) and gallery.html. See docs/EVALUATION.md.
+    metrics.png, regions.png, loss.png (with --run-dir) and gallery.html. A split prepared with
+    --dialogue also gets its follow-up questions answered (dialogue_predictions.jsonl) and scored:
+    closed-question accuracy and open-question recall. See docs/EVALUATION.md.
 
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
     --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora

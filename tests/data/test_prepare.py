@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +116,25 @@ def test_test_split_uses_only_held_out_prompts(prepared):
         for record in rows:
             prompt = record["messages"][0]["content"].removeprefix("<image>")
             assert (prompt in held_out) == (split == "test"), (split, prompt)
+
+
+def test_dialogue_adds_follow_ups_and_changes_no_split_or_description(prepared, tmp_path):
+    out = tmp_path / "dialogue"
+    shutil.copytree(prepared, out)
+    stats = prepare_module.finalize(out, dataclasses.replace(FINAL, dialogue=True))
+    plain, dialogue = _records(prepared), _records(out)
+    for split, rows in plain.items():
+        assert [r["id"] for r in dialogue[split]] == [r["id"] for r in rows]
+        for before, after in zip(rows, dialogue[split], strict=True):
+            assert after["messages"][:2] == before["messages"] and after["images"] == before["images"]
+            assert len(after["messages"]) == 2 * len(after["dialogue"]) >= 8
+            roles = [m["role"] for m in after["messages"]]
+            assert roles == ["user", "assistant"] * len(after["dialogue"])
+            assert sum("<image>" in m["content"] for m in after["messages"]) == 1
+    closed = stats["dialogue"]["closed"]
+    assert closed["yes"] > 20 and closed["no"] > 20
+    assert "Dialogue:" in (out / "README.md").read_text()
+    assert (out / "dataset_info.json").read_text() == (prepared / "dataset_info.json").read_text()
 
 
 def test_splits_are_stable_when_rows_are_added(phantom_units, prepared, tmp_path):

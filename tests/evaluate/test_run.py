@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
+from ctscribe.data.images import ImageOptions
 from ctscribe.evaluate.report import build_report, comparison_rows
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.generate.engine import ImagePath
 
 REFERENCE = "The image is a CT scan of the chest. A nodule is located in the left lung."
 
@@ -92,3 +94,46 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
     assert again.returncode == 0, again.stderr
     assert len(read_predictions(out / "predictions.jsonl")) == len(lines)
     assert json.loads((out / "metrics.json").read_text())["findings"] == metrics["findings"]
+
+
+class _Answers(ImagePath):
+    """A stand-in engine: "CT of the chest." for descriptions, "Yes." to every follow-up."""
+
+    name = "stand-in"
+    image_options = ImageOptions(max_pixels=LEARNING_PIXELS)
+
+    def generate(self, requests):
+        from ctscribe.generate.engine import GenerationResult
+
+        return [
+            GenerationResult("Yes." if len(r.messages) > 1 else "CT of the chest.", 5, 3, "stop", 0.0)
+            for r in requests
+        ]
+
+
+def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp_path):
+    from PIL import Image
+
+    from ctscribe.data.prepare import FinalizeOptions, sft_record
+    from ctscribe.evaluate.run import run_evaluation
+
+    records = []
+    for index, caption in enumerate(
+        ["CT of the chest. No lesion is seen.", "CT of the head. No lesion is seen."]
+    ):
+        Image.new("L", (64, 64), 30).save(tmp_path / f"{index}.png")
+        records.append(
+            sft_record(f"r{index}", f"{index}.png", caption, "test", FinalizeOptions(dialogue=True))
+        )
+    (tmp_path / "test.json").write_text(json.dumps(records))
+    out = tmp_path / "report"
+    metrics = run_evaluation(_Answers, tmp_path / "test.json", out, with_meteor=False)
+    rows = read_predictions(out / "dialogue_predictions.jsonl")
+    closed = [t for row in rows for t in row["turns"] if t["kind"] == "closed"]
+    expected = sum(t["expected"] == "yes" for t in closed) / len(closed)  # "Yes." to all: the yes share
+    assert metrics["dialogue"]["closed_acc"] == pytest.approx(expected)
+    assert metrics["dialogue"]["closed_n"] == len(closed) > 0
+    # "Yes." names none of the open answers' key terms (CT, the region, "no lesion")
+    assert metrics["dialogue"]["open_recall"] == 0.0 and metrics["dialogue"]["open_n"] == 4
+    report = (out / "report.md").read_text()
+    assert "| closed-question accuracy |" in report and "| open-question recall |" in report

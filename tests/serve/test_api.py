@@ -3,16 +3,9 @@
 import base64
 import io
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,51 +20,11 @@ KEY = "test-key-123"
 PROMPT = "Describe this CT image and give your diagnostic impression."
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
-
-    def __init__(self, model: Path, log: Path, *args: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
-        self.log = log
-        self.process = subprocess.Popen(
-            [*command, "--max-pixels", str(LEARNING_PIXELS), "--no-web", *args],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("server did not start in time")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
-    running = Server(trained_run / "model", tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY)
+def server(trained_run, tmp_path_factory, start_server):
+    running = start_server(
+        trained_run / "model", tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY
+    )
     try:
         yield running
     finally:
@@ -222,8 +175,8 @@ def test_sixteen_concurrent_clients_get_their_single_request_answers_from_shared
 
 
 @pytest.mark.slow
-def test_a_full_queue_answers_503_with_a_retry_hint(trained_run, tmp_path):
-    busy = Server(trained_run / "model", tmp_path / "busy.log", "--max-batch", "1", "--max-queue", "2")
+def test_a_full_queue_answers_503_with_a_retry_hint(trained_run, tmp_path, start_server):
+    busy = start_server(trained_run / "model", tmp_path / "busy.log", "--max-batch", "1", "--max-queue", "2")
     try:
         (url,) = _phantom_urls(1)
 

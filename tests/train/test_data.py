@@ -23,6 +23,18 @@ CONVERSATION = [
     {"role": "user", "content": "Is there a bleed?"},
     {"role": "assistant", "content": "Yes, on the left."},
 ]
+# What prepare --dialogue and translate write for Chinese: prompts, captions and follow-ups in Chinese.
+CHINESE = [
+    {"role": "user", "content": "<image>请用中文描述这张CT图像，并给出诊断印象。"},
+    {
+        "role": "assistant",
+        "content": "胸部CT扫描。感兴趣区位于图像左侧的肺内，可见约1.2%面积的软组织密度结节。",
+    },
+    {"role": "user", "content": "病变在右侧吗？"},
+    {"role": "assistant", "content": "不是。"},
+    {"role": "user", "content": "有异常吗？"},
+    {"role": "assistant", "content": "有。"},
+]
 
 
 def _as_template_messages(messages):
@@ -37,11 +49,26 @@ def _as_template_messages(messages):
     return out
 
 
-@pytest.mark.parametrize("messages", [CONVERSATION[:2], CONVERSATION])
+@pytest.mark.parametrize("messages", [CONVERSATION[:2], CONVERSATION, CHINESE])
 def test_rendering_equals_the_qwen2_vl_chat_template(processor, messages):
     text, _ = render_conversation(messages)
     expected = processor.apply_chat_template(_as_template_messages(messages))
     assert text == expected
+
+
+def test_chinese_answers_are_labelled_whole_and_nothing_else(processor):
+    tokenizer = processor.tokenizer
+    encoded = encode_text(tokenizer, CHINESE)
+    labelled = [
+        token for token, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX
+    ]
+    answers = [m["content"] for m in CHINESE if m["role"] == "assistant"]
+    assert tokenizer.decode(labelled) == "".join(f"{answer}<|im_end|>" for answer in answers)
+    assert labelled.count(IM_END_ID) == len(answers)
+    unlabelled = tokenizer.decode(
+        [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label == IGNORE_INDEX]
+    )
+    assert "病变在右侧吗？" in unlabelled and "不是" not in unlabelled
 
 
 def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor):

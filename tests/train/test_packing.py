@@ -59,4 +59,6 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
         assert torch.allclose(
             got.logits[0, offset : offset + length], expected.logits[row, :length], atol=1e-5
         )
-    assert abs(leaked.loss.item() - expected.loss.item()) > 1e-3
+    # The random model attends weakly, so the leak shows in the logits (far beyond the 1e-5 above)
+    # more reliably than in the loss.
+    assert not torch.allclose(leaked.logits, got.logits, atol=1e-3)

@@ -21,7 +21,7 @@ Rules, in the order they are applied, and why:
 5. Spaces before punctuation are removed (" ," becomes ","): a tokenisation artefact, not content.
 6. The caption ends with terminal punctuation: a trailing comma, colon or semicolon becomes ".", and
    "." is added after a final letter, digit, closing bracket, quote or "%", so every target ends
-   like a sentence.
+   like a sentence; a Chinese caption (``ctscribe translate``) gets the full stop "。".
 7. A caption that is empty or whitespace only becomes "", which callers count as empty.
 
 Nothing else is changed: measurements such as "approximately 4.1% of the image area", negations and
@@ -134,6 +134,7 @@ _LEADING_PUNCT = re.compile(r"^[\s,.;:]+")
 _CAPITALISE_MARK = re.compile(rf"{_SENTENCE_START_MARK}\s*(\w?)")
 _TRAILING_SEPARATOR = re.compile(r"[\s,;:]+$")
 _NEEDS_STOP = re.compile(rf"[\w)%\]{_QUOTES}]$")
+_CHINESE_END = re.compile(r"[\u4e00-\u9fff][)\]%]?$")
 
 
 def _drop_phrase(match: re.Match[str]) -> str:
@@ -194,5 +195,5 @@ def clean_caption(text: str) -> str:
     text = _strip_quotes(_WHITESPACE.sub(" ", text))
     text = _TRAILING_SEPARATOR.sub("", text)
     if _NEEDS_STOP.search(text):
-        text += "."
+        text += "。" if _CHINESE_END.search(text) else "."
     return text

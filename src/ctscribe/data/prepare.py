@@ -31,9 +31,10 @@ from pathlib import Path
 
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.dedupe import NearDuplicateIndex, image_hash
+from ctscribe.data.dialogue import dialogue_meta, followups
 from ctscribe.data.images import BadImageError, ImageOptions, prepare_image
 from ctscribe.data.modality import classify_modality
-from ctscribe.data.prompts import choose_prompt
+from ctscribe.data.prompts import choose_prompt, prompt_language
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
 from ctscribe.data.splits import SPLITS, assign_split
 from ctscribe.files import atomic_write_text
@@ -64,6 +65,7 @@ class FinalizeOptions:
     val_fraction: float = 0.02
     test_fraction: float = 0.02
     name: str = "mllm_med"
+    dialogue: bool = False  # physician follow-up turns after the description (ctscribe.data.dialogue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,15 +228,43 @@ def iter_staged(out: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def sft_record(record: dict, prompt: str) -> dict:
-    """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it."""
+def sft_record(
+    record_id: str, image: str, caption: str, split: str, options: FinalizeOptions, answer_lang: str = "en"
+) -> dict:
+    """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it.
+
+    With ``options.dialogue``, the description is followed by a clinician's follow-up questions and
+    their answers from the caption, and ``dialogue`` describes each turn for evaluation."""
+    prompt = choose_prompt(record_id, split, options.lang, answer_lang)
+    messages = [
+        {"role": "user", "content": f"{IMAGE_TOKEN}{prompt}"},
+        {"role": "assistant", "content": caption},
+    ]
+    record = {"id": record_id, "messages": messages, "images": [image]}
+    if options.dialogue:
+        turns = followups(record_id, caption, prompt_language(record_id, options.lang))
+        for turn in turns:
+            messages += [
+                {"role": "user", "content": turn.question},
+                {"role": "assistant", "content": turn.answer},
+            ]
+        record["dialogue"] = dialogue_meta(turns)
+    return record
+
+
+def count_turns(record: dict, counts: Counter) -> None:
+    """Add a record's dialogue turns to ``counts`` (by topic, and closed answers by yes/no)."""
+    for entry in record.get("dialogue", ())[1:]:
+        counts[f"turns:{entry['topic']}"] += 1
+        if entry["expected"] is not None:
+            counts[f"closed:{entry['expected']}"] += 1
+
+
+def dialogue_stats(counts: Counter) -> dict:
+    """stats.json's ``dialogue`` block: follow-up turns per topic, closed answers per yes/no."""
     return {
-        "id": record["id"],
-        "messages": [
-            {"role": "user", "content": f"{IMAGE_TOKEN}{prompt}"},
-            {"role": "assistant", "content": record["caption"]},
-        ],
-        "images": [record["image"]],
+        "turns": {k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("turns:")},
+        "closed": {answer: counts[f"closed:{answer}"] for answer in ("yes", "no")},
     }
 
 
@@ -257,7 +287,7 @@ def dataset_info(name: str) -> dict:
     }
 
 
-class _JsonArrayWriter:
+class JsonArrayWriter:
     """Streams records into a JSON array (LLaMA-Factory's format) without holding them all."""
 
     def __init__(self, path: Path) -> None:
@@ -289,12 +319,13 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     modalities: Counter[str] = Counter()
     bad_reasons: Counter[str] = Counter()
     duplicate_kinds: Counter[str] = Counter()
+    turn_counts: Counter[str] = Counter()
     unreferenced_images: list[str] = []
     read = kept = roi_found = token_sum = 0
     has_groups = False
     example: dict | None = None
 
-    writers = {split: _JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
+    writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
     try:
         for record in iter_staged(out):
             read += 1
@@ -324,7 +355,8 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
             split = assign_split(
                 record.get("group") or record["id"], options.val_fraction, options.test_fraction
             )
-            sft = sft_record(record, choose_prompt(record["id"], split, options.lang))
+            sft = sft_record(record["id"], record["image"], record["caption"], split, options)
+            count_turns(sft, turn_counts)
             writers[split].write(sft)
             example = example or sft
             kept += 1
@@ -354,6 +386,8 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
         "source": staging_options["source"],
         "options": {**staging_options["stage"], **asdict(options)},
     }
+    if options.dialogue:
+        stats["dialogue"] = dialogue_stats(turn_counts)
     archives = out / STAGING / "archives.json"
     if archives.exists():
         stats["archives"] = json.loads(archives.read_text())
@@ -408,6 +442,15 @@ def dataset_card(stats: dict, example: dict | None) -> str:
         )
     lines += [
         f"- Prompts: language {options['lang']}; two prompts per language appear in the test split only.",
+        *(
+            [
+                "- Dialogue: each description is followed by a clinician's follow-up questions answered "
+                f"from the caption only; follow-up turns {stats['dialogue']['turns']}, closed answers "
+                f"{stats['dialogue']['closed']}.",
+            ]
+            if options.get("dialogue")
+            else []
+        ),
         "",
         "## Use",
         "",
@@ -461,14 +504,14 @@ def merge_shards(shard_dirs: list[Path], out: Path, options: FinalizeOptions) ->
     _check_options(out, merged)
     for shard_dir in shard_dirs:
         for path in sorted((shard_dir / STAGING / "units").glob("*.jsonl")):
-            _link_or_copy(path, _unit_path(out, path.stem))
+            link_or_copy(path, _unit_path(out, path.stem))
         for image in (shard_dir / "images").rglob("*.png"):
-            _link_or_copy(image, out / image.relative_to(shard_dir))
+            link_or_copy(image, out / image.relative_to(shard_dir))
     atomic_write_text(out / STAGING / "complete.json", json.dumps({"shard": [0, 1]}))
     return finalize(out, options)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link when on the same file system (no extra disk for millions of images), else copy."""
     if target.exists():
         return

@@ -29,6 +29,7 @@ present. Hedged findings ("possible", "suggestive of", 可能) count as present.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -442,7 +443,8 @@ _POST_NEGATION = re.compile(
 )
 
 
-def _sentences(text: str) -> list[str]:
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a text, English (". ") or Chinese ("。"), whitespace collapsed."""
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s and s.strip()]
 
 
@@ -470,7 +472,9 @@ def _negated_spans(sentence: str) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
-class _Sentence:
+class SentenceFindings:
+    """What one sentence states: finding types present and absent, normal/abnormal, sides, ROI."""
+
     text: str
     present: frozenset[str]
     absent: frozenset[str]
@@ -481,7 +485,10 @@ class _Sentence:
     sides: frozenset[str]
 
 
-def _analyse(sentence: str) -> _Sentence:
+# Parsing is regex-heavy (~10 ms a caption) and MedTrinity's sentences repeat: results are cached.
+@functools.lru_cache(maxsize=1 << 16)
+def analyse_sentence(sentence: str) -> SentenceFindings:
+    """The :class:`SentenceFindings` of one sentence, negation applied (see the module docstring)."""
     spans = _negated_spans(sentence)
 
     def negated(m: re.Match[str]) -> bool:
@@ -495,7 +502,7 @@ def _analyse(sentence: str) -> _Sentence:
     # 左右 is "about" (约5cm左右), not a side: blank it out, keeping character positions.
     unsided = sentence.replace("左右", "  ")
     sides = {_term_of(m, LATERALITY) for m in _LATERALITY_RE.finditer(unsided) if not negated(m)}
-    return _Sentence(
+    return SentenceFindings(
         text=sentence,
         present=frozenset(present),
         absent=frozenset(absent),
@@ -539,9 +546,10 @@ class Findings:
     absent: frozenset[str] = frozenset()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_findings(text: str) -> Findings:
     """The :class:`Findings` a description states (English, Chinese or mixed)."""
-    sentences = [_analyse(s) for s in _sentences(text)]
+    sentences = [analyse_sentence(s) for s in split_sentences(text)]
     modality_match = _MODALITY_RE.search(text)
     modality = _term_of(modality_match, MODALITIES) if modality_match else None
     region_names = [_term_of(m, REGIONS) for m in _REGION_RE.finditer(text)]
@@ -566,6 +574,23 @@ def parse_findings(text: str) -> Findings:
     )
 
 
+def key_terms(text: str) -> frozenset[str]:
+    """Every concept of the lexicons a text names: modalities, regions and organs, sides (any
+    mention, negated or not), abnormality types stated as present, and ``no <type>`` for types stated
+    as absent, as canonical names. What a short answer has to say: open-question recall counts how
+    many of a reference answer's key terms a prediction names."""
+    findings = parse_findings(text)
+    sides = {_term_of(m, LATERALITY) for m in _LATERALITY_RE.finditer(text.replace("左右", "  "))}
+    modalities = {_term_of(m, MODALITIES) for m in _MODALITY_RE.finditer(text)}
+    return frozenset(
+        modalities
+        | findings.regions
+        | sides
+        | findings.abnormalities
+        | {f"no {name}" for name in findings.absent}
+    )
+
+
 def findings_sentence(text: str) -> str:
     """The sentence(s) that state the findings: those naming an abnormality type (present or
     absent), the region of interest, or a normal result ("No focal abnormality is seen"). The
@@ -573,7 +598,7 @@ def findings_sentence(text: str) -> str:
     ("This abnormality may cause …") are left out. "" when no sentence qualifies."""
     kept = [
         s.text
-        for s in map(_analyse, _sentences(text))
+        for s in map(analyse_sentence, split_sentences(text))
         if s.present or s.absent or s.roi or s.normal or s.normal_negated
     ]
     return ("" if is_chinese(text) else " ").join(kept)

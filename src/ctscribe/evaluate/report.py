@@ -28,6 +28,8 @@ ROWS = (
     *((name.replace("_", " "), ("findings", name)) for name in FINDINGS_METRICS),
     ("BLEU-4, findings sentence", ("findings_sentence", "bleu4")),
     ("ROUGE-L, findings sentence", ("findings_sentence", "rouge_l")),
+    ("closed-question accuracy", ("dialogue", "closed_acc")),
+    ("open-question recall", ("dialogue", "open_recall")),
 )
 THUMBNAIL = 160
 

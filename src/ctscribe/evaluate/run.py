@@ -1,6 +1,7 @@
 """``ctscribe evaluate``: generate for a test split with the shared engine, score, and report.
 
     test.json --predict--> REPORT_DIR/predictions.jsonl (and baseline_predictions.jsonl)
+              --follow-ups--> dialogue_predictions.jsonl (records prepared with --dialogue only)
               --score----> metrics.json --report--> report.md, *.png, gallery.html
 
 Generation is ``ctscribe predict`` itself, so it batches, resumes (a killed evaluation continues
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ctscribe.evaluate.dialogue import answer_followups, followup_records, score_dialogues
 from ctscribe.evaluate.report import build_report
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.generate.engine import Engine
@@ -22,7 +24,10 @@ from ctscribe.predict import predict
 log = logging.getLogger(__name__)
 
 
-def _generate(make_engine: Callable[[], Engine], data: Path, path: Path, **options) -> str:
+def _generate(
+    make_engine: Callable[[], Engine], data: Path, path: Path, dialogue_path: Path | None, **options
+) -> str:
+    """Descriptions into ``path``; with ``dialogue_path``, the follow-up answers after them."""
     engine = make_engine()
     summary = predict(engine, [data], path, **options)
     log.info(
@@ -32,6 +37,9 @@ def _generate(make_engine: Callable[[], Engine], data: Path, path: Path, **optio
         summary.skipped,
         summary.failed,
     )
+    if dialogue_path is not None:
+        answered = answer_followups(engine, data, read_predictions(path), dialogue_path, **options)
+        log.info("%s: %d dialogue(s) answered", dialogue_path.name, answered)
     name = engine.name
     del engine  # free its memory before the next model loads
     return name
@@ -57,13 +65,22 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     scoring = {"with_meteor": with_meteor, "bertscore_model": bertscore_model}
     options = {"limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-    model_name = _generate(make_engine, data, out / "predictions.jsonl", **options)
-    records = read_predictions(out / "predictions.jsonl")
-    metrics = {"model": model_name, "data": str(data), **score_records(records, **scoring)}
+    has_dialogue = bool(followup_records(data, limit))
+
+    def run(make: Callable[[], Engine], prefix: str) -> tuple[list[dict], dict]:
+        """Generate and score one system; returns its prediction records and metrics block."""
+        path, dialogue_path = out / f"{prefix}predictions.jsonl", out / f"{prefix}dialogue_predictions.jsonl"
+        name = _generate(make, data, path, dialogue_path if has_dialogue else None, **options)
+        records = read_predictions(path)
+        block = {"model": name, **score_records(records, **scoring)}
+        if has_dialogue:
+            block["dialogue"] = score_dialogues(read_predictions(dialogue_path))
+        return records, block
+
+    records, model_block = run(make_engine, "")
+    metrics = {"data": str(data), **model_block}
     baseline: list[dict] = []
     if make_baseline is not None:
-        baseline_name = _generate(make_baseline, data, out / "baseline_predictions.jsonl", **options)
-        baseline = read_predictions(out / "baseline_predictions.jsonl")
-        metrics["baseline"] = {"model": baseline_name, **score_records(baseline, **scoring)}
+        baseline, metrics["baseline"] = run(make_baseline, "baseline_")
     build_report(out, metrics, records, baseline, run_dir, examples)
     return metrics

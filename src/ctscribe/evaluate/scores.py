@@ -39,7 +39,7 @@ def read_predictions(path: Path) -> list[dict]:
     return records
 
 
-def _number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
     """JSON has no NaN: a metric with nothing to count is null."""
     return None if value is None or not math.isfinite(value) else round(float(value), 6)
 
@@ -61,8 +61,8 @@ def _text_block(
         results["bertscore"] = bertscore(predictions, references, bertscore_model)
         block["bertscore_layer"] = default_layer(bertscore_model)
     for name, result in results.items():
-        block[name] = _number(result.score)
-        block["ci95"][name] = [_number(v) for v in result.ci(seed=seed)]
+        block[name] = json_number(result.score)
+        block["ci95"][name] = [json_number(v) for v in result.ci(seed=seed)]
     return block
 
 
@@ -84,9 +84,9 @@ def score_records(
     intervals = findings_intervals(findings, seed=seed)
     metrics["findings"] = {
         "n": findings["n"],
-        **{name: _number(findings[name]) for name in FINDINGS_METRICS},
+        **{name: json_number(findings[name]) for name in FINDINGS_METRICS},
         "ci95": {
-            name: [_number(v) for v in intervals[name]] for name in FINDINGS_METRICS if name in intervals
+            name: [json_number(v) for v in intervals[name]] for name in FINDINGS_METRICS if name in intervals
         },
     }
 
@@ -106,8 +106,8 @@ def score_records(
     metrics["per_region"] = {
         part: {
             "n": len(indices),
-            "region_acc": _number(float(np.nanmean(per_sample["region"][indices]))),
-            "abnormality_f1": _number(
+            "region_acc": json_number(float(np.nanmean(per_sample["region"][indices]))),
+            "abnormality_f1": json_number(
                 score_findings([predicted[i] for i in indices], [expected[i] for i in indices])[
                     "abnormality_f1"
                 ]

@@ -92,6 +92,21 @@ class OpenAIEngine(ImagePath):
             seconds=time.perf_counter() - start,
         )
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def _one_or_error(self, request: GenerationRequest) -> GenerationResult | Exception:
+        from openai import OpenAIError
+
+        try:
+            return self._one(request)
+        except OpenAIError as error:  # connection, timeout, HTTP errors: after the client's retries
+            return error
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], return_exceptions: bool = False
+    ) -> list[GenerationResult] | list[GenerationResult | Exception]:
+        """Results in request order; with ``return_exceptions``, a failed request's error takes its
+        place instead of failing the whole batch (what translate counts per caption)."""
+        if not requests:
+            return []
+        one = self._one_or_error if return_exceptions else self._one
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(one, requests))

@@ -1,0 +1,164 @@
+"""Dialogue evaluation: the model answers a test record's follow-up questions; closed and open scores.
+
+A record prepared with ``--dialogue`` holds the description prompt, then follow-up questions with
+reference answers and, in its ``dialogue`` field, each turn's kind and (closed questions) the
+expected yes/no. The model is asked the follow-ups as a clinician would ask them: after **its own**
+description (from ``predictions.jsonl``) and its own earlier answers, never the reference's, which
+would hand it the answers. Records are answered in batches, one turn position at a time, and each
+finished record is appended to ``dialogue_predictions.jsonl``, so a killed evaluation resumes.
+
+Scores (``metrics.json``'s ``dialogue`` block), with the same bootstrap intervals as the rest:
+
+- ``closed_acc``: share of closed questions whose answer, read as yes or no, equals the expected one
+  (like VQA-RAD's "closed" accuracy); an answer that is neither counts as wrong. Chance is 0.5: the
+  prepared questions are balanced. ``closed_acc_by_topic`` breaks it down (modality questions of a
+  CT-only set can be answered without the image; the others cannot).
+- ``open_recall``: per open question, the share of the reference answer's key terms (the findings
+  lexicons' modality, regions, sides, abnormality types with their polarity) that the answer names;
+  the mean over open questions whose reference names any.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ctscribe.data.images import BadImageError
+from ctscribe.data.prepare import IMAGE_TOKEN
+from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.evaluate.findings import key_terms
+from ctscribe.evaluate.scores import json_number, read_predictions
+from ctscribe.files import atomic_write_text
+from ctscribe.generate.engine import Engine, GenerationRequest, user_message
+
+_YES = re.compile(r"^(?:yes|yeah|correct|true)\b|^(?:是|对|有|正确)", re.IGNORECASE)
+_NO = re.compile(r"^(?:no|not|false|incorrect)\b|^(?:不是|否|没有|无|不|未|非)", re.IGNORECASE)
+
+
+def yes_or_no(text: str) -> str | None:
+    """``yes``, ``no`` or None for an answer, from how it starts ("Yes.", "No, …", 是, 不是, 有, 没有)."""
+    start = text.strip().lstrip("\"'\u201c\u2018([\u300c").strip()
+    if _NO.match(start):  # before yes: 不是 and 没有 start with no "yes" prefix, 是 is inside 不是
+        return "no"
+    if _YES.match(start):
+        return "yes"
+    return None
+
+
+def followup_records(data: Path, limit: int | None = None) -> list[dict]:
+    """The split's records (the first ``limit``, as predict takes them) that carry follow-up turns."""
+    try:
+        records = json.loads(data.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []  # predict reports an unreadable split as its error record
+    if not isinstance(records, list):
+        return []
+    return [r for r in records[:limit] if isinstance(r, dict) and len(r.get("dialogue") or []) > 1]
+
+
+def _turns(record: dict) -> list[tuple[dict, str, str]]:
+    """(meta, question, reference) of each follow-up: message pairs after the description's."""
+    messages = record["messages"]
+    return [
+        (meta, messages[2 * k]["content"], messages[2 * k + 1]["content"])
+        for k, meta in enumerate(record["dialogue"])
+        if k > 0
+    ]
+
+
+def answer_followups(
+    engine: Engine,
+    data: Path,
+    predictions: Sequence[dict],
+    out: Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    show_progress: bool = True,
+) -> int:
+    """Answer the follow-ups of every dialogue record whose description the model wrote; append one
+    line per record to ``out``. Returns the number of records answered in this call."""
+    described = {p["id"]: p for p in predictions if p.get("status") == "ok" and p.get("id") is not None}
+    rows = read_predictions(out) if out.exists() else []
+    # Rewritten without a line torn by a kill, so that appending starts on a line of its own.
+    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    done = {row["id"] for row in rows}
+    todo = [r for r in followup_records(data, limit) if r["id"] in described and r["id"] not in done]
+    answered = 0
+    with (
+        out.open("a", encoding="utf-8") as sink,
+        tqdm(total=len(todo), desc="dialogue", unit="record", disable=not show_progress) as progress,
+    ):
+        for start in range(0, len(todo), batch_size):
+            batch = []
+            for record in todo[start : start + batch_size]:
+                try:
+                    image = engine.prepare(data.parent / record["images"][0])
+                except BadImageError:
+                    continue  # its description failed too; predictions.jsonl names the reason
+                prompt = record["messages"][0]["content"].replace(IMAGE_TOKEN, "").strip()
+                history = [
+                    user_message(prompt),
+                    {"role": "assistant", "content": described[record["id"]]["text"]},
+                ]
+                batch.append((record, image, history, []))
+            depth = max((len(_turns(record)) for record, *_ in batch), default=0)
+            for position in range(depth):
+                asking = [item for item in batch if position < len(_turns(item[0]))]
+                requests = []
+                for record, image, history, _ in asking:
+                    history.append({"role": "user", "content": _turns(record)[position][1]})
+                    requests.append(GenerationRequest(list(history), [image], max_new_tokens))
+                for (_, _, history, answers), result in zip(asking, engine.generate(requests), strict=True):
+                    history.append({"role": "assistant", "content": result.text})
+                    answers.append(result.text)
+            for record, _, _, answers in batch:
+                turns = [
+                    {**meta, "question": question, "reference": reference, "prediction": answer}
+                    for (meta, question, reference), answer in zip(_turns(record), answers, strict=True)
+                ]
+                sink.write(json.dumps({"id": record["id"], "turns": turns}, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            answered += len(batch)
+            progress.update(len(todo[start : start + batch_size]))
+    return answered
+
+
+def score_dialogues(rows: Sequence[dict], seed: int = 0) -> dict:
+    """metrics.json's ``dialogue`` block from the rows of ``dialogue_predictions.jsonl``."""
+    turns = [turn for row in rows for turn in row["turns"]]
+    closed = [t for t in turns if t["kind"] == "closed"]
+    correct = np.array([float(yes_or_no(t["prediction"]) == t["expected"]) for t in closed])
+    recalls = []
+    for turn in (t for t in turns if t["kind"] == "open"):
+        expected = key_terms(turn["reference"])
+        if expected:
+            recalls.append(len(expected & key_terms(turn["prediction"])) / len(expected))
+    recall = np.array(recalls)
+    block: dict = {
+        "records": len(rows),
+        "closed_n": len(closed),
+        "closed_expected_yes": sum(t["expected"] == "yes" for t in closed),
+        "closed_acc": json_number(correct.mean()) if closed else None,
+        "closed_unreadable": sum(yes_or_no(t["prediction"]) is None for t in closed),
+        "closed_acc_by_topic": {},
+        "open_n": len(recalls),
+        "open_recall": json_number(recall.mean()) if recalls else None,
+        "ci95": {},
+    }
+    for topic in sorted({t["topic"] for t in closed}):
+        hits = [c for t, c in zip(closed, correct, strict=True) if t["topic"] == topic]
+        block["closed_acc_by_topic"][topic] = {"n": len(hits), "acc": json_number(float(np.mean(hits)))}
+    if closed:
+        block["ci95"]["closed_acc"] = [json_number(v) for v in bootstrap_ci(correct, seed=seed)]
+    if recalls:
+        block["ci95"]["open_recall"] = [json_number(v) for v in bootstrap_ci(recall, seed=seed)]
+    return block
