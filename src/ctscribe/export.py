@@ -213,9 +213,13 @@ def _claim_out(out: Path, force: bool) -> Path:
     return partial
 
 
-def _publish(partial: Path, out: Path, record: dict, card: str) -> None:
+def _publish(
+    partial: Path, out: Path, engine: str, base: str | Path, adapter_dir: Path, dtype: str, check: ExportCheck
+) -> None:
     """Add the model card and export record, then rename: ``out`` appears only when complete."""
-    (partial / "README.md").write_text(card)
+    record = {"engine": engine, "base": str(base), "adapter": str(adapter_dir), "dtype": dtype}
+    record.update(asdict(check))
+    (partial / "README.md").write_text(model_card(str(base), adapter_dir, dtype, check))
     (partial / "ctscribe_export.json").write_text(json.dumps(record, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -243,14 +247,7 @@ def export_merged(
     getattr(merged.config, "text_config", merged.config).use_cache = True
     merged.save_pretrained(str(partial), safe_serialization=True)
     processor.save_pretrained(str(partial))
-    record = {
-        "engine": "ctscribe",
-        "base": str(base),
-        "adapter": str(adapter_dir),
-        "dtype": dtype,
-        **asdict(check),
-    }
-    _publish(partial, out, record, model_card(str(base), adapter_dir, dtype, check))
+    _publish(partial, out, "ctscribe", base, adapter_dir, dtype, check)
     return check
 
 
@@ -298,12 +295,5 @@ def export_llamafactory(
         check.adapter_effect,
         check.merge_error,
     )
-    record = {
-        "engine": "llamafactory",
-        "base": str(base),
-        "adapter": str(adapter_dir),
-        "dtype": dtype,
-        **asdict(check),
-    }
-    _publish(partial, out, record, model_card(str(base), adapter_dir, dtype, check))
+    _publish(partial, out, "llamafactory", base, adapter_dir, dtype, check)
     return check

@@ -37,7 +37,7 @@ from ctscribe.data.modality import classify_modality
 from ctscribe.data.prompts import choose_prompt, prompt_language
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
 from ctscribe.data.splits import SPLITS, assign_split
-from ctscribe.files import atomic_write_text
+from ctscribe.files import atomic_write, atomic_write_text
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
@@ -90,14 +90,7 @@ def _save_png(image, path: Path) -> None:
 
     r, g, b = image.split()
     grey = not ImageChops.difference(r, g).getbbox() and not ImageChops.difference(r, b).getbbox()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        (r if grey else image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: (r if grey else image).save(tmp, format="PNG"))
 
 
 def stage_row(row: SourceRow, out: Path, options: StageOptions) -> dict:

@@ -8,6 +8,8 @@ never moves an existing row, so a test row can never drift into training between
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 SPLITS = ("train", "val", "test")
 
@@ -23,3 +25,17 @@ def assign_split(group: str, val_fraction: float, test_fraction: float) -> str:
     if position < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def read_split(path: Path) -> list[dict]:
+    """A prepared split file's records (a JSON array), with a clear error for anything else."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        message = f"{path} not found: is --data a folder written by `ctscribe prepare`?"
+        raise FileNotFoundError(message) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); rerun `ctscribe prepare`") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON array of records")
+    return records

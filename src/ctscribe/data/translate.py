@@ -46,7 +46,7 @@ from ctscribe.data.prepare import (
     sft_record,
 )
 from ctscribe.data.prompts import fraction
-from ctscribe.data.splits import SPLITS
+from ctscribe.data.splits import SPLITS, read_split
 from ctscribe.evaluate.text_metrics import is_chinese
 
 CACHE = "translations.jsonl"
@@ -217,21 +217,6 @@ def read_captions_zh(path: Path) -> dict[str, str]:
         if text:
             mapping[str(row["id"])] = text
     return mapping
-
-
-def read_split(path: Path) -> list[dict]:
-    """A prepared split file's records, with a clear error for anything else."""
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} not found: is --data a folder written by ctscribe prepare?"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON array of records")
-    return records
 
 
 def description(record: dict) -> str:

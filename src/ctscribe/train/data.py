@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
+from ctscribe.data.splits import read_split
 from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
 from ctscribe.train.packing import pack_rows
 
@@ -245,14 +245,5 @@ def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID, pack_to: int | None
 
 def load_records(path: Path, max_samples: int | None = None) -> list[dict]:
     """Records of a prepared split file (a JSON array), the first ``max_samples`` of them."""
-    try:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} not found: is --data a folder written by `ctscribe prepare`?"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); rerun `ctscribe prepare`") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON array of records")
+    records = read_split(path)
     return records[:max_samples] if max_samples else records

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ctscribe.data.images import ImageOptions, prepare_image
+from ctscribe.files import atomic_write, atomic_write_bytes
 from ctscribe.recipe import Recipe
 
 INDEX = "index.json"
@@ -73,13 +73,6 @@ def vision_fingerprint(visual: torch.nn.Module, options: ImageOptions) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
 
 
 class FeatureCache:
@@ -144,7 +137,7 @@ class FeatureCache:
 
     def write_index(self) -> None:
         payload = {"fingerprint": self.folder.name, "shards": self.shards}
-        _atomic_write_bytes(self.folder / INDEX, json.dumps(payload).encode())
+        atomic_write_bytes(self.folder / INDEX, json.dumps(payload).encode())
 
     def add_shard(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write one shard (temporary file, then rename) and record it in the index."""
@@ -154,9 +147,7 @@ class FeatureCache:
         for key, (feats, grid) in features.items():
             tensors[f"{key}.features"] = feats.to(torch.bfloat16).cpu().contiguous()
             tensors[f"{key}.grid"] = grid.reshape(3).to(torch.int64).cpu()
-        temporary = self.folder / f".{name}.tmp"
-        save_file(tensors, str(temporary))
-        os.replace(temporary, self.folder / name)
+        atomic_write(self.folder / name, lambda tmp: save_file(tensors, tmp))
         self.shards[name] = {"bytes": (self.folder / name).stat().st_size, "keys": sorted(features)}
         self.where.update(dict.fromkeys(features, name))
         self.write_index()
