@@ -174,3 +174,17 @@ def start_server():
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def real_caption() -> str:
+    """The real MedTrinity-25M CT caption quoted in shared/notes/facts.md (test_findings checks it)."""
+    return (
+        "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral "
+        "hemispheres, ventricles, and subarachnoid spaces without any medical devices visible. The region "
+        "of interest, located centrally and in the middle of the image, exhibits an area of increased "
+        "density compared to the surrounding brain tissue, which is indicative of an intracranial "
+        "hemorrhage. This abnormality is likely affecting the surrounding brain structures due to mass "
+        "effect or increased intracranial pressure, which can lead to a shift of brain tissue and "
+        "potential further complications."
+    )

@@ -9,14 +9,6 @@ from ctscribe.data.dialogue import caption_facts, dialogue_meta, followups
 from ctscribe.evaluate.findings import key_terms
 from ctscribe.fixtures.phantom import OTHER_CAPTIONS, generate_rows
 
-REAL_CAPTION = (
-    "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral "
-    "hemispheres, ventricles, and subarachnoid spaces without any medical devices visible. The region of "
-    "interest, located centrally and in the middle of the image, exhibits an area of increased density "
-    "compared to the surrounding brain tissue, which is indicative of an intracranial hemorrhage. This "
-    "abnormality is likely affecting the surrounding brain structures due to mass effect or increased "
-    "intracranial pressure, which can lead to a shift of brain tissue and potential further complications."
-)
 LOCATION_PREFIXES = ("It is located ", "位于")
 
 
@@ -123,8 +115,8 @@ def test_nothing_is_asked_about_what_the_caption_does_not_say():
                 assert (turn.asked == "MRI") == (turn.expected == "yes")
 
 
-def test_a_medtrinity_caption_splits_into_its_three_parts():
-    facts = caption_facts(REAL_CAPTION)
+def test_a_medtrinity_caption_splits_into_its_three_parts(real_caption):
+    facts = caption_facts(real_caption)
     assert facts.anatomy == "The image is a non-contrast computed tomography (CT) scan of the brain."
     assert facts.finding.startswith("The region of interest, located centrally")
     assert facts.location == "centrally and in the middle of the image"
@@ -151,14 +143,14 @@ def test_chinese_caption_gets_chinese_answers_and_the_question_language_is_the_r
     assert [t.answer for t in zh_questions] == [t.answer for t in turns]
 
 
-def test_same_row_same_dialogue_and_wording_varies_between_rows():
-    assert followups("row-1", REAL_CAPTION, "en") == followups("row-1", REAL_CAPTION, "en")
-    questions = {turn.question for key in map(str, range(30)) for turn in followups(key, REAL_CAPTION, "en")}
+def test_same_row_same_dialogue_and_wording_varies_between_rows(real_caption):
+    assert followups("row-1", real_caption, "en") == followups("row-1", real_caption, "en")
+    questions = {turn.question for key in map(str, range(30)) for turn in followups(key, real_caption, "en")}
     assert len(questions) > 15
 
 
-def test_dialogue_meta_lists_each_pair_description_first():
-    turns = followups("row-1", REAL_CAPTION, "en")
+def test_dialogue_meta_lists_each_pair_description_first(real_caption):
+    turns = followups("row-1", real_caption, "en")
     meta = dialogue_meta(turns)
     assert meta[0] == {"kind": "description", "topic": "description", "expected": None}
     assert [m["topic"] for m in meta[1:]] == [t.topic for t in turns]

@@ -210,22 +210,11 @@ def test_longest_entry_wins() -> None:
     assert parse_findings("脑积水").abnormalities == {"hydrocephalus"}
 
 
-# The real MedTrinity CT caption quoted in shared/notes/facts.md.
-REAL_CAPTION = (
-    "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral "
-    "hemispheres, ventricles, and subarachnoid spaces without any medical devices visible. The region of "
-    "interest, located centrally and in the middle of the image, exhibits an area of increased density "
-    "compared to the surrounding brain tissue, which is indicative of an intracranial hemorrhage. This "
-    "abnormality is likely affecting the surrounding brain structures due to mass effect or increased "
-    "intracranial pressure, which can lead to a shift of brain tissue and potential further complications."
-)
-
-
-def test_real_medtrinity_caption() -> None:
+def test_real_medtrinity_caption(real_caption) -> None:
     facts = Path(__file__).resolve().parents[3] / "shared" / "notes" / "facts.md"
     if facts.exists():  # the quote above is the one in the notes
-        assert REAL_CAPTION in " ".join(facts.read_text().split())
-    found = parse_findings(REAL_CAPTION)
+        assert real_caption in " ".join(facts.read_text().split())
+    found = parse_findings(real_caption)
     assert found == Findings(
         modality="CT",
         regions=frozenset({"brain"}),
@@ -234,8 +223,8 @@ def test_real_medtrinity_caption() -> None:
         abnormal=True,
         body_part="head",
     )
-    assert findings_sentence(REAL_CAPTION).startswith("The region of interest, located centrally")
-    assert findings_sentence(REAL_CAPTION).endswith("indicative of an intracranial hemorrhage.")
+    assert findings_sentence(real_caption).startswith("The region of interest, located centrally")
+    assert findings_sentence(real_caption).endswith("indicative of an intracranial hemorrhage.")
 
 
 # What each phantom abnormality is called in the lexicon.
