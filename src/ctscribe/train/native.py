@@ -375,7 +375,9 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
     args = training_arguments(recipe, run_dir, evaluate=eval_set is not None)
     set_seed(recipe.seed)  # LoRA's random init happens here, before the Trainer seeds anything
     model = build_model(recipe)
+    cache_seconds = 0.0
     if cache_wanted(recipe):
+        started = time.perf_counter()
         root = Path(recipe.vision_feature_cache_dir or run_dir / "feature_cache")
         splits = [split for split in (train_set, eval_set) if split is not None]
         paths = [path for split in splits for path in split.image_paths()]
@@ -385,6 +387,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
             )
         for split in splits:
             split.features = cache
+        cache_seconds = time.perf_counter() - started
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     loggers: list[TrainerCallback] = [JsonlLogger(log_path, samples_per_step)]
     if recipe.report_to == "tensorboard" and args.process_index == 0:
@@ -420,6 +423,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
             # transformers' own measure (samples over the train loop's time), as LLaMA-Factory reports it
             "train_samples_per_second": result.metrics.get("train_samples_per_second"),
             "train_runtime": result.metrics.get("train_runtime"),
+            "feature_cache_seconds": round(cache_seconds, 3),  # building (or reusing) it, before the loop
         }
         (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     return final
