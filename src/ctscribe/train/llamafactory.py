@@ -61,11 +61,17 @@ SAME_NAME = (
     "seed",
     "dataloader_num_workers",
     "report_to",
-    "group_by_length",
 )
 # ctscribe's own speed-ups (docs/TRAINING.md "Speed"): they change how fast the native engine runs,
-# never what it computes, and LLaMA-Factory has no equivalent, so its runs are its own.
-NATIVE_ONLY = ("loss_on_labelled_only", "cache_vision_features", "vision_feature_cache_dir", "packing")
+# never what it computes, and LLaMA-Factory 0.9.5 has no equivalent (its transformers 5.6 dropped
+# group_by_length and refuses the key), so its runs are its own.
+NATIVE_ONLY = (
+    "loss_on_labelled_only",
+    "cache_vision_features",
+    "vision_feature_cache_dir",
+    "packing",
+    "group_by_length",
+)
 # Recipe keys translated below (or, like max_samples and deepspeed, passed only when set).
 TRANSLATED = (
     "finetuning_type",
