@@ -88,3 +88,18 @@ def test_a_merge_written_by_another_tool_is_checked_against_base_plus_adapter(ti
     assert check.adapter_effect > 1e-4 and check.merge_error < 1e-3
     with pytest.raises(ExportError, match="differ from base"):
         verify_merged(tiny_model_dir, tmp_path / "adapter", tiny_model_dir, "bf16")
+
+
+def test_a_failed_llamafactory_export_leaves_its_log_and_no_model(tiny_model_dir, tmp_path):
+    from ctscribe.llamafactory import LlamaFactoryError
+
+    cli = tmp_path / "llamafactory-cli"
+    cli.write_text("#!/bin/sh\necho 'merge went wrong'\nexit 1\n")
+    cli.chmod(0o755)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    out = tmp_path / "merged"
+    with pytest.raises(LlamaFactoryError, match="merge went wrong"):
+        export_llamafactory(tiny_model_dir, tmp_path / "adapter", out, cli=cli)
+    assert not out.exists() and not out.with_name("merged.partial").exists()
+    assert "merge went wrong" in out.with_name("merged.llamafactory_export.log").read_text()

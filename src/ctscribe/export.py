@@ -274,7 +274,7 @@ def export_llamafactory(
     adapter_dir = resolve_adapter(adapter)
     check_model_reference(base)
     config = {
-        "model_name_or_path": str(base),
+        "model_name_or_path": str(Path(base).resolve()) if Path(base).exists() else str(base),
         "adapter_name_or_path": str(adapter_dir.resolve()),
         "template": TEMPLATE,
         "finetuning_type": "lora",
@@ -283,13 +283,20 @@ def export_llamafactory(
         "export_size": 5,
         "infer_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        config_path = write_config(Path(scratch) / "llamafactory_export.yaml", config)
-        log_path = Path(scratch) / "llamafactory_export.log"
-        run_cli(executable, "export", config_path, log_path)
-        for path in (config_path, log_path):
-            shutil.copy2(path, partial / path.name)
-    check = verify_merged(base, adapter_dir, partial, dtype)
+    # The log sits beside OUT while LLaMA-Factory runs, so a failed export leaves it where the error
+    # message points; a finished one moves into OUT with the YAML.
+    log_path = out.with_name(out.name + ".llamafactory_export.log")
+    log_path.unlink(missing_ok=True)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            config_path = write_config(Path(scratch) / "llamafactory_export.yaml", config)
+            run_cli(executable, "export", config_path, log_path)
+            shutil.copy2(config_path, partial / config_path.name)
+        check = verify_merged(base, adapter_dir, partial, dtype)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a refused or broken merge leaves no model behind
+        raise
+    shutil.move(log_path, partial / "llamafactory_export.log")
     log.info(
         "llamafactory export checked: adapter effect %.3g, merge error %.2g",
         check.adapter_effect,
