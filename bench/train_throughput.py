@@ -45,8 +45,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, TrainerCallback
 
-from ctscribe.data.prepare import sft_record
-from ctscribe.data.prompts import choose_prompt
+from ctscribe.data.prepare import FinalizeOptions, sft_record
+from ctscribe.fixtures.learning import usable_ct
 from ctscribe.fixtures.phantom import generate_rows
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID, build_tiny_model
 from ctscribe.recipe import load_recipe
@@ -92,13 +92,12 @@ def write_data(folder: Path, rows: int) -> None:
     (folder / "images").mkdir(parents=True)
     records = []
     for index, (truth, data, caption) in enumerate(generate_rows(rows * 3, seed=11)):
-        if truth.modality != "CT" or truth.corrupt or truth.empty_caption or truth.duplicate_of:
+        if not usable_ct(truth):
             continue
         name = f"images/{index:05d}.png"
         with Image.open(io.BytesIO(data)) as image:
             image.convert("RGB").resize((SIDE, SIDE)).save(folder / name)
-        record = {"id": str(index), "caption": caption, "image": name}
-        records.append(sft_record(record, choose_prompt(str(index), "train")))
+        records.append(sft_record(str(index), name, caption, "train", FinalizeOptions()))
         if len(records) == rows:
             break
     (folder / "train.json").write_text(json.dumps(records))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.images import BadImageError
 from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.files import atomic_write, atomic_write_text
 from ctscribe.generate.engine import Engine, GenerationRequest, user_message
 from ctscribe.generate.inputs import InputItem, iter_inputs
 
@@ -71,9 +72,7 @@ def load_done(out: Path) -> set[str]:
         if isinstance(record, dict) and record.get("status") == "ok":
             kept.append(line)
             done.add(record_key(record["input"], record.get("slice")))
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(temporary, out)
+    atomic_write_text(out, "".join(f"{line}\n" for line in kept))
     return done
 
 
@@ -176,11 +175,12 @@ def predict(
 def write_csv(jsonl: Path, csv_path: Path) -> int:
     """The JSONL results as a CSV table (for spreadsheets), written atomically; returns the rows."""
     rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    temporary = csv_path.with_name(csv_path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    os.replace(temporary, csv_path)
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(csv_path, write)
     return len(rows)

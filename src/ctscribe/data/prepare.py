@@ -248,16 +248,16 @@ def sft_record(
 def count_turns(record: dict, counts: Counter) -> None:
     """Add a record's dialogue turns to ``counts`` (by topic, and closed answers by yes/no)."""
     for entry in record.get("dialogue", ())[1:]:
-        counts[f"turns:{entry['topic']}"] += 1
+        counts["turns", entry["topic"]] += 1
         if entry["expected"] is not None:
-            counts[f"closed:{entry['expected']}"] += 1
+            counts["closed", entry["expected"]] += 1
 
 
 def dialogue_stats(counts: Counter) -> dict:
     """stats.json's ``dialogue`` block: follow-up turns per topic, closed answers per yes/no."""
     return {
-        "turns": {k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("turns:")},
-        "closed": {answer: counts[f"closed:{answer}"] for answer in ("yes", "no")},
+        "turns": {topic: n for (kind, topic), n in sorted(counts.items()) if kind == "turns"},
+        "closed": {answer: counts["closed", answer] for answer in ("yes", "no")},
     }
 
 
@@ -312,7 +312,7 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     modalities: Counter[str] = Counter()
     bad_reasons: Counter[str] = Counter()
     duplicate_kinds: Counter[str] = Counter()
-    turn_counts: Counter[str] = Counter()
+    turn_counts: Counter[tuple[str, str]] = Counter()
     unreferenced_images: list[str] = []
     read = kept = roi_found = token_sum = 0
     has_groups = False

@@ -13,10 +13,11 @@ import glob
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from ctscribe.files import atomic_write_bytes
 
 DEMO_COLUMNS = ("image", "id", "caption")
 FULL_COLUMNS = ("file_name", "caption", "source")
@@ -284,16 +285,7 @@ def extract_archives(archives: list[Path], dest: Path, wanted: Callable[[str], b
                     source = tar.extractfile(member)
                     if source is None:
                         continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(
-                        dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
-                    )
-                    try:
-                        with os.fdopen(fd, "wb") as out:
-                            out.write(source.read())
-                        os.replace(tmp, target)
-                    finally:
-                        Path(tmp).unlink(missing_ok=True)
+                    atomic_write_bytes(target, source.read())
                     report.extracted += 1
         except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
             status = f"truncated: {type(exc).__name__}: {exc}"

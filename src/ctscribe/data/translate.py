@@ -234,7 +234,7 @@ def write_translated(
     """Write the output data set; ``chinese(record)`` is a record's Chinese caption or None."""
     skipped: Counter[str] = Counter()
     languages: Counter[str] = Counter()
-    turns: Counter[str] = Counter()
+    turns: Counter[tuple[str, str]] = Counter()
     writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
     try:
         for split, records in splits.items():

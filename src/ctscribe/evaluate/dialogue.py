@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ctscribe.data.images import BadImageError
 from ctscribe.data.prepare import IMAGE_TOKEN
+from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
 from ctscribe.evaluate.findings import key_terms
 from ctscribe.evaluate.scores import json_number, read_predictions
@@ -54,11 +55,9 @@ def yes_or_no(text: str) -> str | None:
 def followup_records(data: Path, limit: int | None = None) -> list[dict]:
     """The split's records (the first ``limit``, as predict takes them) that carry follow-up turns."""
     try:
-        records = json.loads(data.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        records = read_split(data)
+    except (OSError, ValueError):
         return []  # predict reports an unreadable split as its error record
-    if not isinstance(records, list):
-        return []
     return [r for r in records[:limit] if isinstance(r, dict) and len(r.get("dialogue") or []) > 1]
 
 
@@ -108,23 +107,23 @@ def answer_followups(
                     user_message(prompt),
                     {"role": "assistant", "content": described[record["id"]]["text"]},
                 ]
-                batch.append((record, image, history, []))
-            depth = max((len(_turns(record)) for record, *_ in batch), default=0)
+                batch.append((record, _turns(record), image, history, []))
+            depth = max((len(turns) for _, turns, *_ in batch), default=0)
             for position in range(depth):
-                asking = [item for item in batch if position < len(_turns(item[0]))]
+                asking = [item for item in batch if position < len(item[1])]
                 requests = []
-                for record, image, history, _ in asking:
-                    history.append({"role": "user", "content": _turns(record)[position][1]})
+                for _, turns, image, history, _ in asking:
+                    history.append({"role": "user", "content": turns[position][1]})
                     requests.append(GenerationRequest(list(history), [image], max_new_tokens))
-                for (_, _, history, answers), result in zip(asking, engine.generate(requests), strict=True):
+                for (*_, history, answers), result in zip(asking, engine.generate(requests), strict=True):
                     history.append({"role": "assistant", "content": result.text})
                     answers.append(result.text)
-            for record, _, _, answers in batch:
-                turns = [
+            for record, turns, _, _, answers in batch:
+                scored = [
                     {**meta, "question": question, "reference": reference, "prediction": answer}
-                    for (meta, question, reference), answer in zip(_turns(record), answers, strict=True)
+                    for (meta, question, reference), answer in zip(turns, answers, strict=True)
                 ]
-                sink.write(json.dumps({"id": record["id"], "turns": turns}, ensure_ascii=False) + "\n")
+                sink.write(json.dumps({"id": record["id"], "turns": scored}, ensure_ascii=False) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
             answered += len(batch)

@@ -10,13 +10,13 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.images import BadImageError, open_image
 from ctscribe.evaluate.findings import Findings, parse_findings
 from ctscribe.evaluate.scores import FINDINGS_METRICS
+from ctscribe.files import atomic_write_text
 
 # (label, where in a metrics block): the rows of the comparison table and plot.
 ROWS = (
@@ -223,9 +223,8 @@ def build_report(
     out: Path, metrics: dict, records: list[dict], baseline: list[dict], run_dir: Path | None, examples: int
 ) -> None:
     """Write metrics.json, the plots, report.md and gallery.html into ``out``."""
-    partial = out / "metrics.json.tmp"  # a reader never sees half a metrics.json
-    partial.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, out / "metrics.json")
+    # A reader never sees half a metrics.json.
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
     plots = ["metrics.png"]
     plot_comparison(metrics, out / "metrics.png")
     if metrics.get("per_region"):
