@@ -267,7 +267,7 @@ def test_missing_column_is_named(tmp_path):
         _prepare(tmp_path / "bad.parquet", tmp_path / "out")
 
 
-def test_full_release_with_archives_splits_by_study(tmp_path):
+def test_full_release_with_archives_splits_by_patient(tmp_path):
     phantom = build_phantom_full(tmp_path / "full", rows=60, seed=2)
     truth = read_truth(phantom)
     stats = run_prepare(
@@ -282,12 +282,25 @@ def test_full_release_with_archives_splits_by_study(tmp_path):
     assert stats["read"] == 60 == stats["kept"] + sum(stats["skipped"].values())
     assert stats["archives"]["truncated"] == ["dataset_shard_2.tar.zst"]
     assert stats["bad_image_reasons"]["missing image file"] >= 2  # the unlisted image + the truncated tail
-    assert stats["split_by"] == "patient/study"
+    rules = {source: set(by_rule) for source, by_rule in stats["split_by"].items()}
+    assert rules == {
+        "bhx": {"CQ500 patient"},
+        "deeplesion": {"DeepLesion patient"},
+        "ct_rate": {"CT-RATE patient"},
+        "flare23": {"FLARE case"},
+    }
+    assert sum(sum(by_rule.values()) for by_rule in stats["split_by"].values()) == stats["kept"]
+    assert "DeepLesion patient" in (tmp_path / "out" / "README.md").read_text()
+    # Each record's id is the release's file name; a patient's slices (from several studies or
+    # scans: full_release_name) never straddle splits, while patients do spread over all three.
     kept = {r["id"]: split for split, rows in _records(tmp_path / "out").items() for r in rows}
-    by_study: dict[str, set[str]] = {}
+    patient_of = {t.file_name: t.patient for t in truth}
+    assert set(kept) <= set(patient_of)
+    by_patient: dict[str, set[str]] = {}
     for name, split in kept.items():
-        by_study.setdefault(name.rsplit("/", 1)[0], set()).add(split)
-    assert all(len(splits) == 1 for splits in by_study.values())
+        by_patient.setdefault(patient_of[name], set()).add(split)
+    assert sum(len(splits) == 1 for splits in by_patient.values()) == len(by_patient)
+    assert {s for splits in by_patient.values() for s in splits} == {"train", "val", "test"}
     missing = next(t for t in truth if t.archive is None)
     assert missing.file_name not in kept
     # Rows of intact archives that are clean CT are all kept.

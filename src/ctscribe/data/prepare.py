@@ -36,7 +36,7 @@ from ctscribe.data.images import BadImageError, ImageOptions, prepare_image
 from ctscribe.data.modality import classify_modality
 from ctscribe.data.prompts import choose_prompt, prompt_language
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
-from ctscribe.data.splits import SPLITS, assign_split
+from ctscribe.data.splits import SPLITS, assign_split, split_key
 from ctscribe.files import atomic_write, atomic_write_text
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
@@ -117,7 +117,8 @@ def stage_row(row: SourceRow, out: Path, options: StageOptions) -> dict:
         "caption": caption,
         "image": relpath,
         "hash": image_hash(prepared.full_frame),
-        "group": row.group,
+        "source": row.source,
+        "file_name": row.file_name,
         "roi_box_found": prepared.roi_box is not None,
         "image_tokens": prepared.image_tokens,
     }
@@ -315,7 +316,7 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     turn_counts: Counter[tuple[str, str]] = Counter()
     unreferenced_images: list[str] = []
     read = kept = roi_found = token_sum = 0
-    has_groups = False
+    split_rules: Counter[tuple[str, str]] = Counter()
     example: dict | None = None
 
     writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
@@ -344,10 +345,9 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
                 continue
             index.add(record["id"], record["hash"])
             seen_ids.add(record["id"])
-            has_groups = has_groups or record.get("group") is not None
-            split = assign_split(
-                record.get("group") or record["id"], options.val_fraction, options.test_fraction
-            )
+            key = split_key(record.get("file_name"), record.get("source"), record["id"])
+            split_rules[record.get("source") or "(none)", key.rule] += 1
+            split = assign_split(key.key, options.val_fraction, options.test_fraction)
             sft = sft_record(record["id"], record["image"], record["caption"], split, options)
             count_turns(sft, turn_counts)
             writers[split].write(sft)
@@ -375,7 +375,7 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
         "modalities_seen": dict(modalities.most_common()),
         "bad_image_reasons": dict(bad_reasons.most_common()),
         "duplicates": dict(duplicate_kinds),
-        "split_by": "patient/study" if has_groups else "row id (the source names no patient or study)",
+        "split_by": split_by_source(split_rules),
         "source": staging_options["source"],
         "options": {**staging_options["stage"], **asdict(options)},
     }
@@ -388,6 +388,14 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     atomic_write_text(out / "README.md", dataset_card(stats, example))
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
     return stats
+
+
+def split_by_source(rules: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """``{source: {rule: kept rows}}``: what each source's rows were split by (`split_key`'s rules)."""
+    by_source: dict[str, dict[str, int]] = {}
+    for (source, rule), rows in sorted(rules.items()):
+        by_source.setdefault(source, {})[rule] = rows
+    return by_source
 
 
 def dataset_card(stats: dict, example: dict | None) -> str:
@@ -424,10 +432,21 @@ def dataset_card(stats: dict, example: dict | None) -> str:
         f"28x28), background crop {'on' if options['image']['crop_background'] else 'off'}, saved as PNG.",
         "- Duplicates: exact and near-duplicate images (re-encoded or resized) dropped after their first "
         "occurrence, by perceptual hash.",
-        f"- Splits: val {options['val_fraction']}, test {options['test_fraction']}, by {stats['split_by']}; "
-        "a row's split never changes when rows are added.",
+        f"- Splits: val {options['val_fraction']}, test {options['test_fraction']}, keyed per source by "
+        + "; ".join(
+            f"{source}: " + ", ".join(f"{rule} ({rows} rows)" for rule, rows in by_rule.items())
+            for source, by_rule in stats["split_by"].items()
+        )
+        + "; a row's split never changes when rows are added.",
     ]
-    if stats["split_by"].startswith("row id"):
+    rules = {rule for by_rule in stats["split_by"].values() for rule in by_rule}
+    if "file name without slice number" in rules:
+        lines.append(
+            "  Rows of sources whose file names name no known patient are grouped by their name without "
+            "its trailing slice number: slices of one volume stay together, but two volumes of one patient "
+            "may fall into different splits."
+        )
+    if "row id" in rules:
         lines.append(
             "  The source does not name patients or studies (MedTrinity-25M's 25M_demo), so slices of one "
             "patient may fall into different splits; near-duplicate removal limits, but cannot rule out, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,8 +33,7 @@ class SourceRow:
     image: bytes | None
     image_error: str | None = None  # why ``image`` is None (missing file, ...)
     source: str | None = None
-    file_name: str | None = None
-    group: str | None = None  # patient/study key for splitting, where the source names it
+    file_name: str | None = None  # the full release's name (also the id); splits key by its patient
 
 
 @dataclass(frozen=True)
@@ -43,20 +41,6 @@ class Unit:
     key: str  # sorts in source order
     n_rows: int | None  # known in advance for parquet (from its metadata), not for streams
     load: Callable[[], list[SourceRow]] = field(compare=False)  # picklable: runs in a worker
-
-
-def study_key(file_name: str) -> str:
-    """The study a full-release image belongs to, so its slices stay in one split.
-
-    Volumetric sources store one folder per series/study (``deeplesion/000123_02_01/045.png``): the
-    folder is the key. A flat name loses its trailing slice number (``case_0042_117.png`` ->
-    ``case_0042``).
-    """
-    path = PurePosixPath(file_name)
-    if len(path.parts) > 1:
-        return str(path.parent)
-    stem = path.name.split(".")[0]
-    return re.sub(r"[_-]\d+$", "", stem) or stem
 
 
 def _image_bytes(cell: object) -> bytes | None:
@@ -99,7 +83,7 @@ def _read_full_row_group(path: str, row_group: int, stop: int | None, image_root
             error = "missing image file"
         except OSError as exc:
             error = f"unreadable image file ({exc.strerror or type(exc).__name__})"
-        out.append(SourceRow(i, name, r["caption"], image, error, r["source"], name, study_key(name)))
+        out.append(SourceRow(i, name, r["caption"], image, error, r["source"], name))
     return out
 
 
