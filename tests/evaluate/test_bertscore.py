@@ -45,7 +45,8 @@ def tiny_bert(tmp_path_factory) -> str:
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
     # Positional on purpose: transformers 5's BertTokenizer takes ``vocab``; ``vocab_file=`` is ignored.
-    tokenizer = BertTokenizer(str(vocab_file))
+    # A declared maximum length, as real BERT folders have (bert-score overflows without one).
+    tokenizer = BertTokenizer(str(vocab_file), model_max_length=512)
     for text in [*SENTENCES, *PARAPHRASE]:
         assert tokenizer.unk_token not in tokenizer.tokenize(text), text
     torch.manual_seed(0)
@@ -111,6 +112,22 @@ def test_matches_hand_computation(tiny_bert):
         expected = [_by_hand(p, r, tiny_bert, layer) for p, r in zip(predictions, references, strict=True)]
         np.testing.assert_allclose(result.per_sample, expected, atol=1e-5)
         assert result.score == pytest.approx(np.mean(expected), abs=1e-5)
+
+
+def test_agrees_with_the_bert_score_package(tiny_bert):
+    """The reference implementation, bert-score 0.3.13 with its defaults (no IDF, no rescaling), on the
+    same local model and layer: F1 per sample equal to float32 rounding, across batches of 2."""
+    import bert_score
+
+    predictions = [PARAPHRASE[0], SENTENCES[1], "左侧出血", SENTENCES[0], "a lesion in the liver"]
+    references = [PARAPHRASE[1], "No nodule is seen in the lungs.", SENTENCES[2], SENTENCES[0], SENTENCES[1]]
+    for layer in (0, 1, 2):
+        _, _, expected = bert_score.score(
+            predictions, references, model_type=tiny_bert, num_layers=layer, batch_size=2, device="cpu"
+        )
+        ours = bertscore(predictions, references, tiny_bert, layer=layer, batch_size=2, device="cpu")
+        np.testing.assert_allclose(ours.per_sample, expected.numpy(), atol=1e-6)
+        assert len(set(np.round(ours.per_sample, 3))) >= 4  # distinct texts: the check compares something
 
 
 def test_greedy_match_small_example():
