@@ -1,6 +1,7 @@
 """ctscribe evaluate end to end, and the scoring and report steps on hand-made predictions."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -111,8 +112,9 @@ class _Answers(ImagePath):
         ]
 
 
-def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp_path):
+def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp_path, monkeypatch):
     from PIL import Image
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     from ctscribe.data.prepare import FinalizeOptions, sft_record
     from ctscribe.evaluate.run import run_evaluation
@@ -127,7 +129,18 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
         )
     (tmp_path / "test.json").write_text(json.dumps(records))
     out = tmp_path / "report"
-    metrics = run_evaluation(_Answers, tmp_path / "test.json", out, with_meteor=False)
+    jvm_starts = []
+    tokenize = PTBTokenizer.tokenize
+    monkeypatch.setattr(PTBTokenizer, "tokenize", lambda self, c: jvm_starts.append(1) or tokenize(self, c))
+    metrics = run_evaluation(_Answers, tmp_path / "test.json", out, make_baseline=_Answers, with_meteor=False)
+    # Model and baseline, descriptions and findings sentences: one PTB tokeniser run for all of them.
+    java = shutil.which("java") is not None
+    assert len(jvm_starts) == java
+    assert (
+        metrics["cider_tokenizer"]
+        == metrics["baseline"]["cider_tokenizer"]
+        == ("ptb" if java else "ctscribe")
+    )
     rows = read_predictions(out / "dialogue_predictions.jsonl")
     closed = [t for row in rows for t in row["turns"] if t["kind"] == "closed"]
     expected = sum(t["expected"] == "yes" for t in closed) / len(closed)  # "Yes." to all: the yes share

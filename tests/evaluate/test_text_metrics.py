@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 
 import numpy as np
@@ -17,6 +16,7 @@ from ctscribe.evaluate.text_metrics import (
     cider,
     is_chinese,
     meteor,
+    ptb_tokenize,
     rouge_l,
     tokenize,
 )
@@ -151,18 +151,78 @@ def test_intervals_and_errors() -> None:
     assert math.isnan(bleu4([], []).score) and math.isnan(rouge_l([], []).score)
 
 
+NEEDS_JAVA = pytest.mark.skipif(
+    shutil.which("java") is None, reason="needs Java (CI and make's machines have it)"
+)
+# Punctuation, a percentage, parentheses and hyphens: where PTB tokens and ``tokenize`` differ.
+PUNCTUATED_REFS = [
+    "The image is a non-contrast computed tomography (CT) scan of the brain, showing a hyper-dense area.",
+    "The region of interest occupies approximately 4.1% of the image area, in the left lung.",
+    "A hypodense lesion (2.5 cm) is present in the liver; no ascites.",
+    "There's no focal abnormality in the abdomen: the kidneys are normal.",
+]
+PUNCTUATED_PREDS = [
+    "The image is a CT scan of the brain, showing a hyper-dense area (left).",
+    "The region of interest occupies approximately 4.1% of the image, in the right lung.",
+    "A hypodense lesion is present in the liver.",
+    "There's a focal abnormality in the abdomen.",
+]
+
+
+@NEEDS_JAVA
+def test_cider_on_ptb_tokens_is_coco_captions_cider() -> None:
+    """The published pipeline: pycocoevalcap's PTBTokenizer on both sides, then Cider."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(PUNCTUATED_REFS)})
+    res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(PUNCTUATED_PREDS)})
+    published, published_per_sample = Cider().compute_score(gts, res)
+
+    ptb = ptb_tokenize(PUNCTUATED_PREDS + PUNCTUATED_REFS)
+    result = cider(PUNCTUATED_PREDS, PUNCTUATED_REFS, ptb)
+    assert result.score == pytest.approx(published, abs=1e-9)
+    np.testing.assert_allclose(result.per_sample, published_per_sample, atol=1e-9)
+    # Control: ctscribe's own tokeniser gives another number, so the equality above is not a given.
+    assert abs(cider(PUNCTUATED_PREDS, PUNCTUATED_REFS).score - published) > 1e-3
+
+
+@NEEDS_JAVA
+def test_ptb_tokenize_keeps_every_text_on_its_own_line() -> None:
+    texts = ["A (CT) scan.", "", "line\u2028separator and\u0085next line", "A (CT) scan.", "左肺结节。"]
+    tokens = ptb_tokenize(texts)
+    assert tokens == {
+        "A (CT) scan.": "a -lrb- ct -rrb- scan",  # coco-caption keeps its lower-cased bracket tokens
+        "": "",
+        "line\u2028separator and\u0085next line": "line separator and next line",
+        "左肺结节。": "左肺结节 。",  # Chinese stays whole (CIDEr splits Chinese by character itself)
+    }
+
+
+def test_without_java_cider_says_it_is_not_comparable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctscribe.evaluate.scores import score_records
+
+    monkeypatch.setattr(text_metrics.shutil, "which", lambda name: None)
+    assert ptb_tokenize(PUNCTUATED_REFS) is None
+    records = [
+        {"status": "ok", "text": p, "reference": r}
+        for p, r in zip(PUNCTUATED_PREDS, PUNCTUATED_REFS, strict=True)
+    ]
+    metrics = score_records(records)
+    assert metrics["cider_tokenizer"] == "ctscribe"
+    assert metrics["cider"] == pytest.approx(cider(PUNCTUATED_PREDS, PUNCTUATED_REFS).score, abs=1e-6)
+
+
 def test_meteor_is_none_without_java(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(text_metrics.shutil, "which", lambda name: None)
     assert meteor([REF], [REF]) is None
     assert "meteor" not in all_metrics([REF, REF], [REF, REF], with_meteor=True)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("java") is None or not os.environ.get("CTSCRIBE_TEST_METEOR"),
-    reason="starts a JVM (10-20 s); set CTSCRIBE_TEST_METEOR=1 to run",
-)
+@NEEDS_JAVA
 def test_meteor_with_java() -> None:
+    """One JVM start (about 15 s): an identical, an unrelated and a Chinese sample."""
     result = meteor([REF, "a dog runs", "左肺结节"], [REF, "a cat sleeps on the mat", "左肺结节"])
     assert result is not None
     assert result.per_sample[0] == pytest.approx(1.0, abs=0.01)

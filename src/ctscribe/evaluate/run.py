@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ctscribe.evaluate.dialogue import answer_followups, followup_records, score_dialogues
 from ctscribe.evaluate.report import build_report
-from ctscribe.evaluate.scores import read_predictions, score_records
+from ctscribe.evaluate.scores import read_predictions, score_records, scored_texts
+from ctscribe.evaluate.text_metrics import ptb_tokenize
 from ctscribe.generate.engine import Engine
 from ctscribe.predict import predict
 
@@ -67,20 +68,26 @@ def run_evaluation(
     options = {"limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     has_dialogue = bool(followup_records(data, limit))
 
-    def run(make: Callable[[], Engine], prefix: str) -> tuple[list[dict], dict]:
-        """Generate and score one system; returns its prediction records and metrics block."""
+    def generate(make: Callable[[], Engine], prefix: str) -> tuple[str, list[dict], Path | None]:
+        """Generate for one system; returns its name, prediction records and dialogue answers' file."""
         path, dialogue_path = out / f"{prefix}predictions.jsonl", out / f"{prefix}dialogue_predictions.jsonl"
         name = _generate(make, data, path, dialogue_path if has_dialogue else None, **options)
-        records = read_predictions(path)
-        block = {"model": name, **score_records(records, **scoring)}
-        if has_dialogue:
-            block["dialogue"] = score_dialogues(read_predictions(dialogue_path))
-        return records, block
+        return name, read_predictions(path), dialogue_path if has_dialogue else None
 
-    records, model_block = run(make_engine, "")
-    metrics = {"data": str(data), **model_block}
-    baseline: list[dict] = []
+    systems = [generate(make_engine, "")]
     if make_baseline is not None:
-        baseline, metrics["baseline"] = run(make_baseline, "baseline_")
-    build_report(out, metrics, records, baseline, run_dir, examples)
+        systems.append(generate(make_baseline, "baseline_"))
+    # Every text of both systems through the PTB tokeniser at once: one JVM start per evaluation.
+    ptb = ptb_tokenize(text for _, records, _ in systems for text in scored_texts(records))
+    blocks = []
+    for name, records, dialogue_path in systems:
+        block = {"model": name, **score_records(records, ptb=ptb, **scoring)}
+        if dialogue_path is not None:
+            block["dialogue"] = score_dialogues(read_predictions(dialogue_path))
+        blocks.append(block)
+    metrics = {"data": str(data), **blocks[0]}
+    if len(blocks) > 1:
+        metrics["baseline"] = blocks[1]
+    baseline = systems[1][1] if len(systems) > 1 else []
+    build_report(out, metrics, systems[0][1], baseline, run_dir, examples)
     return metrics

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ctscribe.evaluate.findings import findings_intervals, findings_sentence, parse_findings, score_findings
-from ctscribe.evaluate.text_metrics import text_metrics
+from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
 
 FINDINGS_METRICS = (
     "region_acc",
@@ -49,12 +49,15 @@ def _text_block(
     references: Sequence[str],
     with_meteor: bool,
     seed: int,
+    ptb: Mapping[str, str] | None,
     bertscore_model: Path | None = None,
 ) -> dict:
     block: dict = {"n": len(predictions), "ci95": {}}
     if not predictions:
         return block
-    results = text_metrics(predictions, references, with_meteor=with_meteor)
+    results = text_metrics(predictions, references, with_meteor=with_meteor, ptb=ptb)
+    # "ptb": coco-caption's tokens, comparable with published CIDEr; "ctscribe": no Java, not comparable
+    block["cider_tokenizer"] = "ptb" if ptb is not None else "ctscribe"
     if bertscore_model is not None:
         from ctscribe.evaluate.bertscore import bertscore, default_layer
 
@@ -66,15 +69,39 @@ def _text_block(
     return block
 
 
+def _scored(records: Sequence[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "ok" and r.get("reference")]
+
+
+def scored_texts(records: Sequence[dict]) -> list[str]:
+    """Every text :func:`score_records` tokenises: predictions, references and their findings sentences."""
+    texts = [text for r in _scored(records) for text in (r["text"], r["reference"])]
+    return texts + [findings_sentence(text) for text in texts]
+
+
 def score_records(
-    records: Sequence[dict], *, with_meteor: bool = False, seed: int = 0, bertscore_model: Path | None = None
+    records: Sequence[dict],
+    *,
+    with_meteor: bool = False,
+    seed: int = 0,
+    bertscore_model: Path | None = None,
+    ptb: Mapping[str, str] | None = None,
 ) -> dict:
-    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions."""
-    scored = [r for r in records if r.get("status") == "ok" and r.get("reference")]
+    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions.
+
+    ``ptb``: :func:`ptb_tokenize` of :func:`scored_texts` (an evaluation tokenises model and baseline
+    together, in one JVM start); without it the texts are tokenised here.
+    """
+    scored = _scored(records)
     failed = sum(1 for r in records if r.get("status") != "ok")
     predictions = [r["text"] for r in scored]
     references = [r["reference"] for r in scored]
-    metrics = {"failed": failed, **_text_block(predictions, references, with_meteor, seed, bertscore_model)}
+    if ptb is None:
+        ptb = ptb_tokenize(scored_texts(records))
+    metrics = {
+        "failed": failed,
+        **_text_block(predictions, references, with_meteor, seed, ptb, bertscore_model),
+    }
     if not scored:
         return metrics
 
@@ -96,7 +123,7 @@ def score_records(
         (findings_sentence(p), findings_sentence(r)) for p, r in zip(predictions, references, strict=True)
     ]
     pairs = [(p, r) for p, r in pairs if r]
-    metrics["findings_sentence"] = _text_block([p for p, _ in pairs], [r for _, r in pairs], False, seed)
+    metrics["findings_sentence"] = _text_block([p for p, _ in pairs], [r for _, r in pairs], False, seed, ptb)
 
     regions: dict[str, list[int]] = {}
     for index, reference in enumerate(expected):

@@ -2,7 +2,7 @@
 
 Scale: BLEU-4, ROUGE-L and METEOR are reported on 0..1 (sacrebleu's 0..100 is divided by 100).
 CIDEr keeps pycocoevalcap's own scale (0..10 per sample; an identical caption scores 10 against one
-reference) so it stays comparable with published numbers, which print it multiplied by 100
+reference), the scale of published numbers, which print it multiplied by 100
 (MIMIC-CXR "CIDEr 109.4" is 1.094 here).
 
 Each sample has one reference (MedTrinity has one caption per image). Its language is the
@@ -22,9 +22,14 @@ the other language is tokenised the same way and simply scores low.
   character, so a Chinese caption would be empty: Chinese uses :class:`CharTokenizer` (one token per
   Chinese character, lower-cased ASCII words kept whole, punctuation dropped).
 - **CIDEr** (pycocoevalcap ``Cider``, i.e. CIDEr-D: tf-idf weighted 1- to 4-gram cosine similarity
-  with clipping and a length penalty, times 10). Input is tokenised with :func:`tokenize` (lower-case
-  words, Chinese characters one by one, punctuation dropped), standing in for the Java PTB tokeniser
-  coco-caption uses. Its IDF is computed from the references *of the corpus being scored*: an n-gram
+  with clipping and a length penalty, times 10). English input is tokenised the way coco-caption
+  does before CIDEr, with pycocoevalcap's ``PTBTokenizer`` (the Stanford PTB tokeniser in Java,
+  lower-cased, punctuation tokens removed: :func:`ptb_tokenize`, one JVM start for every text of an
+  evaluation), which is what makes the number comparable with published CIDEr. Without Java, and
+  for Chinese (no published Chinese CIDEr to compare with), :func:`tokenize` stands in (lower-case
+  words, Chinese characters one by one, punctuation dropped): those numbers are *not* comparable
+  with published ones; metrics.json's ``cider_tokenizer`` says which ran (``ptb`` or ``ctscribe``).
+  Its IDF is computed from the references *of the corpus being scored*: an n-gram
   found in every reference gets weight 0, and with one sample every weight is 0. The numbers are
   therefore unstable on small corpora (use hundreds of samples; fewer than 2 gives NaN) and not
   comparable across test sets; on MedTrinity's templated captions the template's n-grams weigh
@@ -39,15 +44,18 @@ the other language is tokenised the same way and simply scores low.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from rouge_score import tokenizers as rouge_tokenizers
 
 from ctscribe.evaluate.bootstrap import bootstrap_ci
+
+log = logging.getLogger(__name__)
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
@@ -185,17 +193,47 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> MetricResu
 # CIDEr
 
 
-def cider(predictions: Sequence[str], references: Sequence[str]) -> MetricResult:
+def ptb_tokenize(texts: Iterable[str]) -> dict[str, str] | None:
+    """Each distinct text's coco-caption tokens (pycocoevalcap ``PTBTokenizer``), from one JVM start;
+    ``None`` without Java (or when the tokeniser cannot run), so CIDEr falls back to :func:`tokenize`."""
+    unique = list(dict.fromkeys(texts))
+    if shutil.which("java") is None:
+        return None
+    if not unique:
+        return {}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    # The jar reads one text per line and splits lines at Unicode separators too (U+2028, U+0085):
+    # whitespace is collapsed first, which changes no token, so texts and lines stay aligned.
+    lines = {i: [{"caption": " ".join(text.split())}] for i, text in enumerate(unique)}
+    try:
+        tokens = PTBTokenizer().tokenize(lines)
+    except OSError as error:  # it writes its input beside the jar: a read-only install fails here
+        log.warning("PTB tokeniser failed (%s); CIDEr uses ctscribe's tokeniser", error)
+        return None
+    if len(tokens) != len(unique):
+        raise RuntimeError(f"PTB tokeniser returned {len(tokens)} lines for {len(unique)} texts")
+    return {text: tokens[i][0] for i, text in enumerate(unique)}
+
+
+def cider(
+    predictions: Sequence[str], references: Sequence[str], ptb: Mapping[str, str] | None = None
+) -> MetricResult:
     """CIDEr-D on pycocoevalcap's scale (0..10 per sample), and its corpus mean; NaN for fewer than
-    2 samples, where its IDF is degenerate (every weight 0)."""
+    2 samples, where its IDF is degenerate (every weight 0). ``ptb``: :func:`ptb_tokenize`'s tokens of
+    every text, used for English samples (the comparable tokenisation); without it, :func:`tokenize`."""
     from pycocoevalcap.cider.cider import Cider
 
     _check(predictions, references)
     n = len(predictions)
     if n < 2:
         return MetricResult("cider", float("nan"), np.full(n, np.nan))
-    refs = {i: [" ".join(tokenize(r))] for i, r in enumerate(references)}
-    preds = {i: [" ".join(tokenize(p))] for i, p in enumerate(predictions)}
+
+    def tokens(text: str, reference: str) -> str:
+        return ptb[text] if ptb is not None and not is_chinese(reference) else " ".join(tokenize(text))
+
+    refs = {i: [tokens(r, r)] for i, r in enumerate(references)}
+    preds = {i: [tokens(p, r)] for i, (p, r) in enumerate(zip(predictions, references, strict=True))}
     if not any(r[0] for r in refs.values()):  # no reference n-gram at all: nothing to match
         return MetricResult("cider", 0.0, np.zeros(n))
     _, scores = Cider().compute_score(refs, preds)
@@ -234,13 +272,18 @@ def meteor(predictions: Sequence[str], references: Sequence[str]) -> MetricResul
 
 
 def text_metrics(
-    predictions: Sequence[str], references: Sequence[str], *, with_meteor: bool = False
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    with_meteor: bool = False,
+    ptb: Mapping[str, str] | None = None,
 ) -> dict[str, MetricResult]:
-    """BLEU-4, ROUGE-L and CIDEr (and METEOR when asked and Java is present), keyed by name."""
+    """BLEU-4, ROUGE-L and CIDEr (on ``ptb`` tokens where given, see :func:`cider`), and METEOR when
+    asked and Java is present, keyed by name."""
     results = {
         "bleu4": bleu4(predictions, references),
         "rouge_l": rouge_l(predictions, references),
-        "cider": cider(predictions, references),
+        "cider": cider(predictions, references, ptb),
     }
     if with_meteor:
         result = meteor(predictions, references)
