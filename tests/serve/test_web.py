@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,9 +30,12 @@ from ctscribe.serve.web import (
     UploadError,
     api_messages,
     error_message,
+    load_held,
     load_upload,
+    password_check,
     report_markdown,
     stream_reply,
+    take_uploads,
     window_spec,
     write_report,
 )
@@ -138,6 +143,35 @@ def test_report_has_the_notice_and_no_dicom_identifiers(tmp_path, caplog):
         assert secret not in shown
 
 
+def test_uploads_are_deleted_once_read_and_windowed_again_from_memory(tmp_path, monkeypatch):
+    gradio_temp = tmp_path / "gradio" / "3f2a9c"  # Gradio's layout: a folder per upload
+    gradio_temp.mkdir(parents=True)
+    secrets = write_sentinel_dicom(gradio_temp / "patient.dcm")
+    held = take_uploads([gradio_temp / "patient.dcm"])
+    assert not (tmp_path / "gradio" / "3f2a9c").exists()
+    assert held[0][0] == "patient.dcm" and secrets[0].encode() in held[0][1]
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    lung = load_held(held, window_spec("lung"), LEARNING_PIXELS)
+    assert lung.name == "patient.dcm" and lung.window == "lung 1500/-600"
+    assert lung.data_url == load_upload([CT_SMALL], "lung", LEARNING_PIXELS).data_url  # the same pixels
+    assert list(private.iterdir()) == []  # the private copy lasted one read
+
+
+def test_password_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    calls = []
+    compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or compare(a, b))
+    check = password_check(KEY)
+    assert check("anyone", KEY) is True
+    assert check("anyone", "page-key-12") is False and check("anyone", None) is False
+    assert calls == [(KEY.encode(), KEY.encode()), (b"page-key-12", KEY.encode()), (b"", KEY.encode())]
+    assert password_check(None) is None and password_check("") is None
+
+
 # --- talking to the API -------------------------------------------------------------------------------
 
 
@@ -239,6 +273,13 @@ def _missing_browser() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PageServer:
+    url: str
+    log: Path  # the server's stdout and stderr
+    temp: Path  # its temp folders: Gradio's (GRADIO_TEMP_DIR) and Python's (TMPDIR)
+
+
 @pytest.fixture(scope="module")
 def page_server(request, tmp_path_factory):
     """``ctscribe serve`` with the page and an API key, in its own process group, always killed."""
@@ -249,11 +290,17 @@ def page_server(request, tmp_path_factory):
     # ..."), where the random model's are whitespace that the engine strips to nothing.
     model = request.getfixturevalue("trained_run") / "model"
     port = _free_port()
-    log = tmp_path_factory.mktemp("web") / "server.log"
+    folder = tmp_path_factory.mktemp("web")
+    log, temp = folder / "server.log", folder / "temp"
+    for name in ("gradio", "tmp"):
+        (temp / name).mkdir(parents=True)
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp / "gradio"), "TMPDIR": str(temp / "tmp")}
     command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(port)]
     command += ["--max-pixels", str(LEARNING_PIXELS), "--api-key", KEY]
     with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
@@ -268,7 +315,7 @@ def page_server(request, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail("ctscribe serve did not answer /health in 180 s")
             time.sleep(0.5)
-        yield url
+        yield PageServer(url, log, temp)
     finally:
         try:
             os.killpg(process.pid, signal.SIGTERM)
@@ -312,7 +359,7 @@ def _log_in(page, password: str) -> None:
 
 @pytest.mark.slow
 def test_login_form_refuses_a_wrong_key_and_admits_the_right_one(page_server, browser):
-    page = _open(browser, page_server)
+    page = _open(browser, page_server.url)
     try:
         _log_in(page, "wrong-key")
         page.get_by_text("Incorrect Credentials").wait_for()
@@ -326,7 +373,7 @@ def test_login_form_refuses_a_wrong_key_and_admits_the_right_one(page_server, br
 @pytest.mark.slow
 def test_describe_and_follow_up_in_a_real_browser(page_server, browser, tmp_path):
     load_upload([CT_SMALL]).image.save(tmp_path / "ct.png")
-    page = _open(browser, page_server)
+    page = _open(browser, page_server.url)
     try:
         _log_in(page, KEY)
         notice = page.locator("#clinical-notice")
@@ -379,6 +426,38 @@ def test_describe_and_follow_up_in_a_real_browser(page_server, browser, tmp_path
         assert shot.is_file() and shot.stat().st_size > 20_000
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_dicom_identifiers_leave_no_trace_in_the_page_the_log_or_the_temp_folders(
+    page_server, browser, tmp_path
+):
+    secrets = write_sentinel_dicom(tmp_path / "patient.dcm")
+    page = _open(browser, page_server.url)
+    try:
+        _log_in(page, KEY)
+        page.locator("#upload input[type=file]").set_input_files(tmp_path / "patient.dcm")
+        page.locator("#image-info").get_by_text("patient.dcm").wait_for()
+        page.get_by_label("Window (DICOM, NIfTI)").fill("lung")  # read again, from the session's memory
+        page.get_by_role("option", name="lung", exact=True).click()
+        page.locator("#image-info").get_by_text("lung 1500/-600").wait_for()
+        page.locator("#describe").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 1"
+            " && document.querySelector('#status').innerText.trim() === ''"
+        )
+        shown = page.content() + page.inner_text("body")
+    finally:
+        page.close()
+    assert "patient.dcm" in shown  # the page did show this upload
+    files = [path for path in page_server.temp.rglob("*") if path.is_file()]
+    # Control: these are the folders the server uses (Gradio copied the report it serves there).
+    assert any(path.name.startswith("ctscribe-report-") for path in files)
+    logged = page_server.log.read_text(encoding="utf-8", errors="replace")
+    for secret in secrets:
+        assert secret not in shown and secret not in logged, secret
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), (secret, path)
 
 
 def test_upload_dataclass_info_mentions_notes():

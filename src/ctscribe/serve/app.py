@@ -38,7 +38,7 @@ def build_server(
     if web:
         import gradio as gr
 
-        from ctscribe.serve.web import build_page
+        from ctscribe.serve.web import build_page, password_check
 
         api_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         page = build_page(
@@ -47,12 +47,11 @@ def build_server(
             model=engine.name,
             max_pixels=engine.image_options.max_pixels,
         )
-        auth = (lambda _user, password: password == api_key) if api_key else None
         app = gr.mount_gradio_app(
             app,
             page,
             path="/",
-            auth=auth,
+            auth=password_check(api_key),
             auth_message="Enter any user name and the server's API key.",
             run_history=False,  # Gradio would keep uploads and conversations in the browser's storage
         )

@@ -11,12 +11,17 @@ windowing as ``ctscribe predict`` (:func:`ctscribe.generate.inputs.iter_inputs`:
 multi-frame file or series, ``auto`` or a chosen window), and every image through the one image path
 (:func:`ctscribe.data.images.prepare_image`), so the API receives the pixels the model was trained on,
 as a lossless PNG data URL. Nothing of a DICOM header is shown, logged or written to the report: only
-the file name and the window. Conversations are not logged either.
+the file name and the window. Conversations are not logged either. Gradio keeps every upload in its
+temp folder (``GRADIO_TEMP_DIR``) for up to an hour, headers and all, so the page reads each upload
+into the session's memory and deletes the file at once (:func:`take_uploads`); a window change reads
+from memory through a private folder that lasts one read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hmac
 import logging
 import os
 import shutil
@@ -126,6 +131,39 @@ def load_upload(
     if item.slice_index:  # 0 is a single slice; a higher index is the middle of a volume or series
         note = ", ".join(filter(None, [f"middle slice (#{item.slice_index + 1})", note]))
     return Upload(item.image, image_data_url(prepared), name, item.window, note)
+
+
+def take_uploads(paths: Sequence[str | os.PathLike]) -> list[tuple[str, bytes]]:
+    """Each uploaded file's name and bytes, the file deleted from Gradio's temp folder once read (its
+    per-upload folder too, when that leaves it empty): a DICOM's header names the patient."""
+    held = []
+    for path in map(Path, paths):
+        held.append((path.name, path.read_bytes()))
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            path.parent.rmdir()
+    return held
+
+
+def load_held(held: Sequence[tuple[str, bytes]], window: str, max_pixels: int) -> Upload:
+    """:func:`load_upload` on files held in memory, written to a private folder for the one read."""
+    with tempfile.TemporaryDirectory(prefix="ctscribe-upload-") as folder:
+        paths = []
+        for number, (name, data) in enumerate(held):
+            path = Path(folder, str(number), name)  # a folder each: two uploads may share a name
+            path.parent.mkdir()
+            path.write_bytes(data)
+            paths.append(path)
+        return load_upload(paths, window, max_pixels)
+
+
+def password_check(api_key: str | None):
+    """The page's login check (any user name, the API key as password), or None without a key;
+    compared in constant time so response times do not leak the key."""
+    if not api_key:
+        return None
+    expected = api_key.encode()
+    return lambda _user, password: hmac.compare_digest((password or "").encode(), expected)
 
 
 def api_messages(history: Sequence[dict], data_url: str) -> list[dict]:
@@ -246,24 +284,23 @@ def build_page(
     client = OpenAI(base_url=api_base_url, api_key=api_key or "none", timeout=TIMEOUT_S, max_retries=2)
     reports = Path(tempfile.mkdtemp(prefix="ctscribe-reports-"))
 
-    def show(paths, window, custom):
-        """Show the image of ``paths`` in the chosen window and start a fresh conversation about it."""
+    def show(held, window, custom):
+        """Show the image of the ``held`` uploads in the chosen window; start a fresh conversation."""
         cleared = ([], [], gr.DownloadButton(value=None, interactive=False))
-        if not paths:
+        if not held:
             return None, None, "", "", *cleared
         try:
-            upload = load_upload(paths, window_spec(window, custom), max_pixels)
+            upload = load_held(held, window_spec(window, custom), max_pixels)
         except UploadError as error:
             return None, None, "", f"**Error:** {error}", *cleared
         return upload, upload.image, upload.info, "", *cleared
 
-    def on_files(files, shown, window, custom):
-        """An upload adds to the file list: describe only what was just added (a new image, or all
-        files of a new series), and keep the list to those; removing a file keeps the rest."""
+    def on_files(files, window, custom):
+        """An upload (one image, or all files of a series) is read into the session and deleted from
+        disk at once; the file list is emptied, as its files are gone, and the image is shown."""
         files = [files] if isinstance(files, str) else list(files or [])
-        added = [path for path in files if path not in shown]
-        paths = added or files
-        return paths, paths, *show(paths, window, custom)
+        held = take_uploads(files)
+        return None, held, *show(held, window, custom)
 
     def converse(upload, history, question, temperature=0.0, tokens=max_tokens):
         """Stream the reply to ``question`` into the chat; on failure keep the earlier conversation."""
@@ -330,13 +367,12 @@ def build_page(
                 report = gr.DownloadButton("Download report", interactive=False, elem_id="report")
         gr.Markdown(HELP)
 
-        shown_state = gr.State([])  # the uploaded paths the image comes from
+        held_state = gr.State([])  # (name, bytes) of the uploaded files, in memory only
         loaded = [upload_state, preview, info, status, history_state, chat, report]
-        # .upload/.delete/.clear rather than .change: setting the list from here must not re-trigger.
-        for event in (files.upload, files.delete, files.clear):
-            event(on_files, [files, shown_state, window, custom], [files, shown_state, *loaded])
+        # .upload rather than .change: emptying the list from here must not re-trigger.
+        files.upload(on_files, [files, window, custom], [files, held_state, *loaded])
         for event in (window.change, custom.submit):
-            event(show, [shown_state, window, custom], loaded)
+            event(show, [held_state, window, custom], loaded)
         chatting = [history_state, chat, status, report, question]
         # The model server queues and batches (and answers 503 when full): the page must not make
         # one clinician wait for another's description, so its own queue does not limit.
@@ -365,8 +401,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         model = OpenAI(base_url=options.base_url, api_key=api_key or "none").models.list().data[0].id
     page = build_page(options.base_url, api_key, model, max_pixels=options.max_pixels)
-    auth = (lambda _user, password: password == api_key) if api_key else None
-    page.launch(server_name=options.host, server_port=options.port, auth=auth, run_history=False)
+    page.launch(
+        server_name=options.host, server_port=options.port, auth=password_check(api_key), run_history=False
+    )
 
 
 if __name__ == "__main__":
