@@ -124,8 +124,9 @@ def _run(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-# Run in the training process: `ctscribe train`, except that writing checkpoint-KILL_AT stops after the
-# adapter weights (before optimizer, RNG state and the complete marker) and waits there to be killed.
+# `python -c _STOPS_MID_CHECKPOINT N READY train ...` runs `ctscribe train ...`, except that writing
+# checkpoint-N stops after the adapter weights (before optimizer, RNG state and the complete marker),
+# touches READY and waits there to be killed.
 _STOPS_MID_CHECKPOINT = """
 import sys, time
 from pathlib import Path
