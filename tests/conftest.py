@@ -159,6 +159,7 @@ class Server:
             pass
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

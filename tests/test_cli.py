@@ -23,7 +23,7 @@ def test_help_lists_the_steps():
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "ctscribe"
-    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ctscribe ")
 
@@ -45,6 +45,7 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
         [sys.executable, "-m", "ctscribe", "fixtures", "tiny-model", str(tmp_path / "m")],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "not empty" in result.stderr
@@ -52,16 +53,17 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the whole demo (fixtures, prepare, train, evaluate), then its cached rerun
 def test_demo_runs_end_to_end_offline(tmp_path):
     command = [sys.executable, "-m", "ctscribe", "demo", "--out", str(tmp_path / "demo"), "--max-steps", "20"]
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, env=offline)
+    first = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "ctscribe prepare" in first.stdout and "What it learned" in first.stdout
     assert "not a diagnosis" in first.stdout
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").is_file()
     # A second run reuses the fixtures and the trained model.
     stamp = (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns
-    second = subprocess.run(command, capture_output=True, text=True, env=offline)
+    second = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=300)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -93,6 +93,7 @@ def test_llamafactory_reads_our_fixture_as_we_do(tiny_model_dir, llamafactory_cl
         text=True,
         env=env,
         check=False,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     version, logits = result.stdout.splitlines()[-2:]

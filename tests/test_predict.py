@@ -88,7 +88,10 @@ def test_the_cli_exit_status_says_whether_anything_succeeded(trained_run, images
     def cli(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "ctscribe", "predict", "--model", str(trained_run / "model")]
         return subprocess.run(
-            [*command, "--max-pixels", str(LEARNING_PIXELS), *args], capture_output=True, text=True
+            [*command, "--max-pixels", str(LEARNING_PIXELS), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     missing = cli(str(tmp_path / "nope.png"), "--out", str(tmp_path / "a.jsonl"))
@@ -114,7 +117,7 @@ def test_no_dicom_identifier_reaches_the_outputs_or_the_logs(trained_run, tmp_pa
     model = ["--model", str(trained_run / "model"), "--max-pixels", str(LEARNING_PIXELS)]
     outputs = ["--out", str(out), "--csv", str(table), "--window", "auto"]
     command = [sys.executable, "-m", "ctscribe", "predict", *inputs, *model, *outputs]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = _records(out)
     assert [r["status"] for r in records] == ["ok", "error"]

@@ -196,9 +196,9 @@ def test_killed_process_resumes_to_the_same_output(phantom_units, prepared, tmp_
     while not (units.is_dir() and any(units.glob("*.jsonl"))) and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=30)
     assert not (out / "stats.json").exists(), "finished before it could be killed"
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert _outputs(out) == _outputs(prepared)
 
@@ -341,6 +341,7 @@ def test_cli_prepare_end_to_end(phantom_units, tmp_path):
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "kept" in result.stdout

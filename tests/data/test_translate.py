@@ -193,7 +193,7 @@ def test_translate_against_a_real_server_counts_failures_caches_and_resumes(prep
         sys.executable, "-m", "ctscribe", "translate", "--data", str(prepared), "--out", str(out),
         "--base-url", server.url, "--max-tokens", "8", "--no-check-answers",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{DISTINCT} requested, {DISTINCT} translated" in done.stdout
     assert _requests_seen(server) - before == DISTINCT

@@ -73,7 +73,7 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
         "--data", str(learning_data / "test.json"), "--out", str(out), "--run-dir", str(trained_run),
         "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", "24", "--batch-size", "16",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     trained, untrained = metrics["findings"]["region_acc"], metrics["baseline"]["findings"]["region_acc"]
@@ -91,7 +91,7 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
     # a killed evaluation continues: drop the last records and run again
     lines = (out / "predictions.jsonl").read_text().splitlines()
     (out / "predictions.jsonl").write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:30])
-    again = subprocess.run(command, capture_output=True, text=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert len(read_predictions(out / "predictions.jsonl")) == len(lines)
     assert json.loads((out / "metrics.json").read_text())["findings"] == metrics["findings"]

@@ -324,7 +324,7 @@ def page_server(request, tmp_path_factory):
             pass
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

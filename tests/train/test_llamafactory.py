@@ -149,7 +149,9 @@ def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp
 
 
 def _ctscribe(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "ctscribe", *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ctscribe", *args], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -161,6 +163,7 @@ def _predictions(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # four CLI runs, two of them starting LLaMA-Factory's own environment
 def test_llamafactory_trains_exports_and_ctscribe_predicts(
     learning_data, trained_run, llamafactory_cli, tmp_path
 ):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ctscribe.recipe import Recipe, RecipeError
-from ctscribe.train.model import build_model
+from ctscribe.train.model import attention_implementation, build_model
 
 
 def _trainable(model) -> list[str]:
@@ -54,3 +54,9 @@ def test_full_fine_tuning_freezes_the_vision_tower_by_default(tiny_model_dir):
 def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir):
     with pytest.raises(RecipeError, match="qlora needs a CUDA GPU"):
         build_model(Recipe(model_name_or_path=str(tiny_model_dir), finetuning_type="qlora"))
+
+
+def test_attention_auto_is_sdpa_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_implementation(Recipe()) == "sdpa"
+    assert attention_implementation(Recipe(attn_implementation="eager")) == "eager"
