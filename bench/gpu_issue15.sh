@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 15's GPU evidence in one prepared run: 8 minutes of one CUDA GPU at most (steps 1 and 2 are cut
 # off by their timeouts, 4 minutes each; step 3 runs only with LF=1 and adds at most 3). Written without
-# a GPU (none was lent to the session that wrote it): how much of each step fits its limit is a guess
-# (a step cut off still leaves its log; the fixture build alone took 83 s on an H100 host's CPU). SIZE=tiny runs the same steps on the tiny fixture
-# (a check of the script itself, on a CPU too).
+# a GPU (none was lent to the session that wrote it): how much of each step fits its limit at 2B is a
+# guess (a step cut off still leaves its log; on the 2-core CPU machine its stages took 192 s at 2B).
+# SIZE=tiny runs the same steps on the tiny fixture: a check of the script itself, on a CPU too (151 s);
+# run that in a copy of the repository, as on a CPU step 2 writes over
+# bench/results/train_throughput-cpu.json.
 #
 # From the repository root, after `make install`:
 #     bash bench/gpu_issue15.sh          # steps 1-2
