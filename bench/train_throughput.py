@@ -10,7 +10,12 @@ recipe's speed switches differ:
   order, gradient checkpointing on;
 - each switch alone: vision-feature cache, LM head at labelled positions only, packing, length-grouped
   batches, Liger kernels (only where installed, on a GPU);
-- all together: the default recipe.
+- all together: the default recipe;
+- the original and the default recipe without gradient checkpointing (``gradient_checkpointing:
+  false``): checkpointing recomputes each layer's forward in the backward pass, about a quarter of a
+  LoRA step's work, to save activation memory. The ratio to the same configuration with it is its
+  cost in speed (on a CPU too); its peak memory (on a GPU) says whether the default recipe fits a card
+  without it.
 
 Measured per configuration, after warm-up steps: samples/s, tokens/s (real tokens, no padding), MFU
 and peak memory. MFU = the matrix FLOPs a configuration must do per sample, counted from the model's
@@ -26,7 +31,7 @@ weights, bf16), followed by one end-to-end pass: a few training steps with the d
 of the original recipe.
 
 Usage: python bench/train_throughput.py [--size tiny|2b] [--steps 6] [--warmup 2] [--repeats 1]
-       [--batch-size 2] [--best-batch 8 16] [--rows 161630] [--json PATH] [--no-e2e]
+       [--batch-size 2] [--best-batch 8 16] [--rows 161630] [--json PATH] [--no-e2e] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -69,10 +74,13 @@ SWITCHES = (
     "use_liger_kernel",
 )
 ORIGINAL = dict.fromkeys(SWITCHES, "false")
+NO_CHECKPOINTING = {"gradient_checkpointing": "false"}
+BASELINE = "original (LLaMA-Factory)"
 
 
 def configurations(with_liger: bool) -> dict[str, dict[str, str]]:
-    """Recipe overrides per configuration: the original, each switch alone, all together."""
+    """Recipe overrides per configuration: the original, each switch alone, all together, and the
+    original and all together without gradient checkpointing."""
     alone = {
         "+ feature cache": "cache_vision_features",
         "+ labelled-only LM head": "loss_on_labelled_only",
@@ -81,9 +89,10 @@ def configurations(with_liger: bool) -> dict[str, dict[str, str]]:
     }
     if with_liger:
         alone["+ liger kernels"] = "use_liger_kernel"
-    configs = {"original (LLaMA-Factory)": ORIGINAL}
+    configs = {BASELINE: ORIGINAL, "original, no checkpointing": {**ORIGINAL, **NO_CHECKPOINTING}}
     configs.update({name: {**ORIGINAL, key: "true"} for name, key in alone.items()})
     configs["all (default recipe)"] = {}
+    configs["all, no checkpointing"] = NO_CHECKPOINTING
     return configs
 
 
@@ -303,6 +312,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=DEMO_ROWS, help="rows for the 3-epoch estimate")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-e2e", action="store_true", help="skip the GPU end-to-end pass")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help=f"run only these configurations ({BASELINE!r} always runs)"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
@@ -326,6 +338,11 @@ def main() -> None:
         images = len(load_records(data / "train.json"))
         runs = [(name, o, args.batch_size) for name, o in configurations(liger_active(probe)).items()]
         runs += [(f"all, batch {b}", {}, b) for b in args.best_batch]
+        if args.only:
+            unknown = set(args.only) - {name for name, _, _ in runs}
+            if unknown:
+                parser.error(f"unknown configuration(s) {sorted(unknown)}; known: {[n for n, _, _ in runs]}")
+            runs = [run for run in runs if run[0] in {BASELINE, *args.only}]
         # Rounds over all configurations, the median per configuration: on a shared, noisy machine a
         # slow spell then hits every configuration alike instead of whichever ran during it.
         measured: dict[str, list[tuple[float, float | None]]] = {name: [] for name, _, _ in runs}
@@ -376,7 +393,7 @@ def main() -> None:
             except Exception as error:  # reported, not hidden: the throughput numbers still stand
                 e2e = {"error": f"{type(error).__name__}: {error}"}
 
-    base = results["original (LLaMA-Factory)"].get("samples_per_s")
+    base = results[BASELINE].get("samples_per_s")
     print(
         f"{device_name}, {args.size} shape; {shape.tokens:.0f} tokens/sample "
         f"({shape.image_tokens:.0f} image, {shape.labelled:.0f} labelled); "
@@ -396,6 +413,14 @@ def main() -> None:
             f"{name:<26} {row['batch']:>5} {row['samples_per_s']:>10.3f} {row['tokens_per_s']:>10.1f} "
             f"{row['mfu']:>7.2%} {peak:>8} {ratio:>8} {row['hours_3_epochs']:>8.2f}"
         )
+    pairs = {BASELINE: "original, no checkpointing", "all (default recipe)": "all, no checkpointing"}
+    speedup = {
+        name: round(results[off]["samples_per_s"] / results[name]["samples_per_s"], 3)
+        for name, off in pairs.items()
+        if "samples_per_s" in results.get(name, {}) and "samples_per_s" in results.get(off, {})
+    }
+    for name, ratio in speedup.items():
+        print(f"without gradient checkpointing, {name}: {ratio:.2f}x the samples/s with it")
     if e2e:
         print("end to end (train 4 steps, export, one request):", json.dumps(e2e))
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -413,6 +438,7 @@ def main() -> None:
             "cache_build_images_per_s": round(images / cache_seconds, 2),
             "cache_folders": cache_folders,  # 1: every cached configuration reused the timed build
             "rows_for_estimate": args.rows,
+            "no_checkpointing_speedup": speedup,  # samples/s without / with, same configuration
             "end_to_end": e2e,
         },
     }
