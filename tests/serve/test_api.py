@@ -300,3 +300,12 @@ def test_serve_upstream_refuses_an_adapter_and_an_unknown_model(server, tmp_path
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_serve_needs_a_model_or_an_upstream():
+    from typer.testing import CliRunner
+
+    from ctscribe.cli import app
+
+    result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "give the model to serve, or --upstream URL" in result.output
