@@ -463,8 +463,8 @@ class Backend(StrEnum):
 BackendOption = Annotated[
     Backend,
     typer.Option(
-        help="Generation backend: transformers, vllm (CUDA GPU, pip install vllm), or openai: any "
-        "OpenAI-compatible server at --base-url (ctscribe serve, vllm serve), key from CTSCRIBE_API_KEY."
+        help="Generation backend: transformers, vllm (run from .venv-vllm: make vllm-env), or openai: any "
+        "OpenAI-compatible server at --base-url (ctscribe serve, vLLM), key from CTSCRIBE_API_KEY."
     ),
 ]
 BaseUrlOption = Annotated[

@@ -66,16 +66,16 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_predict_and_evaluate_against_a_dead_server_end_in_one_line(command, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "evaluate", "serve"])
+def test_predict_evaluate_and_serve_against_a_dead_server_end_in_one_line(command, tmp_path):
     url = _dead_url()
     (tmp_path / "test.json").write_text("[]")
-    args = ["--model", "m", "--out", str(tmp_path / "out"), "--backend", "openai", "--base-url", url]
-    args = (
-        [str(tmp_path / "x.png"), *args]
-        if command == "predict"
-        else [*args, "--data", str(tmp_path / "test.json")]
-    )
+    client = ["--model", "m", "--out", str(tmp_path / "out"), "--backend", "openai", "--base-url", url]
+    args = {
+        "predict": [str(tmp_path / "x.png"), *client],
+        "evaluate": [*client, "--data", str(tmp_path / "test.json")],
+        "serve": ["--upstream", url, "--no-web"],  # fails before it would bind its port
+    }[command]
     result = subprocess.run(
         [sys.executable, "-m", "ctscribe", command, *args],
         capture_output=True,
