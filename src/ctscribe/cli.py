@@ -715,7 +715,8 @@ def _upstream_engine(url: str, model: str | None, adapter: Path | None, api_key:
         )
     from ctscribe.generate.openai_engine import OpenAIEngine
 
-    return OpenAIEngine(url, model, api_key=api_key, max_pixels=max_pixels)
+    # Never CTSCRIBE_API_KEY, the client-side default: that is this server's own key, not the upstream's.
+    return OpenAIEngine(url, model, api_key=api_key or "none", max_pixels=max_pixels)
 
 
 @app.command()
