@@ -279,7 +279,7 @@ def translate(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model name on the server (default: the first listed).")
+        str | None, typer.Option(help="Model name on the server (needed when it lists several).")
     ] = None,
     captions_zh: Annotated[
         Path | None,

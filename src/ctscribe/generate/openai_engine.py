@@ -106,15 +106,21 @@ class OpenAIEngine(ImagePath):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         concurrency: int = 8,
+        verify: bool = True,
     ) -> None:
+        """``verify``: ask the server for its models first, so that a dead server, a refused key or an
+        unknown model stops the command before any work (predict, evaluate, serve --upstream). Without
+        it (translate, which counts each caption's failure), a given ``model`` is taken on trust."""
         from openai import OpenAI
 
         # The openai client insists on a key; servers without one ignore it.
         api_key = api_key or os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self.base_url = base_url
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=TIMEOUT_S, max_retries=RETRIES)
-        served = self._call(lambda: [entry.id for entry in self.client.models.list().data])
-        self.model = choose_model(served, model, base_url)
+        if verify or model is None:
+            served = self._call(lambda: [entry.id for entry in self.client.models.list().data])
+            model = choose_model(served, model, base_url)
+        self.model = model
         self.name = self.model
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
         self.concurrency = concurrency
@@ -172,7 +178,7 @@ class OpenAIEngine(ImagePath):
         try:
             return self.generate_one(request)
         except ServerError as error:  # connection, timeout, HTTP errors: after the client's retries
-            return error
+            return error.__cause__ if isinstance(error.__cause__, Exception) else error  # names the kind
 
     def generate(
         self, requests: Sequence[GenerationRequest], return_exceptions: bool = False
