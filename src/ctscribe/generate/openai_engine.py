@@ -1,10 +1,13 @@
 """The ``openai`` backend: generation by any OpenAI-compatible server (``ctscribe serve``, vLLM).
 
-This is how predict and evaluate scale out: run ``ctscribe serve`` (or ``vllm serve`` on an
-exported model) on GPU machines and point ``--backend openai --base-url URL`` at it. Images still go
-through ctscribe's image path here, so the server receives exactly the pixels the model was trained
-on, as PNG in a base64 ``data:`` URL. A batch is sent as concurrent requests, which the server
-batches again on its side.
+This is how predict and evaluate scale out: run ``ctscribe serve`` (or vLLM's OpenAI server on an
+exported model, docs/SERVE.md) on GPU machines and point ``--backend openai --base-url URL`` at it.
+Images still go through ctscribe's image path here, so the server receives exactly the pixels the
+model was trained on, as PNG in a base64 ``data:`` URL. A batch is sent as concurrent requests, which
+the server batches again on its side. ``ctscribe serve --upstream`` forwards through this client too.
+
+Whatever goes wrong on the way to the server (it is down, refuses the key, does not serve the model)
+becomes a :class:`ServerError` with one sentence that says so, never a client library's traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +26,48 @@ from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImageP
 
 TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
 RETRIES = 3  # the client retries 503 (queue full) and connection errors, with backoff
+
+
+class ServerError(RuntimeError):
+    """The model server could not be used; ``str()`` is one sentence for the user."""
+
+
+def server_error_message(error: Exception, base_url: str) -> str:
+    """One sentence for an OpenAI client error: the server's own message for 4xx/5xx, never a traceback."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return f"the model server at {base_url} did not answer in time; try again"
+    if isinstance(error, openai.APIConnectionError):
+        return f"cannot reach the model server at {base_url}; is it running?"
+    if isinstance(error, openai.APIStatusError):
+        body = error.body
+        detail = body.get("message") if isinstance(body, dict) else None
+        detail = detail if isinstance(detail, str) and detail else error.response.reason_phrase
+        if error.status_code == 401:
+            return f"the model server refused the API key (HTTP 401): {detail}"
+        if error.status_code == 404:
+            return f"the model server at {base_url} has no such model or route (HTTP 404): {detail}"
+        if error.status_code == 503:
+            return f"the model server is busy (HTTP 503): {detail}; try again in a few seconds"
+        return f"the model server refused the request (HTTP {error.status_code}): {detail}"
+    return f"the model server at {base_url} failed: {type(error).__name__}"
+
+
+def choose_model(served: list[str], model: str | None, base_url: str) -> str:
+    """The served model to use: ``model`` when the server lists it, else its only model.
+
+    A vLLM server with LoRA lists the base first and each adapter after it, so taking the first entry
+    silently would use the untuned base: with several, the name must be given.
+    """
+    listed = ", ".join(served) or "none"
+    if model is not None:
+        if model not in served:
+            raise ServerError(f"the model server at {base_url} does not serve {model!r}; it lists: {listed}")
+        return model
+    if len(served) != 1:
+        raise ServerError(f"the model server at {base_url} serves {listed}: choose one with --model")
+    return served[0]
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -61,44 +106,79 @@ class OpenAIEngine(ImagePath):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         concurrency: int = 8,
+        verify: bool = True,
     ) -> None:
+        """``verify``: ask the server for its models first, so that a dead server, a refused key or an
+        unknown model stops the command before any work (predict, evaluate, serve --upstream). Without
+        it (translate, which counts each caption's failure), a given ``model`` is taken on trust."""
         from openai import OpenAI
 
         # The openai client insists on a key; servers without one ignore it.
         api_key = api_key or os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        self.base_url = base_url
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=TIMEOUT_S, max_retries=RETRIES)
-        self.model = model or self.client.models.list().data[0].id
+        if verify or model is None:
+            served = self._call(lambda: [entry.id for entry in self.client.models.list().data])
+            model = choose_model(served, model, base_url)
+        self.model = model
         self.name = self.model
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
         self.concurrency = concurrency
 
-    def _one(self, request: GenerationRequest) -> GenerationResult:
-        start = time.perf_counter()
-        response = self.client.chat.completions.create(
+    def _call(self, call):
+        """``call()``, with the client's errors (after its retries) as one-sentence ServerErrors."""
+        from openai import OpenAIError
+
+        try:
+            return call()
+        except OpenAIError as error:
+            raise ServerError(server_error_message(error, self.base_url)) from error
+
+    def _create(self, request: GenerationRequest, **extra):
+        return self.client.chat.completions.create(
             model=self.model,
             messages=openai_messages(request),
             max_tokens=request.max_new_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
+            **extra,
         )
+
+    def generate_one(self, request: GenerationRequest) -> GenerationResult:
+        """One request, streamed when it has ``on_text``; raises :class:`ServerError`."""
+        start = time.perf_counter()
+        if request.on_text is not None:
+            return self._call(lambda: self._streamed(request, start))
+        response = self._call(lambda: self._create(request))
         choice = response.choices[0]
-        usage = response.usage
-        return GenerationResult(
-            text=(choice.message.content or "").strip(),
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
-            seconds=time.perf_counter() - start,
-        )
+        return _result(choice.message.content or "", choice.finish_reason, response.usage, start)
+
+    def _streamed(self, request: GenerationRequest, start: float) -> GenerationResult:
+        """Stream from the server, passing each piece on: what ``serve --upstream`` relays.
+
+        Whitespace at either end is held back, so the pieces add up to a prefix of the final
+        (stripped) text, as :class:`GenerationRequest` promises.
+        """
+        text, sent, finish, usage = "", "", None, None
+        stream = self._create(request, stream=True, stream_options={"include_usage": True})
+        for chunk in stream:
+            usage = chunk.usage or usage
+            if not chunk.choices:
+                continue
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+            visible = text.strip()
+            if len(visible) > len(sent) and visible.startswith(sent):
+                request.on_text(visible[len(sent) :])
+                sent = visible
+        return _result(text, finish, usage, start)
 
     def _one_or_error(self, request: GenerationRequest) -> GenerationResult | Exception:
-        from openai import OpenAIError
-
         try:
-            return self._one(request)
-        except OpenAIError as error:  # connection, timeout, HTTP errors: after the client's retries
-            return error
+            return self.generate_one(request)
+        except ServerError as error:  # connection, timeout, HTTP errors: after the client's retries
+            return error.__cause__ if isinstance(error.__cause__, Exception) else error  # names the kind
 
     def generate(
         self, requests: Sequence[GenerationRequest], return_exceptions: bool = False
@@ -107,6 +187,16 @@ class OpenAIEngine(ImagePath):
         place instead of failing the whole batch (what translate counts per caption)."""
         if not requests:
             return []
-        one = self._one_or_error if return_exceptions else self._one
+        one = self._one_or_error if return_exceptions else self.generate_one
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(one, requests))
+
+
+def _result(text: str, finish: str | None, usage, start: float) -> GenerationResult:
+    return GenerationResult(
+        text=text.strip(),
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason="length" if finish == "length" else "stop",
+        seconds=time.perf_counter() - start,
+    )

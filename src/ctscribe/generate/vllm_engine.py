@@ -3,8 +3,13 @@
 vLLM batches continuously and pages its KV cache, so on a GPU it generates several times faster than
 ``transformers.generate``. Prompts are rendered with the model's own chat template and images go
 through ctscribe's image path first, exactly as in :class:`~ctscribe.generate.engine.TransformersEngine`,
-so both backends see the same tokens and pixels. vLLM is not a ctscribe dependency (it needs a CUDA
-GPU); docs/PREDICT.md lists what has been checked with it.
+so both backends see the same tokens and pixels. The pixel budget is applied there, by ctscribe:
+:func:`~ctscribe.data.images.fit_pixel_budget` gives each image the size Qwen2-VL's processor would
+pick, so vLLM's processor keeps it as it is and needs no budget of its own (the ``min_pixels`` /
+``max_pixels`` processor arguments are deprecated in current transformers).
+
+vLLM is not a ctscribe dependency: it pins an older transformers than ctscribe's lock, so it lives in
+its own environment, ``.venv-vllm`` (``make vllm-env``, docs/SERVE.md), where ctscribe is installed too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,24 @@ from ctscribe.generate.engine import (
     resolve_adapter,
 )
 
+# Room for a 512 x 512 budget's ~324 image tokens, the prompt and the longest description (2,048 tokens,
+# serve's limit), with margin. vLLM's default is the checkpoint's 32,768, whose KV cache a small GPU (or
+# VLLM_CPU_KVCACHE_SPACE on a CPU) may not hold.
+DEFAULT_MAX_MODEL_LEN = 4096
+# ctscribe's dtype names (as TransformersEngine takes them) in vLLM's words.
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def vllm_dtype(dtype: str, cuda_bf16: bool) -> str:
+    """vLLM's dtype for ctscribe's ``dtype``: ``auto`` is bf16 on a GPU that has it and fp32 otherwise,
+    as in TransformersEngine. vLLM's own ``auto`` would take bf16 on a CPU too, where its greedy texts
+    then differ from transformers' fp32 ones (1-2 of 6 equal, measured on the small fixture)."""
+    if dtype == "auto":
+        return "bfloat16" if cuda_bf16 else "float32"
+    if dtype not in VLLM_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(VLLM_DTYPES)}")
+    return VLLM_DTYPES[dtype]
+
 
 class VLLMEngine(ImagePath):
     """Qwen2-VL (optionally with a LoRA adapter on the language model) on vLLM's offline ``LLM``."""
@@ -32,29 +55,35 @@ class VLLMEngine(ImagePath):
         model: str | Path,
         adapter: str | Path | None = None,
         *,
+        dtype: str = "auto",
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_images: int = 1,
         name: str | None = None,
     ) -> None:
         try:
+            import torch
             from vllm import LLM
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise RuntimeError(
-                "--backend vllm needs vLLM on a CUDA machine: pip install vllm, or use --backend transformers"
+                "--backend vllm needs vLLM: run ctscribe from .venv-vllm (make vllm-env, docs/SERVE.md), "
+                "or use --backend transformers"
             ) from exc
         from transformers import AutoProcessor
 
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         rank = json.loads((adapter_dir / "adapter_config.json").read_text())["r"] if adapter_dir else None
         self.processor = AutoProcessor.from_pretrained(str(model))
         self.llm = LLM(
             model=str(model),
+            dtype=vllm_dtype(dtype, cuda_bf16),
+            max_model_len=max_model_len,
             enable_lora=adapter_dir is not None,
             max_lora_rank=max(16, rank or 0),
             limit_mm_per_prompt={"image": max_images},
-            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)

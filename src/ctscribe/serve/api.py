@@ -29,7 +29,9 @@ from PIL import Image
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.images import BadImageError
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
+from ctscribe.generate.openai_engine import ServerError
 from ctscribe.serve.batcher import Batcher, QueueFullError
+from ctscribe.serve.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +133,10 @@ def _sampling(body: dict) -> dict:
 
 
 def create_app(
-    batcher: Batcher, *, model_name: str, api_key: str | None = None, max_image_mb: float = 20
+    batcher: Batcher | Forwarder, *, model_name: str, api_key: str | None = None, max_image_mb: float = 20
 ) -> FastAPI:
-    """The API app around a running :class:`Batcher`; the web page mounts onto it (serve.app)."""
+    """The API app around a running :class:`Batcher` (or a :class:`Forwarder` to an upstream server);
+    the web page mounts onto it (serve.app)."""
     app = FastAPI(
         title="ctscribe", description=CLINICAL_NOTICE, docs_url="/v1/docs", openapi_url="/v1/openapi.json"
     )
@@ -203,6 +206,9 @@ def create_app(
             )
         try:
             result = await result_future
+        except ServerError as error:  # serve --upstream: the upstream's own reason, in one sentence
+            log.warning("%s failed upstream: %s", request_id, error)
+            return _error(502, str(error), "upstream_error")
         except Exception:
             log.exception("%s failed", request_id)
             return _error(500, "generation failed; the server log has the details", "server_error")

@@ -5,6 +5,8 @@
 
 The page is itself a client of the OpenAI-compatible API (over loopback HTTP), so it works
 unchanged against any server that speaks the same API, such as vLLM serving an exported model.
+With ``--upstream`` the engine is such a server: a :class:`Forwarder` takes the batcher's place, and
+the key check, input validation, image preparation and clinical notice stay here, in front of it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import FastAPI
 from ctscribe.generate.engine import Engine
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher
+from ctscribe.serve.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,13 @@ def build_server(
     max_queue: int = 64,
     max_image_mb: float = 20,
     web: bool = True,
+    forward: bool = False,
 ) -> FastAPI:
-    """The whole app: API routes first, then the page mounted at ``/``."""
-    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue)
+    """The whole app: API routes first, then the page mounted at ``/``.
+
+    ``forward``: ``engine`` is an upstream server's client (OpenAIEngine), which batches on its own.
+    """
+    batcher = Forwarder(engine, max_queue) if forward else Batcher(engine, max_batch, max_queue)
     app = create_app(batcher, model_name=engine.name, api_key=api_key, max_image_mb=max_image_mb)
     app.state.batcher = batcher
     if web:

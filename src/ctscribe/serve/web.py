@@ -40,7 +40,7 @@ from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.data.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
 from ctscribe.generate.inputs import iter_inputs
-from ctscribe.generate.openai_engine import image_data_url
+from ctscribe.generate.openai_engine import choose_model, image_data_url, server_error_message
 
 log = logging.getLogger(__name__)
 
@@ -212,19 +212,8 @@ def error_message(error: Exception, base_url: str) -> str:
 
     if isinstance(error, UploadError | RuntimeError):
         return str(error)
-    if isinstance(error, openai.APITimeoutError):
-        return f"the model server at {base_url} did not answer in time; try again"
-    if isinstance(error, openai.APIConnectionError):
-        return f"cannot reach the model server at {base_url}; is it running?"
-    if isinstance(error, openai.APIStatusError):
-        body = error.body
-        detail = body.get("message") if isinstance(body, dict) else None
-        detail = detail if isinstance(detail, str) and detail else error.response.reason_phrase
-        if error.status_code == 401:
-            return f"the model server refused the API key (HTTP 401): {detail}"
-        if error.status_code == 503:
-            return f"the model server is busy (HTTP 503): {detail}; try again in a few seconds"
-        return f"the model server refused the request (HTTP {error.status_code}): {detail}"
+    if isinstance(error, openai.OpenAIError):
+        return server_error_message(error, base_url)
     return "unexpected error on the page server; its log has the details"
 
 
@@ -389,17 +378,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the page alone in front of any OpenAI-compatible server (vLLM, or a remote ctscribe)."""
     parser = argparse.ArgumentParser(prog="python -m ctscribe.serve.web", description=__doc__.split("\n")[0])
     parser.add_argument("--base-url", required=True, help="the API root, e.g. http://gpu-host:8000/v1")
-    parser.add_argument("--model", help="served model name (default: the first of /v1/models)")
+    parser.add_argument("--model", help="served model name (needed when /v1/models lists several)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind the page to")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     options = parser.parse_args(argv)
     api_key = os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY")
     model = options.model
-    if not model:
+    if not model:  # the only model listed; with several (vLLM with LoRA lists the base too) ask for one
         from openai import OpenAI
 
-        model = OpenAI(base_url=options.base_url, api_key=api_key or "none").models.list().data[0].id
+        client = OpenAI(base_url=options.base_url, api_key=api_key or "none")
+        listed = [entry.id for entry in client.models.list().data]
+        model = choose_model(listed, None, options.base_url)
     page = build_page(options.base_url, api_key, model, max_pixels=options.max_pixels)
     page.launch(
         server_name=options.host, server_port=options.port, auth=password_check(api_key), run_history=False
