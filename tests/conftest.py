@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import pytest
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
+from ctscribe.fixtures.servers import free_port, stop_group
 from ctscribe.fixtures.tiny_model import build_tiny_model
 
 
@@ -119,17 +118,11 @@ def llamafactory_cli(unavailable) -> Path:
         unavailable(str(error))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
 
     def __init__(self, model: Path, log: Path, *args: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
         self.log = log
@@ -152,14 +145,7 @@ class Server:
         raise RuntimeError("server did not start in time")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        stop_group(self.process)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.fixtures.servers import free_port
 from ctscribe.serve.web import (
     NO_WINDOW,
     UNSUPPORTED,
@@ -247,19 +247,13 @@ def test_api_errors_become_sentences():
     assert "busy (HTTP 503): the server is busy; try again" in error_message(busy, url)
     assert "refused the API key (HTTP 401)" in error_message(key, url)
     assert error_message(KeyError("x"), url).startswith("unexpected error")
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{_free_port()}/v1", api_key="none", max_retries=0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="none", max_retries=0)
     with pytest.raises(openai.APIConnectionError) as caught:
         list(stream_reply(client, "m", [], 8))
     assert error_message(caught.value, url) == f"cannot reach the model server at {url}; is it running?"
 
 
 # --- the real page in a real browser ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _missing_browser() -> str | None:
@@ -289,7 +283,7 @@ def page_server(request, tmp_path_factory):
     # The trained tiny model (shared by the session): its greedy answers are real text ("CT of the
     # ..."), where the random model's are whitespace that the engine strips to nothing.
     model = request.getfixturevalue("trained_run") / "model"
-    port = _free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("web")
     log, temp = folder / "server.log", folder / "temp"
     for name in ("gradio", "tmp"):
