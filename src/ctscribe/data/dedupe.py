@@ -64,10 +64,15 @@ class NearDuplicateIndex:
     Memory is what lets this reach millions of rows: each chunk's buckets are singly linked lists
     threaded through int32 arrays (a head per bucket, a "next" per row and chunk) instead of Python
     lists in dicts, which cost ~9 kB per hash. Here a hash costs ~0.4 kB (57 links, its 128 bytes,
-    its key; up to twice that while the arrays double), plus a fixed 60 MB of bucket heads. Measured:
-    find + add take ~0.2 ms at 300,000 random hashes, 0.9 kB per hash all told. Chunks longer than
-    ``MAX_BUCKET_BITS`` (small thresholds) are folded into that many bits by XOR, which only adds
-    candidates, never loses one.
+    its key; up to twice that while the arrays double), plus a fixed 60 MB of bucket heads. Chunks
+    longer than ``MAX_BUCKET_BITS`` (small thresholds) are folded into that many bits by XOR, which
+    only adds candidates, never loses one.
+
+    Time: rows come in blocks, and the bucket lists of a whole block are walked together in numpy, so
+    Python takes one step per list position rather than one per candidate. Candidates still grow
+    with the rows indexed (a bucket holds ~rows / 2**18 random hashes, more for look-alike slices),
+    so the walk is the one part of finalize whose cost per row grows; bench/scale.py measures it
+    (docs/BENCHMARKS.md "Scale").
     """
 
     def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> None:
