@@ -14,6 +14,9 @@ For each size N, on synthetic data with small (112 x 112) images:
 Each measured step runs in its own process, so its peak RSS and start-up are its own. The machine
 may be shared: compare sizes within one run (growth), not absolute times between runs.
 
+- ``merge`` (``--merge-size N``): `prepare-merge` of N synthesised staging records dealt to 4 shard
+  folders with one image file per row: the hard links and the finalize, timed apart.
+
 Usage: python bench/scale.py --sizes 10000,100000,1000000 --json bench/results/scale-cpu.json
 """
 
@@ -206,6 +209,54 @@ def step_train(work: Path, size: int, run: str, launched: float) -> dict:
     return {**measured, "train_samples": stats["train"]}
 
 
+def step_merge(work: Path, size: int, shards: int = 4) -> dict:
+    """`prepare-merge` of N synthesised staging records dealt to ``shards`` shard folders, one image
+    file per row (as a real stage writes): the links and the finalize, timed apart."""
+    from ctscribe.data import prepare
+
+    base = synthesise_staging(work, size)
+    folders = [work / f"shard-{k}" for k in range(shards)]
+    for k, folder in enumerate(folders):
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / prepare.STAGING / "units").mkdir(parents=True)
+        options = json.loads((base / prepare.STAGING / "options.json").read_text())
+        (folder / prepare.STAGING / "options.json").write_text(json.dumps({**options, "shard": [k, shards]}))
+        (folder / prepare.STAGING / "complete.json").write_text("{}")
+    for number, unit in enumerate(sorted((base / prepare.STAGING / "units").glob("*.jsonl"))):
+        folder, lines = folders[number % shards], []
+        for line in unit.read_text().splitlines():
+            record = json.loads(line)
+            if record["image"].startswith("images/pool/"):
+                source = base / record["image"]
+                record["image"] = prepare.image_relpath(record["id"])
+                (folder / record["image"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, folder / record["image"])
+            lines.append(json.dumps(record) + "\n")
+        (folder / prepare.STAGING / "units" / unit.name).write_text("".join(lines))
+    out = work / "merged"
+    shutil.rmtree(out, ignore_errors=True)
+    seconds: dict = {}
+    finalize = prepare.finalize
+
+    def timed_finalize(folder: Path, options) -> dict:
+        seconds["link"] = time.perf_counter() - started
+        begun = time.perf_counter()
+        stats = finalize(folder, options)
+        seconds["finalize"] = time.perf_counter() - begun
+        return stats
+
+    prepare.finalize = timed_finalize  # merge_shards calls it after linking
+    started = time.perf_counter()
+    prepare.merge_shards(folders, out, prepare.FinalizeOptions())
+    for folder in [*folders, out, base]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "merge_link_s": round(seconds["link"], 2),
+        "merge_link_us_per_row": round(1e6 * seconds["link"] / size, 1),
+        "merge_finalize_s": round(seconds["finalize"], 2),
+    }
+
+
 def run_step(work: Path, step: str, size: int, run: str = "") -> dict:
     """Run one step in a fresh process; its JSON result."""
     command = [sys.executable, __file__, "--work", str(work), "--step", step, "--size", str(size)]
@@ -270,7 +321,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("scale.json"))
     parser.add_argument("--stage-max", type=int, default=100_000, help="largest size whose stage is timed")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
-    parser.add_argument("--step", choices=["stage", "finalize", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--merge-size", type=int, default=0, help="also time prepare-merge of N rows")
+    parser.add_argument("--step", choices=["stage", "finalize", "train", "merge"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,6 +331,7 @@ def main() -> None:
         steps = {
             "stage": lambda: step_stage(args.work, args.size),
             "finalize": lambda: step_finalize(args.work, args.size),
+            "merge": lambda: step_merge(args.work, args.size),
             "train": lambda: step_train(args.work, args.size, args.run, float(os.environ["SCALE_LAUNCHED"])),
         }
         print(json.dumps(steps[args.step]()))
@@ -294,7 +347,11 @@ def main() -> None:
     if args.json.exists():  # runs split per size (one size per locked run) merge into one file
         previous = json.loads(args.json.read_text())
         results["sizes"].update(previous.get("sizes", {}))
-    for size in (int(s) for s in args.sizes.split(",")):
+        results.update({key: value for key, value in previous.items() if key == "merge"})
+    if args.merge_size:
+        results["merge"] = {"rows": args.merge_size, "shards": 4, **run_step(work, "merge", args.merge_size)}
+        print(json.dumps(results["merge"]), flush=True)
+    for size in (int(s) for s in args.sizes.split(",") if s):
         print(f"{size} rows ...", flush=True)
         results["sizes"][str(size)] = measure(work, size, args.stage_max)
         results["sizes"] = dict(sorted(results["sizes"].items(), key=lambda kv: int(kv[0])))
