@@ -186,16 +186,22 @@ def step_train(work: Path, size: int, run: str, launched: float) -> dict:
     from ctscribe.recipe import load_recipe
     from ctscribe.train.native import train
 
-    measured: dict = {}
-
-    class FirstStep(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if not measured:
-                measured.update(seconds=round(time.time() - launched, 2), rss_gb=round(_peak_rss_gb(), 3))
-            control.should_training_stop = True
-
     out = work / f"run-{size}-{run}"
     shutil.rmtree(out, ignore_errors=True)
+
+    class FirstStep(TrainerCallback):
+        """Report at the end of the first optimizer step and end the process there: what follows
+        (a final evaluation over the whole validation split, saving) is not the start."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            result = {
+                "seconds": round(time.time() - launched, 2),
+                "rss_gb": round(_peak_rss_gb(), 3),
+                "train_samples": json.loads((out / "data_stats.json").read_text())["train"],
+            }
+            print(json.dumps(result), flush=True)
+            os._exit(0)
+
     recipe = load_recipe(
         "tiny-cpu",
         ["max_steps=1", "save_steps=1000", "eval_steps=1000", "logging_steps=1"],
@@ -204,9 +210,7 @@ def step_train(work: Path, size: int, run: str, launched: float) -> dict:
         model_name_or_path=work / "tiny-model",
     )
     train(recipe, callbacks=(FirstStep(),))
-    stats = json.loads((out / "data_stats.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    return {**measured, "train_samples": stats["train"]}
+    raise RuntimeError("training ended before its first optimizer step")
 
 
 def step_merge(work: Path, size: int, shards: int = 4) -> dict:
@@ -282,6 +286,8 @@ def measure(work: Path, size: int, stage_max: int) -> dict:
     result.update(finalized, finalize_us_per_row=round(1e6 * finalized["finalize_s"] / size, 1))
     cold = run_step(work, "train", size, "cold")
     warm = run_step(work, "train", size, "restart")
+    for run in ("cold", "restart"):
+        shutil.rmtree(work / f"run-{size}-{run}", ignore_errors=True)
     result.update(
         train_start_s=cold["seconds"],
         train_start_rss_gb=cold["rss_gb"],
