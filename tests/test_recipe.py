@@ -252,6 +252,7 @@ def test_ints_become_floats_for_float_fields(tmp_path: Path) -> None:
         (["max_samples=0"], r"max_samples must be >= 1 or null, got 0"),
         (["warmup_ratio=1"], r"warmup_ratio must be >= 0 and < 1, got 1\.0"),
         (["weight_decay=-0.01"], r"weight_decay must be >= 0, got -0\.01"),
+        (["vision_feature_cache_max_gb=-1"], r"vision_feature_cache_max_gb must be >= 0 or null, got -1\.0"),
         (["save_total_limit=0"], r"save_total_limit must be >= 1, got 0"),
         (["lora_target=q_proj;v_proj"], r"lora_target must be 'all' or comma-separated module names"),
         (["model_name_or_path=' '"], r"model_name_or_path must not be empty"),

@@ -80,6 +80,7 @@ class Recipe:
     loss_on_labelled_only: bool = True  # the LM head (151,936 wide) only where a label is
     cache_vision_features: Literal["auto"] | bool = "auto"  # "auto": when tower and projector are frozen
     vision_feature_cache_dir: str | None = None  # None: RUN_DIR/feature_cache
+    vision_feature_cache_max_gb: float | None = 200.0  # larger estimates train without the cache
     packing: bool = True  # each micro-batch's samples packed into rows, attention kept per sample
     group_by_length: bool = True  # batches of similar length (less padding), order still seeded
     logging_steps: int = 5
@@ -362,6 +363,10 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError(
             "lora_target must be 'all' or comma-separated module names like 'q_proj,v_proj', "
             f"got {v['lora_target']!r}"
+        )
+    if v["vision_feature_cache_max_gb"] is not None and v["vision_feature_cache_max_gb"] < 0:
+        raise RecipeError(
+            f"vision_feature_cache_max_gb must be >= 0 or null, got {v['vision_feature_cache_max_gb']}"
         )
     if v["cache_vision_features"] is True and not (
         v["freeze_vision_tower"] and v["freeze_multi_modal_projector"]

@@ -56,11 +56,13 @@ def test_measured_margin_between_duplicates_and_distinct_slices(hashed):
 
 def test_index_drops_every_duplicate_and_nothing_else(hashed):
     index = NearDuplicateIndex()
-    for truth, hex_hash in hashed:  # as the pipeline does: keep a row unless an earlier kept one matches
-        earlier = index.find(hex_hash)
+    found = []
+    for start in range(0, len(hashed), 50):  # blocks, as finalize passes them
+        block = hashed[start : start + 50]
+        found += index.add_first_occurrences([t.id for t, _ in block], [h for _, h in block])
+    for (truth, _), match in zip(hashed, found, strict=True):
+        earlier = match and match[1]
         assert earlier == truth.duplicate_of, (truth.modality, truth.region, truth.duplicate_of)
-        if earlier is None:
-            index.add(truth.id, hex_hash)
     assert len(index) == sum(1 for t, _ in hashed if t.duplicate_of is None)
 
 
@@ -116,37 +118,52 @@ def _brute_force(entries: list[tuple[str, int]], value: int, max_distance: int) 
 
 @pytest.mark.parametrize("max_distance", [DEFAULT_MAX_DISTANCE, 12, 3, 0])
 def test_index_agrees_with_brute_force(max_distance):
-    """Random hashes, many of them planted near earlier ones (within, at and just past the threshold)."""
+    """Random hashes, many planted near earlier ones (within, at and just past the threshold), some
+    under a repeated key, passed in blocks of random size: each row's answer is the brute force's
+    over the rows kept before it, whether they were indexed in an earlier block or kept in its own."""
     rng = random.Random(max_distance)
     index = NearDuplicateIndex(max_distance)
-    entries: list[tuple[str, int]] = []
-    matches = 0
+    values: list[int] = []
+    keys: list[str] = []
     for step in range(400):
-        if entries and rng.random() < 0.6:
-            _, base = rng.choice(entries)
+        if values and rng.random() < 0.6:
+            base = rng.choice(values)
             flips = rng.choice([0, 1, max_distance, max_distance + 1, rng.randint(0, 2 * max_distance + 2)])
             value = base
             for bit in rng.sample(range(HASH_BITS), flips):
                 value ^= 1 << bit
         else:
             value = rng.getrandbits(HASH_BITS)
-        hex_hash = f"{value:0{HASH_BITS // 4}x}"
-        expected = _brute_force(entries, value, max_distance)
-        assert index.find(hex_hash) == expected, step
-        matches += expected is not None
-        index.add(f"row-{step}", hex_hash)
-        entries.append((f"row-{step}", value))
-    assert len(index) == 400
-    assert matches > 100
+        values.append(value)
+        keys.append(f"row-{rng.randrange(step + 1) if rng.random() < 0.05 else step}")
+    found = []
+    while len(found) < len(values):
+        start, size = len(found), rng.choice([1, 7, 64])
+        hexes = [f"{v:0{HASH_BITS // 4}x}" for v in values[start : start + size]]
+        found += index.add_first_occurrences(keys[start : start + size], hexes)
+    kept: list[tuple[str, int]] = []
+    matches = 0
+    for step, (key, value, match) in enumerate(zip(keys, values, found, strict=True)):
+        if key in {k for k, _ in kept}:
+            expected = ("same_id", key)
+        else:
+            earlier = _brute_force(kept, value, max_distance)
+            expected = None if earlier is None else ("near_duplicate", earlier)
+        assert match == expected, step
+        matches += expected is not None and expected[0] == "near_duplicate"
+        if expected is None:
+            kept.append((key, value))
+    assert len(index) == len(kept)
+    assert matches > 80  # the planted near copies of kept rows are found
 
 
 def test_index_rejects_malformed_hashes():
     index = NearDuplicateIndex()
     with pytest.raises(ValueError, match="1024-bit"):
-        index.find("abc")
+        index.add_first_occurrences(["row"], ["abc"])
     with pytest.raises(ValueError, match="hex"):
-        index.add("row", "z" * (HASH_BITS // 4))
+        index.add_first_occurrences(["row"], ["z" * (HASH_BITS // 4)])
     with pytest.raises(ValueError, match="max_distance"):
         NearDuplicateIndex(HASH_BITS)
     assert len(index) == 0
-    assert index.find("0" * (HASH_BITS // 4)) is None
+    assert index.add_first_occurrences(["row"], ["0" * (HASH_BITS // 4)]) == [None]

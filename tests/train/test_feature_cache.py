@@ -125,3 +125,41 @@ def test_a_damaged_index_means_an_empty_cache_that_is_rebuilt(tmp_path, processo
     (cache.folder / INDEX).write_text("{not json")
     assert not FeatureCache(cache.folder).where
     assert len(_build(tmp_path, tiny_model, processor, dataset).where) == 3
+
+
+def test_cache_past_its_bound_is_not_built_and_the_log_says_why(
+    tmp_path, processor, make_dataset, tiny_model, caplog
+):
+    from transformers import TrainingArguments
+
+    from ctscribe.train.native import feature_cache_within_bound
+
+    dataset = make_dataset()
+    hidden = tiny_model.config.text_config.hidden_size
+    estimate = feature_cache.cache_bytes(dataset.image_tokens(), hidden)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    bound_gb = estimate / 2 / 1e9
+    recipe = Recipe(vision_feature_cache_max_gb=bound_gb)
+    with caplog.at_level("INFO", logger="ctscribe.train.native"):
+        cache = feature_cache_within_bound(
+            recipe, args, tiny_model, processor, dataset.image_options, [dataset]
+        )
+    assert cache is None and not (tmp_path / "feature_cache").exists()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"estimated {estimate / 1e9:.2f} GB" in line and f"vision_feature_cache_max_gb={bound_gb}" in line
+    assert "off (over vision_feature_cache_max_gb" in line
+    # Within the bound (the control): built, and the log line gives the same estimate.
+    caplog.clear()
+    recipe = Recipe(vision_feature_cache_max_gb=estimate * 2 / 1e9)
+    with caplog.at_level("INFO", logger="ctscribe.train.native"):
+        cache = feature_cache_within_bound(
+            recipe, args, tiny_model, processor, dataset.image_options, [dataset]
+        )
+    assert cache is not None and len(cache.where) == 3
+    assert f"estimated {estimate / 1e9:.2f} GB" in caplog.records[0].getMessage()
+
+
+def test_cache_over_the_free_disk_is_refused():
+    assert feature_cache.cache_size_refusal(10, None, free=100) is None
+    assert feature_cache.cache_size_refusal(200, None, free=100) == "over the 0.0 GB free on disk"
+    assert feature_cache.cache_size_refusal(2e9, 1.0, free=10**12) == "over vision_feature_cache_max_gb=1"

@@ -64,10 +64,15 @@ class NearDuplicateIndex:
     Memory is what lets this reach millions of rows: each chunk's buckets are singly linked lists
     threaded through int32 arrays (a head per bucket, a "next" per row and chunk) instead of Python
     lists in dicts, which cost ~9 kB per hash. Here a hash costs ~0.4 kB (57 links, its 128 bytes,
-    its key; up to twice that while the arrays double), plus a fixed 60 MB of bucket heads. Measured:
-    find + add take ~0.2 ms at 300,000 random hashes, 0.9 kB per hash all told. Chunks longer than
-    ``MAX_BUCKET_BITS`` (small thresholds) are folded into that many bits by XOR, which only adds
-    candidates, never loses one.
+    its key; up to twice that while the arrays double), plus a fixed 60 MB of bucket heads. Chunks
+    longer than ``MAX_BUCKET_BITS`` (small thresholds) are folded into that many bits by XOR, which
+    only adds candidates, never loses one.
+
+    Time: rows come in blocks, and the bucket lists of a whole block are walked together in numpy, so
+    Python takes one step per list position rather than one per candidate. Candidates still grow
+    with the rows indexed (a bucket holds ~rows / 2**18 random hashes, more for look-alike slices),
+    so the walk is the one part of finalize whose cost per row grows; bench/scale.py measures it
+    (docs/BENCHMARKS.md "Scale").
     """
 
     def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> None:
@@ -82,59 +87,129 @@ class NearDuplicateIndex:
         self._next = np.empty((0, self._chunks), dtype=np.int32)
         self._words = np.empty((0, HASH_BITS // 64), dtype=np.uint64)
         self._keys: list[str] = []
+        self._key_set: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _split(self, hex_hash: str) -> tuple[np.ndarray, np.ndarray]:
-        """The hash as 64-bit words and each chunk's bucket; ValueError unless a HASH_BITS hex string."""
-        if len(hex_hash) != HASH_BITS // 4:
-            raise ValueError(
-                f"expected a {HASH_BITS}-bit hash ({HASH_BITS // 4} hex digits), got {len(hex_hash)}"
-            )
+    def _split(self, hex_hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each hash as 64-bit words (n, 16) and its bucket per chunk (n, chunks); ValueError unless
+        every hash is a HASH_BITS hex string."""
+        for hex_hash in hex_hashes:
+            if len(hex_hash) != HASH_BITS // 4:
+                raise ValueError(
+                    f"expected a {HASH_BITS}-bit hash ({HASH_BITS // 4} hex digits), got {len(hex_hash)}"
+                )
         try:
-            raw = bytes.fromhex(hex_hash)
+            raw = np.frombuffer(bytes.fromhex("".join(hex_hashes)), dtype=np.uint8)
         except ValueError as exc:
-            raise ValueError(f"not a hex hash: {hex_hash[:16]!r}...") from exc
-        bits = np.zeros(self._chunks * self._chunk_bits, dtype=np.uint8)
-        bits[:HASH_BITS] = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
-        # Row i of the transposed reshape is bits i, i + k, i + 2k, ... (zero padding is shared by all).
-        chunks = bits.reshape(self._chunk_bits, self._chunks).T
+            bad = next(h for h in hex_hashes if not _is_hex(h))
+            raise ValueError(f"not a hex hash: {bad[:16]!r}...") from exc
+        count = len(hex_hashes)
+        raw = raw.reshape(count, HASH_BITS // 8)
+        bits = np.zeros((count, self._chunks * self._chunk_bits), dtype=np.uint8)
+        bits[:, :HASH_BITS] = np.unpackbits(raw, axis=1)
+        # Row i of each transposed reshape is bits i, i + k, i + 2k, ... (zero padding is shared by all).
+        chunks = bits.reshape(count, self._chunk_bits, self._chunks).transpose(0, 2, 1)
         # Fold: bit j of a chunk toggles bucket bit j % bucket_bits (the identity for short chunks).
         groups = -(-self._chunk_bits // self._bucket_bits)
-        folded = np.zeros((self._chunks, groups * self._bucket_bits), dtype=np.uint8)
-        folded[:, : self._chunk_bits] = chunks
-        parity = folded.reshape(self._chunks, groups, self._bucket_bits).sum(axis=1) & 1
-        words = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        folded = np.zeros((count, self._chunks, groups * self._bucket_bits), dtype=np.uint8)
+        folded[:, :, : self._chunk_bits] = chunks
+        parity = folded.reshape(count, self._chunks, groups, self._bucket_bits).sum(axis=2) & 1
+        words = raw.copy().view(">u8").astype(np.uint64)
         return words, parity.astype(np.int64) @ self._bucket_weights
 
-    def find(self, hex_hash: str) -> str | None:
-        """Key of the nearest earlier hash within ``max_distance`` bits (earliest on ties), or None."""
-        words, buckets = self._split(hex_hash)
-        found: list[int] = []
-        for chunk, row in enumerate(self._head[np.arange(self._chunks), buckets].tolist()):
-            while row >= 0:
-                found.append(row)
-                row = int(self._next[row, chunk])
-        if not found:
-            return None
-        rows = np.unique(np.asarray(found))  # ascending, so argmin below picks the earliest on ties
-        distances = np.bitwise_count(self._words[rows] ^ words).sum(axis=1)
-        best = int(np.argmin(distances))
-        return self._keys[int(rows[best])] if distances[best] <= self.max_distance else None
+    def _nearest_indexed(self, words: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query, the nearest indexed row (earliest on ties) and its distance; row -1 and
+        distance HASH_BITS + 1 when no candidate is within ``max_distance``.
 
-    def add(self, key: str, hex_hash: str) -> None:
-        """Index ``hex_hash`` under ``key`` (a row id), for later :meth:`find` calls to return."""
-        words, buckets = self._split(hex_hash)
+        The bucket lists of every query and chunk are walked together, one numpy step per list
+        position, so Python runs as many steps as the longest list, not one per candidate.
+        """
+        count = len(words)
+        best_row = np.full(count, -1, dtype=np.int64)
+        best_distance = np.full(count, HASH_BITS + 1, dtype=np.int64)
+        if not self._keys or not count:
+            return best_row, best_distance
+        query = np.repeat(np.arange(count), self._chunks)
+        chunk = np.tile(np.arange(self._chunks), count)
+        row = self._head[chunk, buckets.reshape(-1)].astype(np.int64)
+        found_query, found_row = [], []
+        while True:
+            live = row >= 0
+            if not live.any():
+                break
+            query, chunk, row = query[live], chunk[live], row[live]
+            found_query.append(query)
+            found_row.append(row)
+            row = self._next[row, chunk].astype(np.int64)
+        if not found_query:
+            return best_row, best_distance
+        # A row met in several chunks is one candidate; sorted by (query, row).
+        pairs = np.unique(np.concatenate(found_query) * len(self._keys) + np.concatenate(found_row))
+        query, row = pairs // len(self._keys), pairs % len(self._keys)
+        distance = np.bitwise_count(self._words[row] ^ words[query]).sum(axis=1).astype(np.int64)
+        order = np.lexsort((row, distance, query))  # per query: nearest first, then earliest
+        first = order[np.r_[True, query[order][1:] != query[order][:-1]]]
+        within = first[distance[first] <= self.max_distance]
+        best_row[query[within]] = row[within]
+        best_distance[query[within]] = distance[within]
+        return best_row, best_distance
+
+    def _add_rows(self, keys: list[str], words: np.ndarray, buckets: np.ndarray) -> None:
+        """Index rows at the end of the linked lists' heads; arrays grow by doubling (amortised O(1))."""
         row = len(self._keys)
-        if row == len(self._words):  # grow by doubling: amortised O(1) per add
-            capacity = max(1024, 2 * row)
-            self._words = np.concatenate(
-                [self._words, np.empty((capacity - row, HASH_BITS // 64), np.uint64)]
-            )
-            self._next = np.concatenate([self._next, np.empty((capacity - row, self._chunks), np.int32)])
+        needed = row + len(keys)
+        if needed > len(self._words):
+            capacity = max(1024, 2 * len(self._words), needed)
+            grow = capacity - len(self._words)
+            self._words = np.concatenate([self._words, np.empty((grow, HASH_BITS // 64), np.uint64)])
+            self._next = np.concatenate([self._next, np.empty((grow, self._chunks), np.int32)])
         chunks = np.arange(self._chunks)
-        self._words[row] = words
-        self._next[row] = self._head[chunks, buckets]
-        self._head[chunks, buckets] = row
-        self._keys.append(key)
+        self._words[row:needed] = words
+        for offset in range(len(keys)):  # sequential: rows of one call may share a bucket
+            self._next[row + offset] = self._head[chunks, buckets[offset]]
+            self._head[chunks, buckets[offset]] = row + offset
+        self._keys.extend(keys)
+        self._key_set.update(keys)
+
+    def add_first_occurrences(self, keys: list[str], hex_hashes: list[str]) -> list[tuple[str, str] | None]:
+        """Go through the rows in order; a row is a duplicate of an earlier *kept* row (indexed
+        before, or kept earlier in this call) with the same key (``("same_id", key)``) or, else, of
+        the nearest one within ``max_distance`` bits, earliest on ties (``("near_duplicate", key)``);
+        a row that is neither is kept: indexed, and None in its place.
+
+        Pass rows in blocks of a few hundred: the candidate walk against the index is vectorised
+        over a block, and rows of the block are compared with each other directly.
+        """
+        words, buckets = self._split(hex_hashes)
+        indexed_row, indexed_distance = self._nearest_indexed(words, buckets)
+        kept: list[int] = []
+        kept_keys: set[str] = set()
+        results: list[tuple[str, str] | None] = []
+        for i, key in enumerate(keys):
+            if key in self._key_set or key in kept_keys:
+                results.append(("same_id", key))
+                continue
+            match = self._keys[indexed_row[i]] if indexed_row[i] >= 0 else None
+            if kept:
+                distances = np.bitwise_count(words[kept] ^ words[i]).sum(axis=1)
+                nearest = int(np.argmin(distances))  # earliest on ties; indexed rows are earlier still
+                if distances[nearest] <= self.max_distance and distances[nearest] < indexed_distance[i]:
+                    match = keys[kept[nearest]]
+            if match is not None:
+                results.append(("near_duplicate", match))
+                continue
+            kept.append(i)
+            kept_keys.add(key)
+            results.append(None)
+        self._add_rows([keys[k] for k in kept], words[kept], buckets[kept])
+        return results
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True

@@ -17,6 +17,7 @@ duplicate; so ``read == kept + sum(skipped)``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -42,6 +43,9 @@ from ctscribe.files import atomic_write, atomic_write_text
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
 IMAGE_TOKEN = "<image>"
+# Staging records deduplicated together: the index walk is vectorised over a block, and a block's
+# rows are compared with each other directly (block^2 / 2 distances), so a few hundred.
+DEDUPE_BLOCK = 256
 log = logging.getLogger(__name__)
 
 
@@ -222,6 +226,12 @@ def iter_staged(out: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def _blocks(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive lists of ``size`` items (the last may be shorter); ``itertools.batched`` from 3.12."""
+    while block := list(itertools.islice(items, size)):
+        yield block
+
+
 def sft_record(
     record_id: str, image: str, caption: str, split: str, options: FinalizeOptions, answer_lang: str = "en"
 ) -> dict:
@@ -308,7 +318,6 @@ class JsonArrayWriter:
 def finalize(out: Path, options: FinalizeOptions) -> dict:
     """Deduplicate, split and write the data set from the staging records; returns the stats."""
     index = NearDuplicateIndex()
-    seen_ids: set[str] = set()
     skipped = Counter({reason: 0 for reason in SKIP_REASONS})
     modalities: Counter[str] = Counter()
     bad_reasons: Counter[str] = Counter()
@@ -321,40 +330,39 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
 
     writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
     try:
-        for record in iter_staged(out):
-            read += 1
-            if "modality" in record:
-                modalities[record["modality"]] += 1
-            status = record["status"]
-            if status == "ok":
-                earlier = None if record["id"] not in seen_ids else record["id"]
-                if earlier is not None:
-                    duplicate_kinds["same_id"] += 1
-                else:
-                    earlier = index.find(record["hash"])
-                    if earlier is not None:
-                        duplicate_kinds["near_duplicate"] += 1
+        for block in _blocks(iter_staged(out), DEDUPE_BLOCK):
+            staged_ok = [record for record in block if record["status"] == "ok"]
+            found = index.add_first_occurrences(
+                [record["id"] for record in staged_ok], [record["hash"] for record in staged_ok]
+            )
+            duplicate_of = {id(record): match for record, match in zip(staged_ok, found, strict=True)}
+            for record in block:
+                read += 1
+                if "modality" in record:
+                    modalities[record["modality"]] += 1
+                status = record["status"]
+                match = duplicate_of.get(id(record))
+                if match is not None:
+                    status = "duplicate"
+                    duplicate_kinds[match[0]] += 1
+                    if match[0] == "near_duplicate":
                         # Another id, so another file; a same-id duplicate shares the kept row's file.
                         unreferenced_images.append(record["image"])
-                if earlier is not None:
-                    status = "duplicate"
-            if status != "ok":
-                skipped[status] += 1
-                if status == "bad_image":
-                    bad_reasons[record.get("detail", "unknown").split(":")[0]] += 1
-                continue
-            index.add(record["id"], record["hash"])
-            seen_ids.add(record["id"])
-            key = split_key(record.get("file_name"), record.get("source"), record["id"])
-            split_rules[record.get("source") or "(none)", key.rule] += 1
-            split = assign_split(key.key, options.val_fraction, options.test_fraction)
-            sft = sft_record(record["id"], record["image"], record["caption"], split, options)
-            count_turns(sft, turn_counts)
-            writers[split].write(sft)
-            example = example or sft
-            kept += 1
-            roi_found += record["roi_box_found"]
-            token_sum += record["image_tokens"]
+                if status != "ok":
+                    skipped[status] += 1
+                    if status == "bad_image":
+                        bad_reasons[record.get("detail", "unknown").split(":")[0]] += 1
+                    continue
+                key = split_key(record.get("file_name"), record.get("source"), record["id"])
+                split_rules[record.get("source") or "(none)", key.rule] += 1
+                split = assign_split(key.key, options.val_fraction, options.test_fraction)
+                sft = sft_record(record["id"], record["image"], record["caption"], split, options)
+                count_turns(sft, turn_counts)
+                writers[split].write(sft)
+                example = example or sft
+                kept += 1
+                roi_found += record["roi_box_found"]
+                token_sum += record["image_tokens"]
         for writer in writers.values():
             writer.commit()
     except BaseException:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections import Counter
-from dataclasses import dataclass, field
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
 from ctscribe.data.splits import read_split
 from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
 from ctscribe.train.packing import pack_rows
+from ctscribe.train.split_index import SampleTable, load_split, measure, tokenizer_fingerprint
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -105,6 +107,28 @@ def expand_image_pads(encoded: Encoded, image_tokens: list[int], cutoff_len: int
     return Encoded(ids, labels)
 
 
+def check_sample(
+    record: dict, image_root: Path, tokenizer, image_options: ImageOptions, cutoff_len: int
+) -> tuple[int, int] | str:
+    """(tokens, image tokens) of the sample as it will be trained, or the reason it is dropped.
+
+    From the text and the image headers alone (no decode), so a whole split is checked up front.
+    """
+    try:
+        tokens = [image_tokens(image_root / p, image_options) for p in record.get("images", [])]
+    except OSError as error:
+        return f"unreadable image ({type(error).__name__})"
+    result = expand_image_pads(encode_text(tokenizer, record["messages"]), tokens, cutoff_len)
+    return result if isinstance(result, str) else (len(result.input_ids), sum(tokens))
+
+
+def image_tokens(path: Path, options: ImageOptions) -> int:
+    """Image tokens of the image at ``path`` within the budget, from its header only."""
+    with Image.open(path) as image:  # header only: no decode
+        width, height = image.size
+    return count_image_tokens(width, height, options.max_pixels, options.min_pixels)
+
+
 @dataclass
 class SFTDataset(torch.utils.data.Dataset):
     """Prepared records, length-checked up front, loaded (image and all) one at a time.
@@ -113,50 +137,84 @@ class SFTDataset(torch.utils.data.Dataset):
     sampler's order, hence a resumed run's order, never depends on which samples fail. The check
     also yields each kept sample's token count (``lengths``), which length-grouped batches use.
 
+    ``records`` is any sequence: a list (checked here), or a split file's lazy records with the
+    table measured once for the data set (:meth:`from_split`, see ``train.split_index``).
+
     With ``features`` (a vision-feature cache, see ``train.feature_cache``) a sample carries its
     images' cached features instead of pixels, and no image is decoded.
     """
 
-    records: list[dict]
+    records: Sequence[dict]
     image_root: Path
     tokenizer: object
     image_processor: object
     image_options: ImageOptions
     cutoff_len: int
-    dropped: Counter = field(default_factory=Counter)
     features: object | None = None  # a FeatureCache holding every image of the records
-    lengths: list[int] = field(default_factory=list)
+    table: SampleTable | None = None  # None: measured here, record by record
 
     def __post_init__(self) -> None:
-        kept = []
-        for record in self.records:
-            result = self.encode(record)
-            if isinstance(result, str):
-                self.dropped[result] += 1
-            else:
-                kept.append(record)
-                self.lengths.append(len(result.input_ids))
-        self.records = kept
+        if self.table is None:
+            check = functools.partial(
+                check_sample,
+                image_root=self.image_root,
+                tokenizer=self.tokenizer,
+                image_options=self.image_options,
+                cutoff_len=self.cutoff_len,
+            )
+            self.table = measure(iter(self.records), check)
+        self.positions = self.table.kept  # the kept samples' positions in ``records``
+        self.lengths = self.table.lengths[self.positions]
+        self.dropped = self.table.dropped
+
+    @classmethod
+    def from_split(
+        cls,
+        path: Path,
+        tokenizer,
+        image_processor,
+        image_options: ImageOptions,
+        cutoff_len: int,
+        max_samples: int | None = None,
+    ) -> SFTDataset:
+        """The first ``max_samples`` records of a prepared split file, read lazily, with the table
+        read from (or measured once into) the split's index: constant time and memory per process."""
+        root = Path(path).parent
+        settings = {
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "image_options": json.loads(json.dumps(asdict(image_options), default=str)),
+            "cutoff_len": cutoff_len,
+        }
+        check = functools.partial(
+            check_sample,
+            image_root=root,
+            tokenizer=tokenizer,
+            image_options=image_options,
+            cutoff_len=cutoff_len,
+        )
+        records, table = load_split(path, settings, check)
+        return cls(
+            records,
+            root,
+            tokenizer,
+            image_processor,
+            image_options,
+            cutoff_len,
+            table=table.head(max_samples),
+        )
 
     def image_paths(self) -> list[Path]:
         """Every image the kept records use (a cache is built for exactly these)."""
-        return [self.image_root / p for record in self.records for p in record.get("images", [])]
+        return [
+            self.image_root / p for i in self.positions.tolist() for p in self.records[i].get("images", [])
+        ]
 
-    def _image_tokens(self, relpath: str) -> int:
-        with Image.open(self.image_root / relpath) as image:  # header only: no decode
-            width, height = image.size
-        return count_image_tokens(width, height, self.image_options.max_pixels, self.image_options.min_pixels)
-
-    def encode(self, record: dict) -> Encoded | str:
-        """The sample as it will be trained, or the reason it is dropped."""
-        try:
-            tokens = [self._image_tokens(p) for p in record.get("images", [])]
-        except OSError as error:
-            return f"unreadable image ({type(error).__name__})"
-        return expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
+    def image_tokens(self) -> int:
+        """Image tokens of all kept samples: the vision-feature cache holds one feature row for each."""
+        return int(self.table.image_tokens[self.positions].sum())
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.positions)
 
     def _images(self, record: dict) -> dict:
         """The record's images as the model takes them: pixels, or cached features; and their grids."""
@@ -174,7 +232,7 @@ class SFTDataset(torch.utils.data.Dataset):
         return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        record = self.records[int(self.positions[index])]
         images = self._images(record)
         tokens = []
         if images:

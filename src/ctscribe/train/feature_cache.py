@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -50,6 +51,35 @@ def cache_wanted(recipe: Recipe) -> bool:
     if recipe.cache_vision_features == "auto":
         return recipe.freeze_vision_tower and recipe.freeze_multi_modal_projector
     return recipe.cache_vision_features
+
+
+def cache_size_refusal(estimate: int, max_gb: float | None, free: int) -> str | None:
+    """Why a cache of ``estimate`` bytes is not built (over ``max_gb``, or over the ``free`` disk
+    bytes), or None when it fits. Past either, training reads pixels instead: slower per epoch, but it
+    starts at once and never fills the disk (see docs/TRAINING.md "When the feature cache pays")."""
+    if max_gb is not None and estimate > max_gb * 1e9:
+        return f"over vision_feature_cache_max_gb={max_gb:g}"
+    if estimate > free:
+        return f"over the {free / 1e9:.1f} GB free on disk"
+    return None
+
+
+def cache_bytes(image_tokens: int, hidden_size: int) -> int:
+    """Bytes of bf16 features for ``image_tokens`` image tokens (tokens x hidden x 2), the estimate
+    printed before building; content-identical images share an entry, so the real size is at most this."""
+    return image_tokens * hidden_size * 2
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system that holds (or will hold) ``folder``, plus what the cache there
+    already takes (a rebuild reuses it)."""
+    existing = Path(folder)
+    while not existing.exists():
+        existing = existing.parent
+    used = (
+        sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else 0
+    )
+    return shutil.disk_usage(existing).free + used
 
 
 def image_key(path: Path) -> str:

@@ -69,6 +69,7 @@ NATIVE_ONLY = (
     "loss_on_labelled_only",
     "cache_vision_features",
     "vision_feature_cache_dir",
+    "vision_feature_cache_max_gb",
     "packing",
     "group_by_length",
 )

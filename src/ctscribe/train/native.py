@@ -28,15 +28,24 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ctscribe.data.images import ImageOptions
 from ctscribe.recipe import Recipe, RecipeError
-from ctscribe.train.data import SFTDataset, collate, load_records
-from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
+from ctscribe.train.data import SFTDataset, collate
+from ctscribe.train.feature_cache import (
+    FeatureCache,
+    build_feature_cache,
+    cache_bytes,
+    cache_size_refusal,
+    cache_wanted,
+    free_bytes,
+)
 from ctscribe.train.inputs import model_inputs, qwen_core
 from ctscribe.train.loss import labelled_only_loss, liger_active
 from ctscribe.train.model import build_model, use_bf16
@@ -92,14 +101,15 @@ class LengthGroupedSampler(EpochSeededSampler):
     function of (seed, epoch) only, so resumed and multi-process runs still repeat a single one).
     """
 
-    def __init__(self, lengths: list[int], group: int, seed: int) -> None:
+    def __init__(self, lengths: Sequence[int], group: int, seed: int) -> None:
         super().__init__(len(lengths), seed)
-        self.lengths, self.group = lengths, group
+        self.lengths, self.group = np.asarray(lengths), group
 
     def __iter__(self):
-        order = list(super().__iter__())
-        groups = [order[i : i + self.group] for i in range(0, len(order), self.group)]
-        return iter([i for group in groups for i in sorted(group, key=lambda i: -self.lengths[i])])
+        order = np.fromiter(super().__iter__(), dtype=np.int64, count=self.size)
+        # Sort by (group, longest first); lexsort is stable, so equal lengths keep the shuffled order.
+        ranked = order[np.lexsort((-self.lengths[order], np.arange(self.size) // self.group))]
+        return iter(ranked.tolist())
 
 
 # Batches per length-sorted group: as in transformers' LengthGroupedSampler ("megabatch" of 50).
@@ -314,6 +324,37 @@ def training_image_options(recipe: Recipe) -> ImageOptions:
     )
 
 
+def feature_cache_within_bound(
+    recipe: Recipe,
+    args: TrainingArguments,
+    model,
+    processor,
+    image_options: ImageOptions,
+    splits: list[SFTDataset],
+) -> FeatureCache | None:
+    """The vision-feature cache of the splits' images, or None when its estimated size is over
+    ``vision_feature_cache_max_gb`` or the free disk (then training reads pixels, and says why)."""
+    root = Path(recipe.vision_feature_cache_dir or Path(args.output_dir) / "feature_cache")
+    hidden = qwen_core(model).config.text_config.hidden_size
+    estimate = cache_bytes(sum(split.image_tokens() for split in splits), hidden)
+    free = free_bytes(root)
+    refusal = cache_size_refusal(estimate, recipe.vision_feature_cache_max_gb, free)
+    size = (
+        f"estimated {estimate / 1e9:.2f} GB for {sum(len(split) for split in splits)} samples "
+        f"(image tokens x hidden {hidden} x 2 B), bound vision_feature_cache_max_gb="
+        f"{recipe.vision_feature_cache_max_gb}, {free / 1e9:.1f} GB free at {root}"
+    )
+    if refusal:
+        log.warning("vision-feature cache off (%s): %s; training reads pixels instead", refusal, size)
+        return None
+    log.info("vision-feature cache: %s", size)
+    paths = [path for split in splits for path in split.image_paths()]
+    with args.main_process_first(desc="vision-feature cache"):  # one process builds, the rest read
+        return build_feature_cache(
+            root, qwen_core(model).visual, processor.image_processor, image_options, paths
+        )
+
+
 def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()) -> Path:
     """Train as the recipe says; returns the folder of the adapter (or full model)."""
     from transformers import AutoProcessor
@@ -344,13 +385,13 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         path = data_dir / f"{split}.json"
         if split != "train" and not path.exists():
             return None
-        return SFTDataset(
-            load_records(path, recipe.max_samples),
-            data_dir,
+        return SFTDataset.from_split(
+            path,
             processor.tokenizer,
             processor.image_processor,
             image_options,
             recipe.cutoff_len,
+            recipe.max_samples,
         )
 
     train_set, eval_set = dataset("train"), dataset("val")
@@ -378,13 +419,8 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
     cache_seconds = 0.0
     if cache_wanted(recipe):
         started = time.perf_counter()
-        root = Path(recipe.vision_feature_cache_dir or run_dir / "feature_cache")
         splits = [split for split in (train_set, eval_set) if split is not None]
-        paths = [path for split in splits for path in split.image_paths()]
-        with args.main_process_first(desc="vision-feature cache"):  # one process builds, the rest read
-            cache = build_feature_cache(
-                root, qwen_core(model).visual, processor.image_processor, image_options, paths
-            )
+        cache = feature_cache_within_bound(recipe, args, model, processor, image_options, splits)
         for split in splits:
             split.features = cache
         cache_seconds = time.perf_counter() - started
