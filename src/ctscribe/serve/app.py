@@ -10,9 +10,11 @@ unchanged against any server that speaks the same API, such as vLLM serving an e
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI
 
+from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.generate.engine import Engine
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher
@@ -30,8 +32,11 @@ def build_server(
     max_queue: int = 64,
     max_image_mb: float = 20,
     web: bool = True,
+    prompts: Mapping[str, str] = DEFAULT_PROMPTS,
+    language: str = "en",
 ) -> FastAPI:
-    """The whole app: API routes first, then the page mounted at ``/``."""
+    """The whole app: API routes first, then the page mounted at ``/``. ``prompts`` and ``language``
+    are the model's own (ctscribe.model_settings): what the page asks for a description."""
     batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue)
     app = create_app(batcher, model_name=engine.name, api_key=api_key, max_image_mb=max_image_mb)
     app.state.batcher = batcher
@@ -46,6 +51,8 @@ def build_server(
             api_key=api_key,
             model=engine.name,
             max_pixels=engine.image_options.max_pixels,
+            prompts=prompts,
+            language=language,
         )
         auth = (lambda _user, password: password == api_key) if api_key else None
         app = gr.mount_gradio_app(
