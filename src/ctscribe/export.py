@@ -6,8 +6,9 @@ ctscribe code. Export checks its own work on a probe input before writing anythi
 
 1. the adapter must change the base model's logits: an untrained LoRA (B = 0) or an adapter put on
    the wrong base changes nothing, and a merged copy of such a model proves nothing;
-2. the adapter must survive the export's dtype: some weight must differ from the base's once both
-   are rounded to it (a bf16 export of deltas below bf16's resolution would be the base again);
+2. the adapter must survive the export's dtype: it must change the adapted weights more than
+   rounding them to that dtype does (a bf16 export of deltas below bf16's resolution would be the
+   base again, with rounding noise);
 3. the merged model's logits must equal base + adapter within a tolerance (fp32 arithmetic), so a
    merge that silently dropped or double-applied a layer fails here, not in front of a clinician;
 4. what was written is read back from disk in its dtype: every weight must be exactly the checked
@@ -123,20 +124,27 @@ def _torch_dtype(dtype: str):
     return getattr(torch, TORCH_DTYPES[dtype])
 
 
-def changed_in_dtype(peft_model, dtype: str) -> int:
-    """How many weights base + adapter changes once both are rounded to ``dtype``; one layer at a
-    time, so it costs one layer's memory. Zero means the export would be the base model again."""
+def adapter_to_rounding(peft_model, dtype: str) -> float:
+    """How much the adapter changes the adapted weights, relative to how much rounding base + adapter
+    to ``dtype`` changes them (Frobenius norms over every adapted layer; infinite when rounding
+    changes nothing, as in fp32).
+
+    Below 1, rounding moves the weights more than the adapter did: the export would be the base model
+    with noise. One layer at a time, so it costs one layer's memory.
+    """
     from peft.tuners.lora import LoraLayer
 
     target = _torch_dtype(dtype)
-    changed = 0
+    change = rounding = 0.0
     for module in peft_model.modules():
         if isinstance(module, LoraLayer):
             weight = module.get_base_layer().weight
             for name in module.active_adapters:
-                merged = weight + module.get_delta_weight(name)
-                changed += int((merged.to(target) != weight.to(target)).sum())
-    return changed
+                delta = module.get_delta_weight(name)
+                adapted = weight + delta
+                change += float(delta.pow(2).sum())
+                rounding += float((adapted.to(target).float() - adapted).pow(2).sum())
+    return (change / rounding) ** 0.5 if rounding else float("inf")
 
 
 def merge_checked(base: str | Path, adapter_dir: Path, dtype: str = "fp32"):
@@ -147,10 +155,11 @@ def merge_checked(base: str | Path, adapter_dir: Path, dtype: str = "fp32"):
     compares against; raises :class:`ExportError` when a check fails.
     """
     model, processor, inputs, adapted, scale, effect = _adapted(base, adapter_dir)
-    if changed_in_dtype(model, dtype) == 0:
+    kept = adapter_to_rounding(model, dtype)
+    if kept < 1:
         raise ExportError(
-            f"every weight change of the adapter is below {dtype}'s rounding: a {dtype} export would be the "
-            "base model; export with --dtype fp32"
+            f"rounding to {dtype} changes the adapted weights more than the adapter does (adapter/rounding "
+            f"{kept:.2f}): a {dtype} export would be the base model with noise; export with --dtype fp32"
         )
     merged = model.merge_and_unload()
     error = _merge_error(merged, inputs, adapted, scale, MERGE_TOLERANCE)
