@@ -163,7 +163,7 @@ def test_train_at_224_export_and_the_budget_reaches_transformers_predict_and_ser
     """The default LoRA recipe at a 224x224 budget (size keys only), the default (bf16) export, then no
     budget flag anywhere: plain transformers, predict and serve all use the 224x224 budget."""
     run, export = tmp_path / "run", tmp_path / "export"
-    sets = ["max_samples=8", "max_steps=4", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]
+    sets = ["max_samples=8", "max_steps=8", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]
     sets += [f"image_max_pixels={BUDGET_224}"]
     _ctscribe("train", "--data", default_data, "--model", tiny_model_dir, "--out", run,
               *[arg for key in sets for arg in ("--set", key)])  # fmt: skip
