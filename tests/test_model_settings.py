@@ -85,6 +85,15 @@ def test_a_remote_model_cannot_be_read_so_the_flag_or_the_default_decides(saved_
     assert inference_settings(saved_processor, max_pixels=BUDGET_224, remote=True).max_pixels == BUDGET_224
 
 
+def test_over_openai_images_leave_already_fitted_to_the_flags_budget(saved_processor):
+    from ctscribe.generate.openai_engine import OpenAIEngine
+
+    record_settings(saved_processor, ModelSettings(max_pixels=12544))  # not readable through a server
+    settings = inference_settings(saved_processor, max_pixels=BUDGET_224, remote=True)
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "served", max_pixels=settings.max_pixels)  # no request
+    assert engine.prepare(_noise(1024)).size == (224, 224)
+
+
 def test_the_adapter_record_wins_over_the_base_models(saved_processor, tmp_path):
     record_settings(saved_processor, ModelSettings(max_pixels=BUDGET_224))
     run = tmp_path / "run"
