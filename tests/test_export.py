@@ -7,6 +7,8 @@ import torch
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from ctscribe.export import (
+    DTYPE_TOLERANCE,
+    MERGE_TOLERANCE,
     ExportError,
     adapter_to_rounding,
     export_llamafactory,
@@ -27,15 +29,16 @@ def merged(request, trained_adapter, trained_run, tmp_path_factory):
     if request.param == "llamafactory":
         cli = request.getfixturevalue("llamafactory_cli")
         check = export_llamafactory(trained_run / "model", trained_adapter, out, cli=cli)
-    else:
-        check = export_merged(trained_run / "model", trained_adapter, out)
-    return out, check
+        # LLaMA-Factory merges in bf16: checked from disk, within bf16's rounding
+        return out, check, DTYPE_TOLERANCE["bf16"]
+    check = export_merged(trained_run / "model", trained_adapter, out)
+    return out, check, MERGE_TOLERANCE  # ctscribe merges in fp32, then rounds what it checked
 
 
 @pytest.mark.slow
 def test_the_merged_folder_is_a_plain_transformers_model(merged):
-    out, check = merged
-    assert check.adapter_effect > 1e-4 and check.merge_error < 1e-3
+    out, check, tolerance = merged
+    assert check.adapter_effect > 1e-4 and check.merge_error < tolerance
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"):
         assert (out / name).is_file(), name
     assert (out / "chat_template.jinja").is_file() or (out / "chat_template.json").is_file()
@@ -55,7 +58,7 @@ def test_the_merged_folder_is_a_plain_transformers_model(merged):
 
 @pytest.mark.slow
 def test_the_merged_model_reproduces_the_adapters_greedy_generations(merged, trained_adapter, trained_run):
-    out, _ = merged
+    out, _, _ = merged
     with_adapter = TransformersEngine(trained_run / "model", trained_adapter, max_pixels=LEARNING_PIXELS)
     merged_engine = TransformersEngine(out, max_pixels=LEARNING_PIXELS)
     images = [data for _, data in clean_ct_rows(30, seed=11)[:8]]
