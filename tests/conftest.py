@@ -45,6 +45,19 @@ def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 phantom rows prepared with prepare's defaults (262,144-pixel budget): what the shipped
+    recipes train on unchanged."""
+    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+
+    root = tmp_path_factory.mktemp("default-data")
+    build_phantom(root / "phantom", rows=40, seed=3)
+    splits = FinalizeOptions(val_fraction=0.1, test_fraction=0.1)
+    run_prepare(str(root / "phantom"), root / "data", StageOptions(), splits, workers=1, show_progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, learning_data: Path) -> Path:
     """The tiny model trained once per session with the tiny-cpu recipe; shared by every test that
     needs a model that has learned something."""
@@ -121,13 +134,13 @@ def llamafactory_cli(unavailable) -> Path:
 class Server:
     """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
 
-    def __init__(self, model: Path, log: Path, *args: str):
+    def __init__(self, model: Path, log: Path, *args: str, max_pixels: int | None = LEARNING_PIXELS):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
         self.log = log
         self.process = subprocess.Popen(
-            [*command, "--max-pixels", str(LEARNING_PIXELS), "--no-web", *args],
+            [*command, *(["--max-pixels", str(max_pixels)] if max_pixels else []), "--no-web", *args],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -150,12 +163,13 @@ class Server:
 
 @pytest.fixture(scope="session")
 def start_server():
-    """``start_server(model, log, *args)``: a running ``ctscribe serve`` (a :class:`Server`), stopped at
-    the end of the session at the latest."""
+    """``start_server(model, log, *args, max_pixels=...)``: a running ``ctscribe serve`` (a
+    :class:`Server`; ``max_pixels=None`` leaves the budget to the model), stopped at the end of the
+    session at the latest."""
     started: list[Server] = []
 
-    def start(model: Path, log: Path, *args: str) -> Server:
-        started.append(Server(model, log, *args))
+    def start(model: Path, log: Path, *args: str, max_pixels: int | None = LEARNING_PIXELS) -> Server:
+        started.append(Server(model, log, *args, max_pixels=max_pixels))
         return started[-1]
 
     yield start

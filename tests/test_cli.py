@@ -67,3 +67,34 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=300)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_evaluate_scores_the_baseline_at_the_fine_tuned_models_budget(monkeypatch, tmp_path):
+    """The budget the evaluated model records is the one both engines get (engines stubbed: only the
+    wiring between the record, the model and the baseline is under test)."""
+    import ctscribe.cli as cli
+    import ctscribe.evaluate.report as report
+    import ctscribe.evaluate.run as run
+    from ctscribe.model_settings import ModelSettings, record_settings
+
+    budgets = {}
+
+    def engine(backend, model, adapter, settings, base_url=None):
+        budgets[model] = settings.max_pixels
+
+    def evaluation(make_engine, data, out, *, make_baseline=None, **options):
+        make_engine()
+        make_baseline()
+        return {}
+
+    monkeypatch.setattr(cli, "_engine", engine)
+    monkeypatch.setattr(run, "run_evaluation", evaluation)
+    monkeypatch.setattr(report, "comparison_rows", lambda metrics: [])
+    model = tmp_path / "export"
+    model.mkdir()
+    (model / "processor_config.json").write_text("{}")
+    record_settings(model, ModelSettings(max_pixels=50176))
+    args = ["evaluate", "--model", str(model), "--data", str(tmp_path / "test.json"), "--out", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--baseline", "Qwen/Qwen2-VL-2B-Instruct"])
+    assert result.exit_code == 0, result.output
+    assert budgets == {str(model): 50176, "Qwen/Qwen2-VL-2B-Instruct": 50176}

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ctscribe import __version__
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 app = typer.Typer(
     help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
@@ -178,8 +179,11 @@ def prepare(
     ] = None,
     modality: Annotated[Modality, typer.Option(help="Keep CT rows only, or every modality.")] = Modality.ct,
     max_pixels: Annotated[
-        int, typer.Option(min=3136, help="Pixel budget per image: 262144 = 512x512 = ~324 image tokens.")
-    ] = 262144,
+        int,
+        typer.Option(
+            min=DEFAULT_MIN_PIXELS, help="Pixel budget per image; the default, 512x512, is ~324 image tokens."
+        ),
+    ] = DEFAULT_MAX_PIXELS,
     roi_box: Annotated[
         RoiBox, typer.Option(help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it.")
     ] = RoiBox.remove,
@@ -470,6 +474,15 @@ BackendOption = Annotated[
 BaseUrlOption = Annotated[
     str | None, typer.Option(help="With --backend openai: the server's API root, e.g. http://host:8000/v1.")
 ]
+MaxPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=DEFAULT_MIN_PIXELS,
+        help=f"Pixel budget per image. Default: the one the model (or adapter) records from its training, "
+        f"else {DEFAULT_MAX_PIXELS}. With --backend openai the server's cannot be read: this decides.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -488,8 +501,16 @@ def predict(
         Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
     ] = None,
     csv: Annotated[Path | None, typer.Option(help="Also write the results as a CSV table.")] = None,
-    lang: Annotated[DescriptionLang, typer.Option(help="Language of the description.")] = DescriptionLang.en,
-    prompt: Annotated[str | None, typer.Option(help="Ask this instead of the default question.")] = None,
+    lang: Annotated[
+        DescriptionLang | None,
+        typer.Option(help="Language of the description. Default: the one the model was trained in, else en."),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask this instead of the default question (the plain prompt the model trained on)."
+        ),
+    ] = None,
     window: Annotated[
         str,
         typer.Option(
@@ -503,9 +524,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Describe at most this many images.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
-    max_pixels: Annotated[
-        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
-    ] = 512 * 512,
+    max_pixels: MaxPixelsOption = None,
     backend: BackendOption = Backend.transformers,
     base_url: BaseUrlOption = None,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
@@ -521,13 +540,15 @@ def predict(
     from ctscribe.predict import predict as run_predict
     from ctscribe.predict import write_csv
 
-    engine = _engine(backend, model, adapter, max_pixels, base_url)
+    settings = _settings(backend, model, adapter, max_pixels)
+    language = lang.value if lang else settings.language
+    engine = _engine(backend, model, adapter, settings, base_url)
     summary = run_predict(
         engine,
         list(inputs),
         out,
-        lang=lang.value,
         prompt=prompt,
+        default_prompt=settings.prompt(language),
         window=window,
         slices=slices,
         batch_size=batch_size,
@@ -546,8 +567,16 @@ def predict(
         raise typer.Exit(1)
 
 
-def _engine(backend: Backend, model: str, adapter: Path | None, max_pixels: int, base_url: str | None = None):
-    """The generation engine the commands share, on the chosen backend."""
+def _settings(backend: Backend, model: str, adapter: Path | None, max_pixels: int | None):
+    """The pixel budget and default prompts predict, evaluate and serve use (ctscribe.model_settings)."""
+    from ctscribe.model_settings import inference_settings
+
+    return inference_settings(model, adapter, max_pixels, remote=backend is Backend.openai)
+
+
+def _engine(backend: Backend, model: str, adapter: Path | None, settings, base_url: str | None = None):
+    """The generation engine the commands share, on the chosen backend, at ``settings``' pixel budget."""
+    budget = {"max_pixels": settings.max_pixels, "min_pixels": settings.min_pixels}
     if backend is Backend.openai:
         if base_url is None:
             raise typer.BadParameter("--backend openai needs --base-url", param_hint="--base-url")
@@ -555,14 +584,14 @@ def _engine(backend: Backend, model: str, adapter: Path | None, max_pixels: int,
             raise typer.BadParameter("the server applies adapters; drop --adapter", param_hint="--adapter")
         from ctscribe.generate.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(base_url, model, max_pixels=max_pixels)
+        return OpenAIEngine(base_url, model, **budget)
     if backend is Backend.vllm:
         from ctscribe.generate.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model, adapter, max_pixels=max_pixels)
+        return VLLMEngine(model, adapter, **budget)
     from ctscribe.generate.engine import TransformersEngine
 
-    return TransformersEngine(model, adapter, max_pixels=max_pixels)
+    return TransformersEngine(model, adapter, **budget)
 
 
 @app.command()
@@ -584,9 +613,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N test records only.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
-    max_pixels: Annotated[
-        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
-    ] = 512 * 512,
+    max_pixels: MaxPixelsOption = None,
     examples: Annotated[int, typer.Option(min=0, help="Examples in gallery.html.")] = 24,
     bertscore_model: Annotated[
         Path | None,
@@ -608,13 +635,15 @@ def evaluate(
     from ctscribe.evaluate.report import comparison_rows
     from ctscribe.evaluate.run import run_evaluation
 
+    # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
+    settings = _settings(backend, model, adapter, max_pixels)
     metrics = run_evaluation(
-        lambda: _engine(backend, model, adapter, max_pixels, base_url),
+        lambda: _engine(backend, model, adapter, settings, base_url),
         data,
         out,
         # With --backend openai the baseline is another model of the same server (vLLM with LoRA
         # serves the base and the adapter side by side).
-        make_baseline=(lambda: _engine(backend, baseline, None, max_pixels, base_url)) if baseline else None,
+        make_baseline=(lambda: _engine(backend, baseline, None, settings, base_url)) if baseline else None,
         run_dir=run_dir,
         limit=limit,
         batch_size=batch_size,
@@ -654,9 +683,7 @@ def serve(
         int, typer.Option(min=1, help="Most requests waiting or running; more get 503 and a retry hint.")
     ] = 64,
     max_image_mb: Annotated[float, typer.Option(min=0.01, help="Largest image upload, in MB.")] = 20,
-    max_pixels: Annotated[
-        int, typer.Option(help="Pixel budget per image; use the one the model was trained with.")
-    ] = 512 * 512,
+    max_pixels: MaxPixelsOption = None,
     web: Annotated[bool, typer.Option(help="Serve the web page at / too.")] = True,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name in /v1/models and responses (default: --model as given).")
@@ -685,11 +712,14 @@ def serve(
     from ctscribe.serve.app import serve as run_server
 
     if upstream is not None:
-        engine = _upstream_engine(upstream, model, adapter, upstream_api_key, max_pixels)
+        # The upstream's own record cannot be read: --max-pixels (or the default) decides.
+        settings = _settings(Backend.openai, upstream, None, max_pixels)
+        engine = _upstream_engine(upstream, model, adapter, upstream_api_key, settings.max_pixels)
     elif model is None:
         raise typer.BadParameter("give the model to serve, or --upstream URL", param_hint="--model")
     else:
-        engine = _engine(Backend.transformers, model, adapter, max_pixels)
+        settings = _settings(Backend.transformers, model, adapter, max_pixels)
+        engine = _engine(Backend.transformers, model, adapter, settings)
     if served_model_name:
         engine.name = served_model_name
     run_server(
@@ -702,6 +732,8 @@ def serve(
         max_image_mb=max_image_mb,
         web=web,
         forward=upstream is not None,
+        prompts=settings.prompts,
+        language=settings.language,
     )
 
 

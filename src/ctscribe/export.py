@@ -6,11 +6,17 @@ ctscribe code. Export checks its own work on a probe input before writing anythi
 
 1. the adapter must change the base model's logits: an untrained LoRA (B = 0) or an adapter put on
    the wrong base changes nothing, and a merged copy of such a model proves nothing;
-2. the merged model's logits must equal base + adapter within a tolerance (fp32 arithmetic), so a
-   merge that silently dropped or double-applied a layer fails here, not in front of a clinician.
+2. the adapter must survive the export's dtype: it must change the adapted weights more than
+   rounding them to that dtype does (a bf16 export of deltas below bf16's resolution would be the
+   base again, with rounding noise);
+3. the merged model's logits must equal base + adapter within a tolerance (fp32 arithmetic), so a
+   merge that silently dropped or double-applied a layer fails here, not in front of a clinician;
+4. what was written is read back from disk in its dtype: every weight must be exactly the checked
+   merge rounded to that dtype, and its logits base + adapter's within the dtype's rounding.
 
 The folder is written under a temporary name and renamed when complete, so a killed export never
-leaves something that looks like a model.
+leaves something that looks like a model. It carries the adapter's settings (pixel budget, prompts;
+:mod:`ctscribe.model_settings`) in its processor config, so plain transformers and vLLM use them.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE, __version__
 from ctscribe.generate.engine import check_model_reference, resolve_adapter, user_message
+from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("bf16", "fp16", "fp32")
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # names in torch and LLaMA-Factory
 PROBE_PROMPT = "Describe this CT image and give your diagnostic impression."
 # The adapter must move some logit by more than this share of the largest base logit.
 MIN_ADAPTER_EFFECT = 1e-4
@@ -110,15 +118,78 @@ def _merge_error(merged, inputs, adapted, scale: float, tolerance: float) -> flo
     return error
 
 
-def merge_checked(base: str | Path, adapter_dir: Path):
-    """Load base + adapter in fp32, check the adapter's effect, merge, check the merge.
+def _torch_dtype(dtype: str):
+    import torch
 
-    Returns ``(merged_model, processor, check)``; raises :class:`ExportError` when a check fails.
+    return getattr(torch, TORCH_DTYPES[dtype])
+
+
+def adapter_to_rounding(peft_model, dtype: str) -> float:
+    """How much the adapter changes the adapted weights, relative to how much rounding base + adapter
+    to ``dtype`` changes them (Frobenius norms over every adapted layer; infinite when rounding
+    changes nothing, as in fp32).
+
+    Below 1, rounding moves the weights more than the adapter did: the export would be the base model
+    with noise. One layer at a time, so it costs one layer's memory.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    target = _torch_dtype(dtype)
+    change = rounding = 0.0
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            for name in module.active_adapters:
+                delta = module.get_delta_weight(name)
+                adapted = weight + delta
+                change += float(delta.pow(2).sum())
+                rounding += float((adapted.to(target).float() - adapted).pow(2).sum())
+    return (change / rounding) ** 0.5 if rounding else float("inf")
+
+
+def merge_checked(base: str | Path, adapter_dir: Path, dtype: str = "fp32"):
+    """Load base + adapter in fp32, check the adapter's effect (also after rounding to ``dtype``),
+    merge, check the merge.
+
+    Returns ``(merged_model, processor, check, probe)``, ``probe`` being what :func:`verify_written`
+    compares against; raises :class:`ExportError` when a check fails.
     """
     model, processor, inputs, adapted, scale, effect = _adapted(base, adapter_dir)
+    kept = adapter_to_rounding(model, dtype)
+    if kept < 1:
+        raise ExportError(
+            f"rounding to {dtype} changes the adapted weights more than the adapter does (adapter/rounding "
+            f"{kept:.2f}): a {dtype} export would be the base model with noise; export with --dtype fp32"
+        )
     merged = model.merge_and_unload()
     error = _merge_error(merged, inputs, adapted, scale, MERGE_TOLERANCE)
-    return merged, processor, ExportCheck(adapter_effect=effect, merge_error=error)
+    return merged, processor, ExportCheck(adapter_effect=effect, merge_error=error), (inputs, adapted, scale)
+
+
+def verify_written(folder: Path, merged, dtype: str, probe: tuple) -> None:
+    """Read the written model back in its dtype and refuse it unless it is the checked merge.
+
+    ``merged`` is the in-memory merge already rounded to ``dtype``: every weight read back must equal
+    it exactly (so no tensor was dropped, renamed or left at the base's value on the way to disk), and
+    the reloaded model's probe logits, computed in ``dtype``, must be base + adapter's (``probe``)
+    within that dtype's rounding.
+    """
+    from transformers import Qwen2VLForConditionalGeneration
+
+    reloaded = Qwen2VLForConditionalGeneration.from_pretrained(str(folder), dtype=_torch_dtype(dtype)).eval()
+    expected = merged.state_dict()
+    wrong = [
+        name
+        for name, tensor in reloaded.state_dict().items()
+        if name not in expected or not bool((tensor == expected[name]).all())
+    ]
+    if wrong:
+        raise ExportError(
+            f"{len(wrong)} weight tensor(s) read back from {folder} are not the checked merge rounded to "
+            f"{dtype} (first: {wrong[0]}); refusing it"
+        )
+    inputs, adapted, scale = probe
+    _merge_error(reloaded, inputs, adapted, scale, DTYPE_TOLERANCE[dtype])
 
 
 def verify_merged(base: str | Path, adapter_dir: Path, merged_dir: Path, dtype: str) -> ExportCheck:
@@ -213,6 +284,12 @@ def _claim_out(out: Path, force: bool) -> Path:
     return partial
 
 
+def carried_settings(base: str | Path, adapter_dir: Path) -> ModelSettings:
+    """What the export records: the adapter's settings (else the base's, else the defaults, never the
+    base checkpoint's own processor budget)."""
+    return recorded_settings(base, adapter_dir) or ModelSettings()
+
+
 def _publish(
     partial: Path, out: Path, engine: str, base: str | Path, adapter_dir: Path, dtype: str, check: ExportCheck
 ) -> None:
@@ -230,23 +307,28 @@ def export_merged(
     base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "bf16", force: bool = False
 ) -> ExportCheck:
     """Merge, check and write the model folder ``out``; see the module docstring."""
-    import torch
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = Path(out)
     partial = _claim_out(out, force)
     adapter_dir = resolve_adapter(adapter)
-    merged, processor, check = merge_checked(base, adapter_dir)
+    merged, processor, check, probe = merge_checked(base, adapter_dir, dtype)
     log.info(
         "export check passed: adapter effect %.3g, merge error %.2g", check.adapter_effect, check.merge_error
     )
 
-    merged = merged.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    merged = merged.to(_torch_dtype(dtype))
     # Training turns the KV cache off; generation needs it. Qwen2-VL keeps the flag in its text config.
     getattr(merged.config, "text_config", merged.config).use_cache = True
-    merged.save_pretrained(str(partial), safe_serialization=True)
-    processor.save_pretrained(str(partial))
+    try:
+        merged.save_pretrained(str(partial), safe_serialization=True)
+        processor.save_pretrained(str(partial))
+        record_settings(partial, carried_settings(base, adapter_dir))
+        verify_written(partial, merged, dtype, probe)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a refused or broken export leaves no model behind
+        raise
+    log.info("read back from disk in %s: the checked merge", dtype)
     _publish(partial, out, "ctscribe", base, adapter_dir, dtype, check)
     return check
 
@@ -281,7 +363,7 @@ def export_llamafactory(
         "export_dir": str(partial.resolve()),
         "export_device": "cpu",
         "export_size": 5,
-        "infer_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
+        "infer_dtype": TORCH_DTYPES[dtype],
     }
     # The log sits beside OUT while LLaMA-Factory runs, so a failed export leaves it where the error
     # message points; a finished one moves into OUT with the YAML.
@@ -293,6 +375,7 @@ def export_llamafactory(
             run_cli(executable, "export", config_path, log_path)
             shutil.copy2(config_path, partial / config_path.name)
         check = verify_merged(base, adapter_dir, partial, dtype)
+        record_settings(partial, carried_settings(base, adapter_dir))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a refused or broken merge leaves no model behind
         raise

@@ -109,8 +109,8 @@ def predict(
     inputs: list[str | Path],
     out: Path,
     *,
-    lang: str = "en",
     prompt: str | None = None,
+    default_prompt: str = DEFAULT_PROMPTS["en"],
     window: str = "auto",
     slices: str = "middle",
     batch_size: int = 8,
@@ -118,7 +118,11 @@ def predict(
     max_new_tokens: int = 256,
     show_progress: bool = True,
 ) -> PredictSummary:
-    """Describe every image in ``inputs``, appending records to the JSONL file ``out``."""
+    """Describe every image in ``inputs``, appending records to the JSONL file ``out``.
+
+    Each image is asked ``prompt``; without one, the prompt its prepared record holds (a split JSON),
+    else ``default_prompt`` (the CLI passes the one the model records, see ctscribe.model_settings).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     done = load_done(out)
     summary = PredictSummary()
@@ -140,7 +144,7 @@ def predict(
             records: list[dict | None] = [None] * len(batch)  # filled in input order
             runnable: list[tuple[int, str, GenerationRequest]] = []
             for slot, item in enumerate(batch):
-                text_prompt = prompt or item.prompt or DEFAULT_PROMPTS[lang]
+                text_prompt = prompt or item.prompt or default_prompt
                 try:
                     if item.error is not None:
                         raise BadImageError(item.error)

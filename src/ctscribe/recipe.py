@@ -26,6 +26,8 @@ from typing import Literal
 
 import yaml
 
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
 # Qwen2-VL spends one image token per 28 x 28 pixels; an image needs at least one token.
@@ -56,8 +58,8 @@ class Recipe:
     lora_target: str = "all"  # "all" = every linear layer of the language model, or "q_proj,v_proj"
     # data
     dataset_dir: str | None = None  # prepared data folder (train.json, val.json); `--data` sets it
-    image_max_pixels: int = 262144  # 512*512: the same budget as `ctscribe prepare`
-    image_min_pixels: int = 3136
+    image_max_pixels: int = DEFAULT_MAX_PIXELS  # 512*512: the same budget as `ctscribe prepare`
+    image_min_pixels: int = DEFAULT_MIN_PIXELS
     cutoff_len: int = 2048
     max_samples: int | None = 100000
     # training

@@ -113,7 +113,7 @@ import json, pathlib, sys, yaml
 config = yaml.safe_load(open(sys.argv[2]))
 out = pathlib.Path(config["output_dir"])
 (out / "checkpoint-2").mkdir(parents=True, exist_ok=True)
-for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
+for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "processor_config.json"):
     (out / name).write_text("{{}}")
 (out / "trainer_log.jsonl").write_text(json.dumps({{"current_steps": 2, "loss": 1.5, "lr": 0.1}}) + "\\n")
 (out / "train_results.json").write_text(json.dumps({{"train_loss": 1.5, "train_samples_per_second": 3.0}}))
@@ -133,8 +133,13 @@ def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp
     assert sorted(p.name for p in final.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "ctscribe_settings.json",  # the settings the model carries (pixel budget, prompts)
+        "preprocessor_config.json",
+        "processor_config.json",
         "tokenizer.json",
     ]
+    processor = json.loads((final / "processor_config.json").read_text())["image_processor"]
+    assert processor["size"] == {"shortest_edge": 3136, "longest_edge": recipe.image_max_pixels}
     assert json.loads((run / "run_summary.json").read_text())["train_samples_per_second"] == 3.0
     assert (run / "loss.png").is_file() and (run / "recipe.yaml").read_text() == recipe.to_yaml()
     assert yaml.safe_load((run / "llamafactory_train.yaml").read_text())["stage"] == "sft"

@@ -36,13 +36,9 @@ from PIL import Image, ImageOps
 from scipy import ndimage
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-# 512 x 512 is the matrix of a standard CT slice. Qwen2-VL spends one token per 28 x 28 pixels, so
-# this budget (504 x 504 after rounding to multiples of 28) costs ~324 image tokens: the slice's fine
-# detail survives at a small fraction of the checkpoint's 16,384-token maximum (28 * 28 * 16384 px),
-# leaving room for the caption and a batch of several images per GPU step.
-DEFAULT_MAX_PIXELS = 512 * 512
-# Qwen2-VL's own lower bound: 4 tokens. Smaller images are upscaled to it.
-DEFAULT_MIN_PIXELS = 56 * 56
+# The default budget (and its reasons) is owned by the settings a model carries.
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
 # when decoded as RGB (50 M px x 3 bytes = 150 MB). Checked from the header, before decoding.
 MAX_DECODED_PIXELS = 50_000_000

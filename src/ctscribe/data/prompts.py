@@ -59,12 +59,19 @@ PROMPTS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 HELD_OUT = 2
 
-# What predict and serve ask when the user gives no prompt: the training prompts' plain form, asking
-# for the description in the language the user picked.
-DEFAULT_PROMPTS = {
-    "en": "Describe this CT image and give your diagnostic impression.",
-    "zh": "请用中文描述这张CT图像，并给出诊断印象。",
-}
+# The plain form in each pool ("Describe this CT image and give your diagnostic impression."): what
+# predict and serve ask when the user gives no prompt.
+PLAIN = 1
+
+
+def description_prompt(prompt_lang: str, answer_lang: str) -> str:
+    """The plain prompt in ``prompt_lang`` asking for a description in ``answer_lang``."""
+    return PROMPTS[(prompt_lang, answer_lang)][PLAIN]
+
+
+# Asked of a model that records no prompt of its own (ctscribe.model_settings): the description in
+# the language the user picked, asked in that language.
+DEFAULT_PROMPTS = {lang: description_prompt(lang, lang) for lang in ("en", "zh")}
 
 
 def fraction(key: str, salt: str) -> float:

@@ -22,6 +22,7 @@ from typing import Protocol
 from PIL import Image
 
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
+from ctscribe.model_settings import set_processor_budget
 
 DEFAULT_MAX_NEW_TOKENS = 256  # MedTrinity CT captions average ~150 tokens; room for the longest
 
@@ -184,6 +185,8 @@ class TransformersEngine(ImagePath):
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         self.processor = AutoProcessor.from_pretrained(str(processor or model))
         self.processor.tokenizer.padding_side = "left"
+        # Images arrive fitted to this budget; the processor must not resize them to its folder's.
+        set_processor_budget(self.processor, max_pixels, min_pixels)
         loaded = Qwen2VLForConditionalGeneration.from_pretrained(str(model), dtype=torch_dtype)
         if adapter_dir is not None:
             from peft import PeftModel

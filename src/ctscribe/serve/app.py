@@ -12,9 +12,11 @@ the key check, input validation, image preparation and clinical notice stay here
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI
 
+from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.generate.engine import Engine
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher
@@ -34,10 +36,14 @@ def build_server(
     max_image_mb: float = 20,
     web: bool = True,
     forward: bool = False,
+    prompts: Mapping[str, str] = DEFAULT_PROMPTS,
+    language: str = "en",
 ) -> FastAPI:
     """The whole app: API routes first, then the page mounted at ``/``.
 
     ``forward``: ``engine`` is an upstream server's client (OpenAIEngine), which batches on its own.
+    ``prompts`` and ``language`` are the model's own (ctscribe.model_settings): what the page asks for
+    a description.
     """
     batcher = Forwarder(engine, max_queue) if forward else Batcher(engine, max_batch, max_queue)
     app = create_app(batcher, model_name=engine.name, api_key=api_key, max_image_mb=max_image_mb)
@@ -53,6 +59,8 @@ def build_server(
             api_key=api_key,
             model=engine.name,
             max_pixels=engine.image_options.max_pixels,
+            prompts=prompts,
+            language=language,
         )
         app = gr.mount_gradio_app(
             app,

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,9 +263,12 @@ def build_page(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    prompts: Mapping[str, str] = DEFAULT_PROMPTS,
+    language: str = "en",
 ):
     """The Gradio page, a client of the API at ``api_base_url`` (sending ``api_key`` as the bearer
-    key when set). ``max_pixels`` should be the budget the model was trained with."""
+    key when set). ``max_pixels`` should be the budget the model was trained with, ``prompts`` (per
+    description language) and ``language`` what it was trained to answer (ctscribe.model_settings)."""
     import gradio as gr
     from openai import OpenAI
 
@@ -323,7 +326,8 @@ def build_page(
 
     def describe(upload, lang, temperature, tokens):
         """Describe the image afresh: a new conversation with the default prompt in the language."""
-        yield from converse(upload, [], DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"]), temperature, tokens)
+        prompt = prompts.get(lang) or DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"])
+        yield from converse(upload, [], prompt, temperature, tokens)
 
     with gr.Blocks(title="ctscribe", analytics_enabled=False, delete_cache=(900, KEEP_REPORTS_S)) as page:
         gr.Markdown("# ctscribe: CT image descriptions")
@@ -335,7 +339,7 @@ def build_page(
                 with gr.Row():
                     window = gr.Dropdown(WINDOW_CHOICES, value=AUTO, label="Window (DICOM, NIfTI)")
                     custom = gr.Textbox(label="Custom width/level (HU)", placeholder="400/50")
-                lang = gr.Radio(LANGUAGES, value="en", label="Language of the description")
+                lang = gr.Radio(LANGUAGES, value=language, label="Language of the description")
                 preview = gr.Image(
                     label="Image", type="pil", format="png", interactive=False, elem_id="preview"
                 )

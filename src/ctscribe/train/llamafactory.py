@@ -11,7 +11,8 @@ RUN_DIR after a run, laid out like a native run so export, predict, evaluate and
     llamafactory_train.yaml  what LLaMA-Factory was given (rerun it with llamafactory-cli train)
     llamafactory/            LLaMA-Factory's output_dir: checkpoints, its logs, trainer_log.jsonl
     llamafactory.log         everything it printed
-    adapter/ (or model/)     the final adapter (or full model) with the processor
+    adapter/ (or model/)     the final adapter (or full model) with the processor and the settings
+                             it carries (ctscribe.model_settings: pixel budget, prompts)
     train_log.jsonl          ctscribe's log format, converted from trainer_log.jsonl
     loss.png, run_summary.json
 """
@@ -25,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from ctscribe.llamafactory import TEMPLATE, find_cli, has_module, run_cli, write_config
+from ctscribe.model_settings import check_data_budget, record_settings, training_settings
 from ctscribe.recipe import Recipe, RecipeError
 from ctscribe.train.model import use_bf16
 from ctscribe.train.native import claim_run_dir, plot_loss
@@ -202,6 +204,7 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
     if not recipe.dataset_dir or not recipe.output_dir:
         raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
     run_dir = Path(recipe.output_dir)
+    check_data_budget(recipe.image_max_pixels, Path(recipe.dataset_dir))
     output = run_dir / OUTPUT_SUBDIR
     resume_from = None
     if claim_run_dir(recipe, resume, started=output.exists()):
@@ -214,6 +217,8 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
 
     final = run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
     _publish(output, final)
+    settings = training_settings(recipe.image_max_pixels, recipe.image_min_pixels, Path(recipe.dataset_dir))
+    record_settings(final, settings)
     rows = convert_log(output / "trainer_log.jsonl", run_dir / "train_log.jsonl")
     plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png")
     state_path = output / "trainer_state.json"

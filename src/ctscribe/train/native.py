@@ -11,7 +11,8 @@ the loss mask and length checks (``train.data``), checkpoints that count only on
 RUN_DIR after a run::
 
     recipe.yaml            the resolved recipe
-    adapter/ (or model/)   the PEFT adapter (LoRA, QLoRA) or the full model, with the processor
+    adapter/ (or model/)   the PEFT adapter (LoRA, QLoRA) or the full model, with the processor and
+                           the settings it carries (ctscribe.model_settings: pixel budget, prompts)
     train_log.jsonl        one object per logged step: step, loss, learning_rate, samples_per_s, eval_loss
     loss.png               training (and validation) loss
     run_summary.json       final step and loss, the best checkpoint by validation loss
@@ -36,6 +37,12 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ctscribe.data.images import ImageOptions
+from ctscribe.model_settings import (
+    check_data_budget,
+    record_settings,
+    set_processor_budget,
+    training_settings,
+)
 from ctscribe.recipe import Recipe, RecipeError
 from ctscribe.train.data import SFTDataset, collate
 from ctscribe.train.feature_cache import (
@@ -362,6 +369,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
     if not recipe.dataset_dir or not recipe.output_dir:
         raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
     data_dir, run_dir = Path(recipe.dataset_dir), Path(recipe.output_dir)
+    check_data_budget(recipe.image_max_pixels, data_dir)
     checkpoint = None
     if claim_run_dir(recipe, resume, started=any(run_dir.glob("checkpoint-*"))):
         removed = remove_incomplete_checkpoints(run_dir)
@@ -379,6 +387,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         log.info("resuming from %s", checkpoint)
 
     processor = AutoProcessor.from_pretrained(recipe.model_name_or_path)
+    set_processor_budget(processor, recipe.image_max_pixels, recipe.image_min_pixels)  # saved with the model
     image_options = training_image_options(recipe)
 
     def dataset(split: str) -> SFTDataset | None:
@@ -448,6 +457,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(final))
+        record_settings(final, training_settings(recipe.image_max_pixels, recipe.image_min_pixels, data_dir))
         plot_loss(log_path, run_dir / "loss.png")
         best = trainer.state.best_model_checkpoint
         summary = {

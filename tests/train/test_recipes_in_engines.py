@@ -1,0 +1,56 @@
+"""Every shipped recipe trains in every engine, unchanged but for size keys.
+
+A recipe key that needs a package an engine's environment lacks (``report_to: tensorboard`` in
+``.venv-lf``, say) fails here rather than in a user's first run. Each run is the real CLI on the tiny
+model and data prepared with prepare's defaults; the keys set below only shrink the run. The folder
+each run leaves must carry the recipe's pixel budget for plain transformers (ctscribe.model_settings).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoProcessor
+
+from ctscribe.model_settings import read_settings
+from ctscribe.recipe import RECIPES_DIR, load_recipe
+
+RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+# Size keys only: how many samples and steps, and how many samples a step takes.
+SIZE_KEYS = ["max_samples=8", "max_steps=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]
+
+
+def test_the_shipped_recipes_are_the_ones_tested():
+    assert RECIPES == ["original", "tiny-cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["native", "llamafactory"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_shipped_recipe_trains_in_an_engine(
+    recipe, engine, default_data, tiny_model_dir, tmp_path, request
+):
+    engine_args = []
+    if engine == "llamafactory":
+        engine_args = ["--llamafactory-cli", str(request.getfixturevalue("llamafactory_cli"))]
+    run = tmp_path / "run"
+    sets = [arg for key in SIZE_KEYS for arg in ("--set", key)]
+    command = [sys.executable, "-m", "ctscribe", "train", recipe, "--engine", engine, *engine_args]
+    command += ["--data", str(default_data), "--model", str(tiny_model_dir), "--out", str(run), *sets]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    settings = load_recipe(recipe)
+    final = run / ("model" if settings.finetuning_type == "full" else "adapter")
+    assert json.loads((run / "run_summary.json").read_text())["global_step"] == 2
+    if settings.report_to == "tensorboard":
+        assert any(run.rglob("events.out.tfevents.*")), "report_to: tensorboard wrote no event file"
+    # The model carries the budget it was trained at, for plain transformers and for ctscribe.
+    size = AutoProcessor.from_pretrained(final).image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (
+        settings.image_min_pixels,
+        settings.image_max_pixels,
+    )
+    recorded = read_settings(final)
+    assert (recorded.max_pixels, recorded.language) == (settings.image_max_pixels, "en")
