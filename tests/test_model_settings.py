@@ -90,7 +90,8 @@ def test_over_openai_images_leave_already_fitted_to_the_flags_budget(saved_proce
 
     record_settings(saved_processor, ModelSettings(max_pixels=12544))  # not readable through a server
     settings = inference_settings(saved_processor, max_pixels=BUDGET_224, remote=True)
-    engine = OpenAIEngine("http://127.0.0.1:9/v1", "served", max_pixels=settings.max_pixels)  # no request
+    # verify=False: no request is made, so no server is needed
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "served", max_pixels=settings.max_pixels, verify=False)
     assert engine.prepare(_noise(1024)).size == (224, 224)
 
 
