@@ -64,7 +64,7 @@ def test_tiny_cpu_recipe_loads_and_validates() -> None:
     assert (recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (8, 1)
     assert (recipe.image_max_pixels, recipe.image_min_pixels, recipe.cutoff_len) == (12544, 3136, 256)
     assert (recipe.max_steps, recipe.logging_steps, recipe.save_steps, recipe.eval_steps) == (
-        300,
+        400,
         10,
         100,
         100,

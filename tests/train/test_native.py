@@ -38,13 +38,13 @@ def test_run_dir_holds_the_promised_outputs(trained_run):
     assert recipe.learning_rate == 1e-3 and recipe.output_dir == str(trained_run)
     rows = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
-    assert [r["step"] for r in train_rows] == list(range(10, 301, 10))
+    assert [r["step"] for r in train_rows] == list(range(10, 401, 10))
     assert all({"step", "loss", "learning_rate", "samples_per_s"} <= set(r) for r in train_rows)
-    assert [r["step"] for r in rows if "eval_loss" in r] == [100, 200, 300]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [100, 200, 300, 400]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] / 2
     assert (trained_run / "loss.png").stat().st_size > 1000
     summary = json.loads((trained_run / "run_summary.json").read_text())
-    assert summary["global_step"] == 300 and summary["best_checkpoint"].startswith("checkpoint-")
+    assert summary["global_step"] == 400 and summary["best_checkpoint"].startswith("checkpoint-")
     assert (trained_run / summary["best_checkpoint"] / COMPLETE_MARKER).is_file()
     assert json.loads((trained_run / "data_stats.json").read_text())["train"] > 250
 
