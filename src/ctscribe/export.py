@@ -132,18 +132,22 @@ def adapter_to_rounding(peft_model, dtype: str) -> float:
     Below 1, rounding moves the weights more than the adapter did: the export would be the base model
     with noise. One layer at a time, so it costs one layer's memory.
     """
+    import torch
     from peft.tuners.lora import LoraLayer
 
     target = _torch_dtype(dtype)
+    if target == torch.float32:  # the merge is fp32 already: nothing to round
+        return float("inf")
     change = rounding = 0.0
-    for module in peft_model.modules():
-        if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight
-            for name in module.active_adapters:
-                delta = module.get_delta_weight(name)
-                adapted = weight + delta
-                change += float(delta.pow(2).sum())
-                rounding += float((adapted.to(target).float() - adapted).pow(2).sum())
+    with torch.no_grad():  # a measurement: no autograd graph per layer
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight
+                for name in module.active_adapters:
+                    delta = module.get_delta_weight(name)
+                    adapted = weight + delta
+                    change += float(delta.pow(2).sum())
+                    rounding += float((adapted.to(target).float() - adapted).pow(2).sum())
     return (change / rounding) ** 0.5 if rounding else float("inf")
 
 
