@@ -1,0 +1,1 @@
+"""The conversation contract every step shares: prompts, record format, rendering, grounding boxes."""
