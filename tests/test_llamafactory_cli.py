@@ -9,7 +9,7 @@ import transformers
 import yaml
 
 from ctscribe import llamafactory
-from ctscribe.llamafactory import LlamaFactoryError, find_cli, run_cli, write_config
+from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli, run_cli, write_config
 
 
 def _script(path: Path, body: str) -> Path:

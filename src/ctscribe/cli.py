@@ -774,7 +774,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ctscribe").setLevel(logging.INFO)  # ours at INFO; libraries' chatter stays quiet
     from ctscribe.generate.openai_engine import ServerError
-    from ctscribe.llamafactory import LlamaFactoryError
+    from ctscribe.llamafactory_cli import LlamaFactoryError
 
     expected = (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, LlamaFactoryError)
     try:

@@ -29,7 +29,7 @@ from ctscribe.data.images import BadImageError
 from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.files import atomic_write, atomic_write_text
 from ctscribe.generate.engine import Engine, GenerationRequest, user_message
-from ctscribe.generate.inputs import InputItem, iter_inputs
+from ctscribe.generate.input_files import InputItem, iter_inputs
 
 log = logging.getLogger(__name__)
 

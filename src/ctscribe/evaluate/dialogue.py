@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ctscribe.clinical.findings import key_terms
 from ctscribe.data.images import BadImageError
 from ctscribe.data.prepare import IMAGE_TOKEN
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.findings import key_terms
 from ctscribe.evaluate.scores import json_number, read_predictions
 from ctscribe.files import atomic_write_text
 from ctscribe.generate.engine import Engine, GenerationRequest, user_message
