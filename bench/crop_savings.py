@@ -25,7 +25,7 @@ from PIL import Image
 from ctscribe.data.images import ImageOptions, prepare_image
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import clean_ct_rows
-from ctscribe.generate.inputs import iter_inputs
+from ctscribe.generate.input_files import iter_inputs
 
 
 def mean_tokens(images: list[Image.Image], max_pixels: int) -> dict:

@@ -57,9 +57,9 @@ from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID, build_tiny_model
 from ctscribe.recipe import load_recipe
 from ctscribe.train.data import IGNORE_INDEX, SFTDataset, load_records
 from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
-from ctscribe.train.inputs import qwen_core
 from ctscribe.train.loss import liger_active
 from ctscribe.train.model import build_model
+from ctscribe.train.model_inputs import qwen_core
 from ctscribe.train.native import train, training_image_options
 
 # Rows of MedTrinity-25M's 25M_demo (docs: facts.md). Its CT share is measured by `ctscribe prepare`

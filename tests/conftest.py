@@ -123,7 +123,7 @@ def unavailable() -> Callable[[str], NoReturn]:
 @pytest.fixture(scope="session")
 def llamafactory_cli(unavailable) -> Path:
     """LLaMA-Factory's CLI from ``make lf-env`` (.venv-lf); make test builds it."""
-    from ctscribe.llamafactory import LlamaFactoryError, find_cli
+    from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli
 
     try:
         return find_cli()
@@ -179,7 +179,7 @@ def start_server():
 
 @pytest.fixture(scope="session")
 def real_caption() -> str:
-    """The real MedTrinity-25M CT caption quoted in shared/notes/facts.md (test_findings checks it)."""
+    """The real MedTrinity-25M CT caption quoted in shared/notes/facts.md (tests/clinical checks it)."""
     return (
         "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral "
         "hemispheres, ventricles, and subarachnoid spaces without any medical devices visible. The region "

@@ -69,6 +69,12 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_backend_options_that_do_not_fit_are_usage_errors(tmp_path):
+    args = ["predict", str(tmp_path / "x.png"), "--model", "m", "--out", str(tmp_path / "out.jsonl")]
+    result = runner.invoke(app, [*args, "--backend", "openai"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "--backend openai needs --base-url" in result.output
+
+
 def test_evaluate_scores_the_baseline_at_the_fine_tuned_models_budget(monkeypatch, tmp_path):
     """The budget the evaluated model records is the one both engines get (engines stubbed: only the
     wiring between the record, the model and the baseline is under test)."""
@@ -87,7 +93,7 @@ def test_evaluate_scores_the_baseline_at_the_fine_tuned_models_budget(monkeypatc
         make_baseline()
         return {}
 
-    monkeypatch.setattr(cli, "_engine", engine)
+    monkeypatch.setattr(cli, "_backend", engine)
     monkeypatch.setattr(run, "run_evaluation", evaluation)
     monkeypatch.setattr(report, "comparison_rows", lambda metrics: [])
     model = tmp_path / "export"

@@ -107,7 +107,7 @@ def test_a_merge_written_by_another_tool_is_checked_against_base_plus_adapter(ti
 
 
 def test_a_failed_llamafactory_export_leaves_its_log_and_no_model(tiny_model_dir, tmp_path):
-    from ctscribe.llamafactory import LlamaFactoryError
+    from ctscribe.llamafactory_cli import LlamaFactoryError
 
     cli = tmp_path / "llamafactory-cli"
     cli.write_text("#!/bin/sh\necho 'merge went wrong'\nexit 1\n")

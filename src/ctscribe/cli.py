@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ctscribe import __version__
+from ctscribe.generate.backends import Backend
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 app = typer.Typer(
@@ -344,13 +345,13 @@ def translate(
         raise typer.Exit(1)
 
 
-class Engine(StrEnum):
+class TrainingEngine(StrEnum):
     native = "native"
     llamafactory = "llamafactory"
 
 
-EngineOption = Annotated[
-    Engine,
+TrainingEngineOption = Annotated[
+    TrainingEngine,
     typer.Option(
         help="native: ctscribe's transformers + PEFT trainer. llamafactory: the same recipe run by "
         "llamafactory-cli in its own environment (make lf-env); see docs/LLAMAFACTORY.md."
@@ -384,7 +385,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last complete checkpoint.")
     ] = False,
-    engine: EngineOption = Engine.native,
+    engine: TrainingEngineOption = TrainingEngine.native,
     llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Fine-tune Qwen2-VL on prepared data (LoRA by default; QLoRA and full fine-tuning too).
@@ -404,7 +405,7 @@ def train(
         output_dir=str(out) if out else None,
         model_name_or_path=model,
     )
-    if engine is Engine.llamafactory:
+    if engine is TrainingEngine.llamafactory:
         from ctscribe.train.llamafactory import train as train_llamafactory
 
         final = train_llamafactory(resolved, resume=resume, cli=llamafactory_cli)
@@ -429,9 +430,9 @@ def export(
     dtype: Annotated[ExportDtype, typer.Option(help="Weight type of the merged model.")] = ExportDtype.bf16,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     engine: Annotated[
-        Engine,
+        TrainingEngine,
         typer.Option(help="Who merges: native (PEFT here) or llamafactory (llamafactory-cli export)."),
-    ] = Engine.native,
+    ] = TrainingEngine.native,
     llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Merge a LoRA adapter into its base: a standalone model for transformers, vLLM and LLaMA-Factory.
@@ -444,7 +445,7 @@ def export(
     """
     from ctscribe.export import export_llamafactory, export_merged
 
-    if engine is Engine.llamafactory:
+    if engine is TrainingEngine.llamafactory:
         check = export_llamafactory(base, adapter, out, dtype=dtype.value, force=force, cli=llamafactory_cli)
     else:
         check = export_merged(base, adapter, out, dtype=dtype.value, force=force)
@@ -456,12 +457,6 @@ def export(
 class DescriptionLang(StrEnum):
     en = "en"
     zh = "zh"
-
-
-class Backend(StrEnum):
-    transformers = "transformers"
-    vllm = "vllm"
-    openai = "openai"
 
 
 BackendOption = Annotated[
@@ -542,7 +537,7 @@ def predict(
 
     settings = _settings(backend, model, adapter, max_pixels)
     language = lang.value if lang else settings.language
-    engine = _engine(backend, model, adapter, settings, base_url)
+    engine = _backend(backend, model, adapter, settings, base_url)
     summary = run_predict(
         engine,
         list(inputs),
@@ -574,24 +569,22 @@ def _settings(backend: Backend, model: str, adapter: Path | None, max_pixels: in
     return inference_settings(model, adapter, max_pixels, remote=backend is Backend.openai)
 
 
-def _engine(backend: Backend, model: str, adapter: Path | None, settings, base_url: str | None = None):
-    """The generation engine the commands share, on the chosen backend, at ``settings``' pixel budget."""
-    budget = {"max_pixels": settings.max_pixels, "min_pixels": settings.min_pixels}
-    if backend is Backend.openai:
-        if base_url is None:
-            raise typer.BadParameter("--backend openai needs --base-url", param_hint="--base-url")
-        if adapter is not None:
-            raise typer.BadParameter("the server applies adapters; drop --adapter", param_hint="--adapter")
-        from ctscribe.generate.openai_engine import OpenAIEngine
+def _backend(
+    backend: Backend,
+    model: str | None,
+    adapter: Path | None,
+    settings,
+    base_url: str | None = None,
+    api_key: str | None = None,
+):
+    """The generation backend the commands share (ctscribe.generate.backends.make_backend); options
+    that do not fit it are usage errors, as typer shows its own."""
+    from ctscribe.generate.backends import BackendOptionError, make_backend
 
-        return OpenAIEngine(base_url, model, **budget)
-    if backend is Backend.vllm:
-        from ctscribe.generate.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model, adapter, **budget)
-    from ctscribe.generate.engine import TransformersEngine
-
-    return TransformersEngine(model, adapter, **budget)
+    try:
+        return make_backend(backend, model, adapter, settings, base_url=base_url, api_key=api_key)
+    except BackendOptionError as error:
+        raise typer.BadParameter(str(error), param_hint=error.option) from None
 
 
 @app.command()
@@ -638,12 +631,12 @@ def evaluate(
     # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
     settings = _settings(backend, model, adapter, max_pixels)
     metrics = run_evaluation(
-        lambda: _engine(backend, model, adapter, settings, base_url),
+        lambda: _backend(backend, model, adapter, settings, base_url),
         data,
         out,
         # With --backend openai the baseline is another model of the same server (vLLM with LoRA
         # serves the base and the adapter side by side).
-        make_baseline=(lambda: _engine(backend, baseline, None, settings, base_url)) if baseline else None,
+        make_baseline=(lambda: _backend(backend, baseline, None, settings, base_url)) if baseline else None,
         run_dir=run_dir,
         limit=limit,
         batch_size=batch_size,
@@ -714,12 +707,13 @@ def serve(
     if upstream is not None:
         # The upstream's own record cannot be read: --max-pixels (or the default) decides.
         settings = _settings(Backend.openai, upstream, None, max_pixels)
-        engine = _upstream_engine(upstream, model, adapter, upstream_api_key, settings.max_pixels)
+        # Never CTSCRIBE_API_KEY, the client-side default: that is this server's own key, not the upstream's.
+        engine = _backend(Backend.openai, model, adapter, settings, upstream, upstream_api_key or "none")
     elif model is None:
         raise typer.BadParameter("give the model to serve, or --upstream URL", param_hint="--model")
     else:
         settings = _settings(Backend.transformers, model, adapter, max_pixels)
-        engine = _engine(Backend.transformers, model, adapter, settings)
+        engine = _backend(Backend.transformers, model, adapter, settings)
     if served_model_name:
         engine.name = served_model_name
     run_server(
@@ -735,20 +729,6 @@ def serve(
         prompts=settings.prompts,
         language=settings.language,
     )
-
-
-def _upstream_engine(url: str, model: str | None, adapter: Path | None, api_key: str | None, max_pixels: int):
-    """The client of ``serve --upstream``'s server; the upstream serves its own adapters."""
-    if adapter is not None:
-        raise typer.BadParameter(
-            "the upstream server applies adapters (vLLM: --lora-modules); drop --adapter and give the "
-            "adapter's served name as --model",
-            param_hint="--adapter",
-        )
-    from ctscribe.generate.openai_engine import OpenAIEngine
-
-    # Never CTSCRIBE_API_KEY, the client-side default: that is this server's own key, not the upstream's.
-    return OpenAIEngine(url, model, api_key=api_key or "none", max_pixels=max_pixels)
 
 
 @app.command()
@@ -774,7 +754,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ctscribe").setLevel(logging.INFO)  # ours at INFO; libraries' chatter stays quiet
     from ctscribe.generate.openai_engine import ServerError
-    from ctscribe.llamafactory import LlamaFactoryError
+    from ctscribe.llamafactory_cli import LlamaFactoryError
 
     expected = (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, LlamaFactoryError)
     try:

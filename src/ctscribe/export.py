@@ -350,7 +350,7 @@ def export_llamafactory(
     The YAML and LLaMA-Factory's output are kept in the folder (``llamafactory_export.yaml``,
     ``llamafactory_export.log``) so the merge can be repeated without ctscribe.
     """
-    from ctscribe.llamafactory import TEMPLATE, find_cli, run_cli, write_config
+    from ctscribe.llamafactory_cli import TEMPLATE, find_cli, run_cli, write_config
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")

@@ -28,8 +28,8 @@ from ctscribe import CLINICAL_NOTICE
 from ctscribe.data.images import BadImageError
 from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.files import atomic_write, atomic_write_text
-from ctscribe.generate.engine import Engine, GenerationRequest, user_message
-from ctscribe.generate.inputs import InputItem, iter_inputs
+from ctscribe.generate.engine import GenerationBackend, GenerationRequest, user_message
+from ctscribe.generate.input_files import InputItem, iter_inputs
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]
 
 
 def predict(
-    engine: Engine,
+    engine: GenerationBackend,
     inputs: list[str | Path],
     out: Path,
     *,

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
+from ctscribe.clinical.findings import key_terms
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.dialogue import caption_facts, dialogue_meta, followups
-from ctscribe.evaluate.findings import key_terms
 from ctscribe.fixtures.phantom import OTHER_CAPTIONS, generate_rows
 
 LOCATION_PREFIXES = ("It is located ", "位于")

@@ -11,7 +11,7 @@ from ctscribe.data.images import ImageOptions
 from ctscribe.evaluate.report import build_report, comparison_rows
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.generate.engine import ImagePath
+from ctscribe.generate.engine import ImagePathMixin
 
 REFERENCE = "The image is a CT scan of the chest. A nodule is located in the left lung."
 
@@ -97,7 +97,7 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
     assert json.loads((out / "metrics.json").read_text())["findings"] == metrics["findings"]
 
 
-class _Answers(ImagePath):
+class _Answers(ImagePathMixin):
     """A stand-in engine: "CT of the chest." for descriptions, "Yes." to every follow-up."""
 
     name = "stand-in"

@@ -58,8 +58,8 @@ def _chat(url: str, image_url: str | None, **extra) -> dict:
 
 def _ct_slice_url() -> str:
     """pydicom's real CT slice, windowed to a PNG as a client would upload it."""
-    from ctscribe.data.dicom import read_dicom
-    from ctscribe.data.windows import apply_window
+    from ctscribe.ct.dicom import read_dicom
+    from ctscribe.ct.windows import apply_window
 
     (ct,) = read_dicom(pydicom_ct_slices()["CT_small.dcm"])
     grey = apply_window(ct.hu, 400, 50)

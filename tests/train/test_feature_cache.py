@@ -7,7 +7,7 @@ from ctscribe.recipe import Recipe, RecipeError, validate
 from ctscribe.train import feature_cache
 from ctscribe.train.data import collate
 from ctscribe.train.feature_cache import INDEX, FeatureCache, build_feature_cache, cache_wanted
-from ctscribe.train.inputs import model_inputs, qwen_core
+from ctscribe.train.model_inputs import model_inputs, qwen_core
 
 
 def _build(root, model, processor, dataset):

@@ -3,7 +3,7 @@ import torch
 
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
 from ctscribe.train.data import collate
-from ctscribe.train.inputs import model_inputs, qwen_core
+from ctscribe.train.model_inputs import model_inputs, qwen_core
 from ctscribe.train.packing import count_images, pack_rows
 
 

@@ -9,7 +9,7 @@ affect, and closed (yes/no) questions. Nothing is invented:
   phrase, the relation sentence. A follow-up is asked only when the caption holds its answer, and
   never when its answer would repeat an earlier one.
 - **Closed questions ask about what the caption states**, read by the findings parser that
-  evaluation uses (:mod:`ctscribe.evaluate.findings`). "Yes" is the stated modality, body region,
+  evaluation uses (:mod:`ctscribe.clinical.findings`). "Yes" is the stated modality, body region,
   side or normal/abnormal result. "No" is asked only where the caption makes the answer exclusive: a
   modality other than the stated one (an image has one), a body part far from the stated one and
   named nowhere in the caption, the opposite side when exactly one side is stated, and the opposite
@@ -33,8 +33,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ctscribe.clinical.findings import analyse_sentence, key_terms, parse_findings, split_sentences
+from ctscribe.clinical.lexicons import REGIONS
 from ctscribe.data.prompts import fraction
-from ctscribe.evaluate.findings import REGIONS, analyse_sentence, key_terms, parse_findings, split_sentences
 from ctscribe.evaluate.text_metrics import is_chinese
 
 # Question pools per topic and language; {x} is filled from the slot tables below.

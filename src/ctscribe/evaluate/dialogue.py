@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ctscribe.clinical.findings import key_terms
 from ctscribe.data.images import BadImageError
 from ctscribe.data.prepare import IMAGE_TOKEN
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.findings import key_terms
 from ctscribe.evaluate.scores import json_number, read_predictions
 from ctscribe.files import atomic_write_text
-from ctscribe.generate.engine import Engine, GenerationRequest, user_message
+from ctscribe.generate.engine import GenerationBackend, GenerationRequest, user_message
 
 _YES = re.compile(r"^(?:yes|yeah|correct|true)\b|^(?:是|对|有|正确)", re.IGNORECASE)
 _NO = re.compile(r"^(?:no|not|false|incorrect)\b|^(?:不是|否|没有|无|不|未|非)", re.IGNORECASE)
@@ -72,7 +72,7 @@ def _turns(record: dict) -> list[tuple[dict, str, str]]:
 
 
 def answer_followups(
-    engine: Engine,
+    engine: GenerationBackend,
     data: Path,
     predictions: Sequence[dict],
     out: Path,

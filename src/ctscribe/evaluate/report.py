@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.clinical.findings import Findings, parse_findings
 from ctscribe.data.images import BadImageError, open_image
-from ctscribe.evaluate.findings import Findings, parse_findings
 from ctscribe.evaluate.scores import FINDINGS_METRICS
 from ctscribe.files import atomic_write_text
 

@@ -19,14 +19,18 @@ from ctscribe.evaluate.dialogue import answer_followups, followup_records, score
 from ctscribe.evaluate.report import build_report
 from ctscribe.evaluate.scores import read_predictions, score_records, scored_texts
 from ctscribe.evaluate.text_metrics import ptb_tokenize
-from ctscribe.generate.engine import Engine
+from ctscribe.generate.engine import GenerationBackend
 from ctscribe.predict import predict
 
 log = logging.getLogger(__name__)
 
 
 def _generate(
-    make_engine: Callable[[], Engine], data: Path, path: Path, dialogue_path: Path | None, **options
+    make_engine: Callable[[], GenerationBackend],
+    data: Path,
+    path: Path,
+    dialogue_path: Path | None,
+    **options,
 ) -> str:
     """Descriptions into ``path``; with ``dialogue_path``, the follow-up answers after them."""
     engine = make_engine()
@@ -47,11 +51,11 @@ def _generate(
 
 
 def run_evaluation(
-    make_engine: Callable[[], Engine],
+    make_engine: Callable[[], GenerationBackend],
     data: Path,
     out: Path,
     *,
-    make_baseline: Callable[[], Engine] | None = None,
+    make_baseline: Callable[[], GenerationBackend] | None = None,
     run_dir: Path | None = None,
     limit: int | None = None,
     batch_size: int = 8,
@@ -68,7 +72,7 @@ def run_evaluation(
     options = {"limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
     has_dialogue = bool(followup_records(data, limit))
 
-    def generate(make: Callable[[], Engine], prefix: str) -> tuple[str, list[dict], Path | None]:
+    def generate(make: Callable[[], GenerationBackend], prefix: str) -> tuple[str, list[dict], Path | None]:
         """Generate for one system; returns its name, prediction records and dialogue answers' file."""
         path, dialogue_path = out / f"{prefix}predictions.jsonl", out / f"{prefix}dialogue_predictions.jsonl"
         name = _generate(make, data, path, dialogue_path if has_dialogue else None, **options)

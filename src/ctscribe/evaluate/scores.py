@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctscribe.evaluate.findings import findings_intervals, findings_sentence, parse_findings, score_findings
+from ctscribe.clinical.findings import parse_findings
+from ctscribe.evaluate.findings_scores import findings_intervals, findings_sentence, score_findings
 from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
 
 FINDINGS_METRICS = (

@@ -1,8 +1,9 @@
 """The one generation engine: chat requests with CT images in, descriptions out, in batches.
 
 ``predict``, ``evaluate`` and ``serve`` all generate through :class:`TransformersEngine` (or another
-:class:`Engine`), so a description produced by the API, a batch job and an evaluation report come
-from the same prompt rendering, image path and decoding settings.
+:class:`GenerationBackend`, the one ``--backend`` picks: :mod:`ctscribe.generate.backends`), so a
+description produced by the API, a batch job and an evaluation report come from the same prompt
+rendering, image path and decoding settings.
 
 Batching uses left padding: every prompt then ends at the same position, so one ``generate`` call
 extends all of them. Qwen2-VL's rotary positions are computed from the attention mask, so a padded
@@ -62,8 +63,8 @@ def user_message(prompt: str, images: int = 1) -> dict:
     return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": prompt}]}
 
 
-class Engine(Protocol):
-    """What predict, evaluate and serve need from a backend."""
+class GenerationBackend(Protocol):
+    """What predict, evaluate and serve need from a generation backend (``--backend``)."""
 
     name: str  # the model's name, written next to every output
     image_options: ImageOptions
@@ -73,8 +74,8 @@ class Engine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
 
-class ImagePath:
-    """Every backend prepares images through the one image path, at its own pixel budget."""
+class ImagePathMixin:
+    """Gives a backend :meth:`prepare`: images through the one image path, at its own pixel budget."""
 
     image_options: ImageOptions
 
@@ -156,7 +157,7 @@ class _TextStreamer:
         """Nothing to flush: the caller sends whatever the final text adds to what was streamed."""
 
 
-class TransformersEngine(ImagePath):
+class TransformersEngine(ImagePathMixin):
     """Qwen2-VL (optionally with a PEFT adapter) on transformers, batched with left padding."""
 
     def __init__(

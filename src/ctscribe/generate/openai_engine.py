@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
-from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePath
+from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePathMixin
 
 TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
 RETRIES = 3  # the client retries 503 (queue full) and connection errors, with backoff
@@ -94,7 +94,7 @@ def openai_messages(request: GenerationRequest) -> list[dict]:
     return converted
 
 
-class OpenAIEngine(ImagePath):
+class OpenAIEngine(ImagePathMixin):
     """A client of an OpenAI-compatible chat completions server."""
 
     def __init__(

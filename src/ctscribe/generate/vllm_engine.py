@@ -23,7 +23,7 @@ from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOp
 from ctscribe.generate.engine import (
     GenerationRequest,
     GenerationResult,
-    ImagePath,
+    ImagePathMixin,
     engine_name,
     resolve_adapter,
 )
@@ -47,7 +47,7 @@ def vllm_dtype(dtype: str, cuda_bf16: bool) -> str:
     return VLLM_DTYPES[dtype]
 
 
-class VLLMEngine(ImagePath):
+class VLLMEngine(ImagePathMixin):
     """Qwen2-VL (optionally with a LoRA adapter on the language model) on vLLM's offline ``LLM``."""
 
     def __init__(

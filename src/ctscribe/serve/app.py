@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI
 
 from ctscribe.data.prompts import DEFAULT_PROMPTS
-from ctscribe.generate.engine import Engine
+from ctscribe.generate.engine import GenerationBackend
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher
 from ctscribe.serve.forwarder import Forwarder
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def build_server(
-    engine: Engine,
+    engine: GenerationBackend,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -73,7 +73,7 @@ def build_server(
     return app
 
 
-def serve(engine: Engine, *, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+def serve(engine: GenerationBackend, *, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Run the server until interrupted."""
     import uvicorn
 

@@ -7,7 +7,7 @@ and ``/v1/models`` to find the model when run on its own), so the same page work
     python -m ctscribe.serve.web --base-url http://gpu-host:8000/v1 --port 7860
 
 What stays on the page server: reading uploads. DICOM and NIfTI go through the same reader and CT
-windowing as ``ctscribe predict`` (:func:`ctscribe.generate.inputs.iter_inputs`: the middle slice of a
+windowing as ``ctscribe predict`` (:func:`ctscribe.generate.input_files.iter_inputs`: the middle slice of a
 multi-frame file or series, ``auto`` or a chosen window), and every image through the one image path
 (:func:`ctscribe.data.images.prepare_image`), so the API receives the pixels the model was trained on,
 as a lossless PNG data URL. Nothing of a DICOM header is shown, logged or written to the report: only
@@ -35,11 +35,11 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
 from ctscribe.data.prompts import DEFAULT_PROMPTS
-from ctscribe.data.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
-from ctscribe.generate.inputs import iter_inputs
+from ctscribe.generate.input_files import iter_inputs
 from ctscribe.generate.openai_engine import choose_model, image_data_url, server_error_message
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ctscribe.llamafactory import TEMPLATE, find_cli, has_module, run_cli, write_config
+from ctscribe.llamafactory_cli import TEMPLATE, find_cli, has_module, run_cli, write_config
 from ctscribe.model_settings import check_data_budget, record_settings, training_settings
 from ctscribe.recipe import Recipe, RecipeError
 from ctscribe.train.model import use_bf16

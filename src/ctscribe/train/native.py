@@ -53,9 +53,9 @@ from ctscribe.train.feature_cache import (
     cache_wanted,
     free_bytes,
 )
-from ctscribe.train.inputs import model_inputs, qwen_core
 from ctscribe.train.loss import labelled_only_loss, liger_active
 from ctscribe.train.model import build_model, use_bf16
+from ctscribe.train.model_inputs import model_inputs, qwen_core
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "checkpoint_complete.json"

@@ -23,7 +23,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-from ctscribe.data.dicom import CTReadError, CTSlice, opaque_key
+from ctscribe.ct.dicom import CTReadError, CTSlice, opaque_key
 
 
 def _load(path: str | os.PathLike) -> nib.Nifti1Image:
@@ -41,7 +41,7 @@ def _load(path: str | os.PathLike) -> nib.Nifti1Image:
 def read_nifti(path: str | os.PathLike) -> list[CTSlice]:
     """Every axial slice of a 3-D NIfTI volume, feet to head, in HU and radiological view.
 
-    Raises :class:`ctscribe.data.dicom.CTReadError` for unreadable files and anything not 3-D (a 4-D
+    Raises :class:`ctscribe.ct.dicom.CTReadError` for unreadable files and anything not 3-D (a 4-D
     time series is not one CT volume; a trailing axis of length 1 is dropped).
     """
     image = _load(path)

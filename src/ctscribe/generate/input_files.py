@@ -36,7 +36,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ctscribe.data.dicom import (
+from ctscribe.ct.dicom import (
     CTReadError,
     CTSlice,
     SliceHeader,
@@ -44,10 +44,10 @@ from ctscribe.data.dicom import (
     read_dicom,
     read_dicom_headers,
 )
+from ctscribe.ct.nifti import read_nifti
+from ctscribe.ct.windows import WindowSpec, apply_window, choose_auto_window, parse_window
 from ctscribe.data.images import BadImageError, open_image, to_rgb
-from ctscribe.data.nifti import read_nifti
 from ctscribe.data.prepare import IMAGE_TOKEN
-from ctscribe.data.windows import WindowSpec, apply_window, choose_auto_window, parse_window
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -277,7 +277,7 @@ def iter_inputs(
 ) -> Iterator[InputItem]:
     """Every image or chosen slice of ``paths``, windowed; see the module docstring.
 
-    ``window`` is ``auto``, a preset or ``WIDTH/LEVEL`` (:func:`ctscribe.data.windows.parse_window`);
+    ``window`` is ``auto``, a preset or ``WIDTH/LEVEL`` (:func:`ctscribe.ct.windows.parse_window`);
     ``slices`` is ``middle``, ``all`` or ``every:K``. Both are checked before anything is read.
     """
     spec = parse_window(window)

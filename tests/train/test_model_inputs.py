@@ -3,7 +3,7 @@ import torch
 
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
 from ctscribe.train.data import collate, mm_token_types
-from ctscribe.train.inputs import model_inputs, qwen_core, rope_positions, with_image_features
+from ctscribe.train.model_inputs import model_inputs, qwen_core, rope_positions, with_image_features
 
 
 def test_unpacked_plain_batches_pass_through(make_dataset):

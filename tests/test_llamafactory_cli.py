@@ -8,8 +8,8 @@ import torch
 import transformers
 import yaml
 
-from ctscribe import llamafactory
-from ctscribe.llamafactory import LlamaFactoryError, find_cli, run_cli, write_config
+from ctscribe import llamafactory_cli as lf_cli
+from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli, run_cli, write_config
 
 
 def _script(path: Path, body: str) -> Path:
@@ -20,7 +20,7 @@ def _script(path: Path, body: str) -> Path:
 
 def test_an_explicit_cli_wins_and_a_wrong_one_is_an_error(tmp_path, monkeypatch):
     cli = _script(tmp_path / "llamafactory-cli", "exit 0\n")
-    monkeypatch.setenv(llamafactory.CLI_ENV_VAR, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(lf_cli.CLI_ENV_VAR, str(tmp_path / "elsewhere"))
     assert find_cli(cli) == cli
     with pytest.raises(LlamaFactoryError, match="not an executable"):
         find_cli()  # the environment variable names a missing file: no silent fall-through
@@ -29,8 +29,8 @@ def test_an_explicit_cli_wins_and_a_wrong_one_is_an_error(tmp_path, monkeypatch)
 
 
 def test_the_lf_env_folder_is_found_and_its_absence_explained(tmp_path, monkeypatch):
-    monkeypatch.delenv(llamafactory.CLI_ENV_VAR, raising=False)
-    monkeypatch.setattr(llamafactory, "_checkout_root", lambda: tmp_path / "checkout")
+    monkeypatch.delenv(lf_cli.CLI_ENV_VAR, raising=False)
+    monkeypatch.setattr(lf_cli, "_checkout_root", lambda: tmp_path / "checkout")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LlamaFactoryError, match="make lf-env"):

@@ -4,7 +4,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from ctscribe.data.windows import (
+from ctscribe.ct.windows import (
     PRESETS,
     WindowSpec,
     apply_window,

@@ -10,7 +10,7 @@ What this module returns, :class:`SliceHeader` and :class:`CTSlice`, holds only:
 - ``series_key``: a keyed hash of SeriesInstanceUID, with a key drawn at random per process, so slices
   of one series group together while the key cannot be linked back to the UID, or across runs;
 - ``body_part``: BodyPartExamined when it is a well-formed code string (``HEAD``, never free text),
-  or else one word of a fixed vocabulary (:data:`ctscribe.data.windows.BODY_PART_PRESETS`) found in
+  or else one word of a fixed vocabulary (:data:`ctscribe.ct.windows.BODY_PART_PRESETS`) found in
   StudyDescription, SeriesDescription or ProtocolName; ``body_part_from`` names that tag;
 - ``safe_meta``: technical fields only (modality, size, pixel spacing, slice thickness, kVp, transfer
   syntax name, body part), each parsed into a number or a fixed name, never copied as text.
@@ -55,7 +55,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder, iter_pixels
 from pydicom.uid import UID
 
-from ctscribe.data.windows import find_body_part
+from ctscribe.ct.windows import find_body_part
 
 CT_STORAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage

@@ -11,8 +11,8 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from ctscribe.data import dicom
-from ctscribe.data.dicom import (
+from ctscribe.ct import dicom
+from ctscribe.ct.dicom import (
     CTReadError,
     CTSlice,
     group_series,
@@ -20,7 +20,7 @@ from ctscribe.data.dicom import (
     read_dicom_headers,
     read_series,
 )
-from ctscribe.data.windows import apply_window
+from ctscribe.ct.windows import apply_window
 from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
 
 

@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctscribe.data.dicom import CTReadError
-from ctscribe.data.nifti import read_nifti
+from ctscribe.ct.dicom import CTReadError
+from ctscribe.ct.nifti import read_nifti
 
 # Voxel axes stored as (Posterior, Superior, Left): axis 0 runs front to back (2 mm), axis 1 feet to
 # head (3 mm), axis 2 patient right to left (1.5 mm). Nothing like RAS, so every flip and the
