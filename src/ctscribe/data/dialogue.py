@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctscribe.data.prompts import fraction
+from ctscribe.conversation.prompts import fraction
 from ctscribe.evaluate.findings import REGIONS, analyse_sentence, key_terms, parse_findings, split_sentences
 from ctscribe.evaluate.text_metrics import is_chinese
 

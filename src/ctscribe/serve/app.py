@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI
 
-from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.generate.engine import Engine
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher

@@ -35,8 +35,8 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
-from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.data.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
 from ctscribe.generate.inputs import iter_inputs
