@@ -9,7 +9,7 @@ else equal (``ctscribe.data.images.prepare_image``), on two sets:
 - real CT: the CT slices shipped in pydicom's wheel (``ctscribe.fixtures.dicom_samples``), windowed
   as ``ctscribe predict`` windows them (``auto``).
 
-Usage: python bench/crop_savings.py [--rows 300] [--max-pixels 262144] [--json PATH]
+Usage: python bench/crop_savings.py [--rows 300] [--max-pixels N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ctscribe.data.images import ImageOptions, prepare_image
+from ctscribe.data.images import DEFAULT_MAX_PIXELS, ImageOptions, prepare_image
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import clean_ct_rows
 from ctscribe.generate.input_files import iter_inputs
@@ -52,7 +52,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=300, help="phantom rows drawn (about 80% are clean CT)")
-    parser.add_argument("--max-pixels", type=int, default=262144, help="the recipe's image_max_pixels")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="the recipe's budget")
     parser.add_argument("--json", type=Path, default=Path("bench/results/crop_savings.json"))
     args = parser.parse_args()
 

@@ -50,10 +50,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, TrainerCallback
 
-from ctscribe.data.prepare import FinalizeOptions, sft_record
+from ctscribe.conversation.records import sft_record
 from ctscribe.fixtures.learning import usable_ct
 from ctscribe.fixtures.phantom import generate_rows
-from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID, build_tiny_model
+from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.recipe import load_recipe
 from ctscribe.train.data import IGNORE_INDEX, SFTDataset, load_records
 from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
@@ -106,7 +106,7 @@ def write_data(folder: Path, rows: int) -> None:
         name = f"images/{index:05d}.png"
         with Image.open(io.BytesIO(data)) as image:
             image.convert("RGB").resize((SIDE, SIDE)).save(folder / name)
-        records.append(sft_record(str(index), name, caption, "train", FinalizeOptions()))
+        records.append(sft_record(str(index), name, caption, "train"))
         if len(records) == rows:
             break
     (folder / "train.json").write_text(json.dumps(records))
@@ -134,7 +134,7 @@ def sample_shape(data: Path, model_dir: Path, recipe) -> SampleShape:
     image, labelled = [], []
     for record in dataset.records:
         encoded = dataset.encode(record)  # the tokens as trained, without decoding the image
-        image.append(encoded.input_ids.count(IMAGE_PAD_ID))
+        image.append(encoded.input_ids.count(dataset.tokens.image_pad))
         labelled.append(sum(label != IGNORE_INDEX for label in encoded.labels))
     return SampleShape(statistics.mean(dataset.lengths), statistics.mean(image), statistics.mean(labelled))
 

@@ -26,6 +26,38 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def processor(tiny_model_dir: Path):
+    """The tiny model's processor: the real Qwen2-VL tokenizer and chat template."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def conversations() -> dict[str, list[dict]]:
+    """Record messages as prepare writes them: one turn, an English dialogue, a Chinese dialogue."""
+    english = [
+        {"role": "user", "content": "<image>Which organ is shown?"},
+        {"role": "assistant", "content": "The brain."},
+        {"role": "user", "content": "Is there a bleed?"},
+        {"role": "assistant", "content": "Yes, on the left."},
+    ]
+    # What prepare --dialogue and translate write for Chinese: prompts, captions and follow-ups in Chinese.
+    chinese = [
+        {"role": "user", "content": "<image>请用中文描述这张CT图像，并给出诊断印象。"},
+        {
+            "role": "assistant",
+            "content": "胸部CT扫描。感兴趣区位于图像左侧的肺内，可见约1.2%面积的软组织密度结节。",
+        },
+        {"role": "user", "content": "病变在右侧吗？"},
+        {"role": "assistant", "content": "不是。"},
+        {"role": "user", "content": "有异常吗？"},
+        {"role": "assistant", "content": "有。"},
+    ]
+    return {"one_turn": english[:2], "dialogue": english, "chinese": chinese}
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 120-row phantom data set in three shards, built once for the whole session."""
     return build_phantom(tmp_path_factory.mktemp("phantom") / "set", rows=120, seed=7, rows_per_shard=50)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
+from ctscribe.conversation.records import user_message
 from ctscribe.export import (
     DTYPE_TOLERANCE,
     MERGE_TOLERANCE,
@@ -18,7 +19,7 @@ from ctscribe.export import (
     verify_written,
 )
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
-from ctscribe.generate.engine import GenerationRequest, TransformersEngine, user_message
+from ctscribe.generate.engine import GenerationRequest, TransformersEngine
 
 
 @pytest.fixture(scope="module", params=["native", "llamafactory"])

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
-from ctscribe.data.prompts import DEFAULT_PROMPTS
-from ctscribe.generate.engine import user_message
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.records import user_message
 from ctscribe.generate.openai_engine import image_data_url
 from ctscribe.model_settings import (
     DEFAULT_MAX_PIXELS,

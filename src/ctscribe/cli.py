@@ -182,7 +182,8 @@ def prepare(
     max_pixels: Annotated[
         int,
         typer.Option(
-            min=DEFAULT_MIN_PIXELS, help="Pixel budget per image; the default, 512x512, is ~324 image tokens."
+            min=DEFAULT_MIN_PIXELS,
+            help=f"Pixel budget per image; the default, {DEFAULT_MAX_PIXELS:,}, is ~324 image tokens.",
         ),
     ] = DEFAULT_MAX_PIXELS,
     roi_box: Annotated[

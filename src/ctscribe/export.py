@@ -32,14 +32,16 @@ import numpy as np
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE, __version__
-from ctscribe.generate.engine import check_model_reference, resolve_adapter, user_message
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.records import user_message
+from ctscribe.generate.engine import check_model_reference, resolve_adapter
 from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("bf16", "fp16", "fp32")
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # names in torch and LLaMA-Factory
-PROBE_PROMPT = "Describe this CT image and give your diagnostic impression."
+PROBE_PROMPT = DEFAULT_PROMPTS["en"]  # the check asks what predict asks by default
 # The adapter must move some logit by more than this share of the largest base logit.
 MIN_ADAPTER_EFFECT = 1e-4
 # Merged vs base + adapter, both fp32: merging reorders float sums, so allow rounding, nothing more.

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ctscribe import __version__
-from ctscribe.data.prompts import DEFAULT_PROMPTS, description_prompt
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS, description_prompt
 from ctscribe.files import atomic_write_text
 
 log = logging.getLogger(__name__)

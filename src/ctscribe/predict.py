@@ -25,10 +25,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.records import user_message
 from ctscribe.data.images import BadImageError
-from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.files import atomic_write, atomic_write_text
-from ctscribe.generate.engine import GenerationBackend, GenerationRequest, user_message
+from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 from ctscribe.generate.input_files import InputItem, iter_inputs
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ class Recipe:
     lora_target: str = "all"  # "all" = every linear layer of the language model, or "q_proj,v_proj"
     # data
     dataset_dir: str | None = None  # prepared data folder (train.json, val.json); `--data` sets it
-    image_max_pixels: int = DEFAULT_MAX_PIXELS  # 512*512: the same budget as `ctscribe prepare`
+    image_max_pixels: int = DEFAULT_MAX_PIXELS  # the same budget as `ctscribe prepare`
     image_min_pixels: int = DEFAULT_MIN_PIXELS
     cutoff_len: int = 2048
     max_samples: int | None = 100000

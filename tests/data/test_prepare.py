@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ctscribe.conversation.prompts import HELD_OUT, PROMPTS
 from ctscribe.data import prepare as prepare_module
 from ctscribe.data.images import ImageOptions
 from ctscribe.data.prepare import FinalizeOptions, StageOptions, merge_shards, run_prepare
-from ctscribe.data.prompts import HELD_OUT, PROMPTS
 from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, read_truth
 
 OUTPUTS = ("train.json", "val.json", "test.json", "dataset_info.json", "stats.json")

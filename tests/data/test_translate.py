@@ -12,8 +12,8 @@ import sys
 import pytest
 from PIL import Image
 
-from ctscribe.data.prepare import FinalizeOptions, dataset_info, sft_record
-from ctscribe.data.prompts import PROMPTS
+from ctscribe.conversation.prompts import PROMPTS
+from ctscribe.conversation.records import dataset_info, sft_record
 from ctscribe.data.translate import (
     CACHE,
     TranslateOptions,
@@ -39,13 +39,12 @@ def prepared(tmp_path):
     """A prepared data set with dialogue records, in ctscribe prepare's layout."""
     root = tmp_path / "data"
     records = {"train": [], "val": [], "test": []}
-    options = FinalizeOptions(dialogue=True)
     for index, split in enumerate(SPLIT_OF):
         image = f"images/{index:02d}/r{index}.png"
         (root / image).parent.mkdir(parents=True)
         Image.new("L", (112, 112), color=40 * (index % 3) + 20).save(root / image)
         caption = CAPTIONS[index % DISTINCT][0]
-        records[split].append(sft_record(f"r{index}", image, caption, split, options))
+        records[split].append(sft_record(f"r{index}", image, caption, split, dialogue=True))
     for split, rows in records.items():
         (root / f"{split}.json").write_text(json.dumps(rows))
     (root / "dataset_info.json").write_text(json.dumps(dataset_info("mllm_med")))

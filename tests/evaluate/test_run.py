@@ -116,7 +116,7 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
     from PIL import Image
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    from ctscribe.data.prepare import FinalizeOptions, sft_record
+    from ctscribe.conversation.records import sft_record
     from ctscribe.evaluate.run import run_evaluation
 
     records = []
@@ -124,9 +124,7 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
         ["CT of the chest. No lesion is seen.", "CT of the head. No lesion is seen."]
     ):
         Image.new("L", (64, 64), 30).save(tmp_path / f"{index}.png")
-        records.append(
-            sft_record(f"r{index}", f"{index}.png", caption, "test", FinalizeOptions(dialogue=True))
-        )
+        records.append(sft_record(f"r{index}", f"{index}.png", caption, "test", dialogue=True))
     (tmp_path / "test.json").write_text(json.dumps(records))
     out = tmp_path / "report"
     jvm_starts = []

@@ -2,8 +2,9 @@
 
 import pytest
 
+from ctscribe.conversation.records import user_message
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
-from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter, user_message
+from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
-from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.fixtures.servers import free_port

@@ -1,4 +1,4 @@
-"""Shared pieces of the training tests: the tiny model's processor, a few image records, the model."""
+"""Shared pieces of the training tests: a few image records, the tiny model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+from transformers import Qwen2VLForConditionalGeneration
 
 from ctscribe.data.images import ImageOptions
 from ctscribe.train.data import SFTDataset
@@ -17,11 +17,6 @@ SAMPLES = [
     ("b", (224, 112), "A longer answer about the chest and its lungs."),
     ("c", (112, 168), "CT of the head, with a bleed on the left."),
 ]
-
-
-@pytest.fixture(scope="session")
-def processor(tiny_model_dir):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

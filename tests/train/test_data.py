@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ctscribe.conversation.template import render_conversation
 from ctscribe.data.images import ImageOptions
-from ctscribe.fixtures.tiny_model import IM_END_ID, IMAGE_PAD_ID
+from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
 from ctscribe.train.data import (
     IGNORE_INDEX,
     Encoded,
@@ -14,27 +15,7 @@ from ctscribe.train.data import (
     encode_text,
     expand_image_pads,
     mm_token_types,
-    render_conversation,
 )
-
-CONVERSATION = [
-    {"role": "user", "content": "<image>Which organ is shown?"},
-    {"role": "assistant", "content": "The brain."},
-    {"role": "user", "content": "Is there a bleed?"},
-    {"role": "assistant", "content": "Yes, on the left."},
-]
-# What prepare --dialogue and translate write for Chinese: prompts, captions and follow-ups in Chinese.
-CHINESE = [
-    {"role": "user", "content": "<image>请用中文描述这张CT图像，并给出诊断印象。"},
-    {
-        "role": "assistant",
-        "content": "胸部CT扫描。感兴趣区位于图像左侧的肺内，可见约1.2%面积的软组织密度结节。",
-    },
-    {"role": "user", "content": "病变在右侧吗？"},
-    {"role": "assistant", "content": "不是。"},
-    {"role": "user", "content": "有异常吗？"},
-    {"role": "assistant", "content": "有。"},
-]
 
 
 def _as_template_messages(messages):
@@ -49,20 +30,14 @@ def _as_template_messages(messages):
     return out
 
 
-@pytest.mark.parametrize("messages", [CONVERSATION[:2], CONVERSATION, CHINESE])
-def test_rendering_equals_the_qwen2_vl_chat_template(processor, messages):
-    text, _ = render_conversation(messages)
-    expected = processor.apply_chat_template(_as_template_messages(messages))
-    assert text == expected
-
-
-def test_chinese_answers_are_labelled_whole_and_nothing_else(processor):
+def test_chinese_answers_are_labelled_whole_and_nothing_else(processor, conversations):
+    chinese = conversations["chinese"]
     tokenizer = processor.tokenizer
-    encoded = encode_text(tokenizer, CHINESE)
+    encoded = encode_text(tokenizer, chinese)
     labelled = [
         token for token, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX
     ]
-    answers = [m["content"] for m in CHINESE if m["role"] == "assistant"]
+    answers = [m["content"] for m in chinese if m["role"] == "assistant"]
     assert tokenizer.decode(labelled) == "".join(f"{answer}<|im_end|>" for answer in answers)
     assert labelled.count(IM_END_ID) == len(answers)
     unlabelled = tokenizer.decode(
@@ -71,9 +46,10 @@ def test_chinese_answers_are_labelled_whole_and_nothing_else(processor):
     assert "病变在右侧吗？" in unlabelled and "不是" not in unlabelled
 
 
-def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor):
+def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor, conversations):
+    dialogue = conversations["dialogue"]
     tokenizer = processor.tokenizer
-    encoded = encode_text(tokenizer, CONVERSATION)
+    encoded = encode_text(tokenizer, dialogue)
     labelled = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
     answers = [tokenizer("The brain.")["input_ids"], tokenizer("Yes, on the left.")["input_ids"]]
     # Find each answer in the ids: the labelled positions are the answer tokens plus the <|im_end|> after.
@@ -88,16 +64,17 @@ def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor):
     assert [encoded.labels[i] for i in labelled] == [encoded.input_ids[i] for i in labelled]
     # Exact positions for the real tokenizer: system (21 tokens incl. its newline) + user turn ...
     assert labelled[0] == len(
-        tokenizer(render_conversation(CONVERSATION[:1])[0] + "<|im_start|>assistant\n")["input_ids"]
+        tokenizer(render_conversation(dialogue[:1])[0] + "<|im_start|>assistant\n")["input_ids"]
     )
 
 
-def test_ids_match_the_processor_after_image_expansion(processor):
+def test_ids_match_the_processor_after_image_expansion(processor, conversations):
+    one_turn = conversations["one_turn"]
     image = Image.new("RGB", (112, 112), "gray")
     features = processor.image_processor(images=[image], return_tensors="pt")
     tokens = int(features["image_grid_thw"].prod()) // 4
-    ours = expand_image_pads(encode_text(processor.tokenizer, CONVERSATION[:2]), [tokens], cutoff_len=2048)
-    prompt = processor.apply_chat_template(_as_template_messages(CONVERSATION[:2]))
+    ours = expand_image_pads(encode_text(processor.tokenizer, one_turn), [tokens], 2048, IMAGE_PAD_ID)
+    prompt = processor.apply_chat_template(_as_template_messages(one_turn))
     theirs = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0].tolist()
     assert ours.input_ids == theirs
     assert ours.input_ids.count(IMAGE_PAD_ID) == tokens == 16
@@ -105,15 +82,13 @@ def test_ids_match_the_processor_after_image_expansion(processor):
 
 def test_truncation_never_cuts_image_tokens():
     encoded = Encoded([1, IMAGE_PAD_ID, 2, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 3, 4])
-    assert expand_image_pads(encoded, [10], cutoff_len=8) == "image tokens beyond cutoff_len"
-    kept = expand_image_pads(encoded, [3], cutoff_len=6)
+    assert expand_image_pads(encoded, [10], 8, IMAGE_PAD_ID) == "image tokens beyond cutoff_len"
+    kept = expand_image_pads(encoded, [3], 6, IMAGE_PAD_ID)
     assert kept.input_ids == [1, IMAGE_PAD_ID, IMAGE_PAD_ID, IMAGE_PAD_ID, 2, 3]
     assert kept.labels[-1] == 3
-    assert expand_image_pads(encoded, [3], cutoff_len=5) == "no answer tokens within cutoff_len"
-    assert (
-        expand_image_pads(encoded, [3, 3], cutoff_len=50)
-        == "images and <image> placeholders differ in number"
-    )
+    assert expand_image_pads(encoded, [3], 5, IMAGE_PAD_ID) == "no answer tokens within cutoff_len"
+    mismatch = expand_image_pads(encoded, [3, 3], 50, IMAGE_PAD_ID)
+    assert mismatch == "images and <image> placeholders differ in number"
 
 
 def _record(tmp_path, name, size, answer):
@@ -129,11 +104,11 @@ def _record(tmp_path, name, size, answer):
     }
 
 
-def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor):
+def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor, conversations):
     records = [
         _record(tmp_path, "fits", (112, 112), "CT of the head."),
         _record(tmp_path, "big", (512, 512), "CT of the chest."),  # 324 image tokens > cutoff 128
-        {"id": "gone", "messages": CONVERSATION[:2], "images": ["images/missing.png"]},
+        {"id": "gone", "messages": conversations["one_turn"], "images": ["images/missing.png"]},
     ]
     dataset = SFTDataset(
         records,
@@ -164,19 +139,20 @@ def test_collate_pads_right_and_concatenates_patches(tmp_path, processor):
         ImageOptions(roi_box="keep", crop_background=False),
         cutoff_len=512,
     )
-    batch = collate([dataset[0], dataset[1]])
+    batch = collate([dataset[0], dataset[1]], dataset.tokens)
     lengths = [len(dataset[i]["input_ids"]) for i in range(2)]
     assert batch["input_ids"].shape == (2, max(lengths))
     short = lengths.index(min(lengths))
     assert batch["attention_mask"][short].sum() == min(lengths)
     assert (batch["labels"][short, min(lengths) :] == IGNORE_INDEX).all()
+    assert (batch["input_ids"][short, min(lengths) :] == ENDOFTEXT_ID).all()  # the tokenizer's pad
     assert batch["pixel_values"].shape[0] == 64 + 128
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 16]]
 
 
 def test_mm_token_types_mark_image_tokens():
-    ids = torch.tensor([[1, IMAGE_PAD_ID, IMAGE_PAD_ID, 151656, 5]])
-    assert mm_token_types(ids).tolist() == [[0, 1, 1, 2, 0]]
+    ids = torch.tensor([[1, IMAGE_PAD_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, 5]])
+    assert mm_token_types(ids, IMAGE_PAD_ID, VIDEO_PAD_ID).tolist() == [[0, 1, 1, 2, 0]]
 
 
 def test_load_records_errors_are_clear(tmp_path):

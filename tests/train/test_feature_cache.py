@@ -25,10 +25,10 @@ def test_loss_from_cached_features_equals_the_ordinary_loss(
     tmp_path, processor, make_dataset, labelled_count, tiny_model, pack_to
 ):
     dataset = make_dataset()
-    ordinary = collate([dataset[i] for i in range(3)])
+    ordinary = collate([dataset[i] for i in range(3)], dataset.tokens)
     count = labelled_count(ordinary)
     dataset.features = _build(tmp_path, tiny_model, processor, dataset)
-    cached = collate([dataset[i] for i in range(3)], pack_to=pack_to)
+    cached = collate([dataset[i] for i in range(3)], dataset.tokens, pack_to=pack_to)
     assert "pixel_values" not in cached and cached["image_features"].dtype == torch.bfloat16
     with torch.no_grad():
         expected = tiny_model(**ordinary, num_items_in_batch=count).loss

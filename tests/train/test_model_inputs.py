@@ -1,27 +1,26 @@
 import pytest
 import torch
 
-from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
+from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID, VIDEO_PAD_ID
 from ctscribe.train.data import collate, mm_token_types
 from ctscribe.train.model_inputs import model_inputs, qwen_core, rope_positions, with_image_features
 
 
 def test_unpacked_plain_batches_pass_through(make_dataset):
     dataset = make_dataset()
-    batch = collate([dataset[0], dataset[1]])
+    batch = collate([dataset[0], dataset[1]], dataset.tokens)
     assert model_inputs(None, batch) == batch  # nothing to compute: the model does it all
 
 
 def test_rope_positions_of_one_sample_per_row_are_the_models_own(make_dataset, tiny_model):
     dataset = make_dataset()
-    batch = collate([dataset[1], dataset[2]])
+    batch = collate([dataset[1], dataset[2]], dataset.tokens)
     rows, length = batch["input_ids"].shape
     core = qwen_core(tiny_model)
     text = torch.arange(length).expand(rows, length)
     ours = rope_positions(core, batch["input_ids"], text, batch["image_grid_thw"])
-    theirs, _ = core.get_rope_index(
-        batch["input_ids"], mm_token_types(batch["input_ids"]), batch["image_grid_thw"]
-    )
+    types = mm_token_types(batch["input_ids"], IMAGE_PAD_ID, VIDEO_PAD_ID)
+    theirs, _ = core.get_rope_index(batch["input_ids"], types, batch["image_grid_thw"])
     assert ours.shape == (4, rows, length)
     assert torch.equal(ours[0], text)
     assert torch.equal(ours[1:], theirs)

@@ -16,15 +16,15 @@ def test_pack_rows_keeps_order_and_capacity():
 
 def test_count_images_counts_runs_of_image_pads():
     p = IMAGE_PAD_ID
-    assert count_images(torch.tensor([[1, p, p, 2, p, 3, p, p, p]])) == 3
-    assert count_images(torch.tensor([[1, 2, 3]])) == 0
+    assert count_images(torch.tensor([[1, p, p, 2, p, 3, p, p, p]]), p) == 3
+    assert count_images(torch.tensor([[1, 2, 3]]), p) == 0
 
 
 def test_packed_batch_layout(make_dataset):
     dataset = make_dataset()
     samples = [dataset[i] for i in range(3)]
     lengths = [len(s["input_ids"]) for s in samples]
-    batch = collate(samples, pack_to=lengths[0] + lengths[1])
+    batch = collate(samples, dataset.tokens, pack_to=lengths[0] + lengths[1])
     assert batch["input_ids"].shape == (2, lengths[0] + lengths[1])
     assert "attention_mask" not in batch
     starts = [(row == 0).nonzero().flatten().tolist() for row in batch["text_position_ids"]]
@@ -42,7 +42,7 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
     dataset = make_dataset()
     samples = [dataset[i] for i in range(3)]
     lengths = [len(s["input_ids"]) for s in samples]
-    unpacked, packed = collate(samples), collate(samples, pack_to=512)
+    unpacked, packed = collate(samples, dataset.tokens), collate(samples, dataset.tokens, pack_to=512)
     assert packed["input_ids"].shape == (1, sum(lengths))
     count = labelled_count(unpacked)
     assert labelled_count(packed) == count

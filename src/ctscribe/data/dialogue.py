@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ctscribe.clinical.findings import analyse_sentence, key_terms, parse_findings, split_sentences
 from ctscribe.clinical.lexicons import REGIONS
-from ctscribe.data.prompts import fraction
+from ctscribe.conversation.prompts import fraction
 from ctscribe.evaluate.text_metrics import is_chinese
 
 # Question pools per topic and language; {x} is filled from the slot tables below.

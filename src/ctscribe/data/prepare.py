@@ -30,19 +30,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ctscribe.conversation.records import dataset_info, sft_record
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.dedupe import NearDuplicateIndex, image_hash
-from ctscribe.data.dialogue import dialogue_meta, followups
 from ctscribe.data.images import BadImageError, ImageOptions, prepare_image
 from ctscribe.data.modality import classify_modality
-from ctscribe.data.prompts import choose_prompt, prompt_language
 from ctscribe.data.sources import ParquetSource, SourceRow, Unit
 from ctscribe.data.splits import SPLITS, assign_split, split_key
 from ctscribe.files import atomic_write, atomic_write_text
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
-IMAGE_TOKEN = "<image>"
 # Staging records deduplicated together: the index walk is vectorised over a block, and a block's
 # rows are compared with each other directly (block^2 / 2 distances), so a few hundred.
 DEDUPE_BLOCK = 256
@@ -232,30 +230,6 @@ def _blocks(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield block
 
 
-def sft_record(
-    record_id: str, image: str, caption: str, split: str, options: FinalizeOptions, answer_lang: str = "en"
-) -> dict:
-    """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it.
-
-    With ``options.dialogue``, the description is followed by a clinician's follow-up questions and
-    their answers from the caption, and ``dialogue`` describes each turn for evaluation."""
-    prompt = choose_prompt(record_id, split, options.lang, answer_lang)
-    messages = [
-        {"role": "user", "content": f"{IMAGE_TOKEN}{prompt}"},
-        {"role": "assistant", "content": caption},
-    ]
-    record = {"id": record_id, "messages": messages, "images": [image]}
-    if options.dialogue:
-        turns = followups(record_id, caption, prompt_language(record_id, options.lang))
-        for turn in turns:
-            messages += [
-                {"role": "user", "content": turn.question},
-                {"role": "assistant", "content": turn.answer},
-            ]
-        record["dialogue"] = dialogue_meta(turns)
-    return record
-
-
 def count_turns(record: dict, counts: Counter) -> None:
     """Add a record's dialogue turns to ``counts`` (by topic, and closed answers by yes/no)."""
     for entry in record.get("dialogue", ())[1:]:
@@ -269,25 +243,6 @@ def dialogue_stats(counts: Counter) -> dict:
     return {
         "turns": {topic: n for (kind, topic), n in sorted(counts.items()) if kind == "turns"},
         "closed": {answer: counts["closed", answer] for answer in ("yes", "no")},
-    }
-
-
-def dataset_info(name: str) -> dict:
-    """``dataset_info.json`` entries LLaMA-Factory reads unchanged with ``--dataset_dir DIR``."""
-    entry = {
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "images": "images"},
-        "tags": {
-            "role_tag": "role",
-            "content_tag": "content",
-            "user_tag": "user",
-            "assistant_tag": "assistant",
-        },
-    }
-    return {
-        name: {"file_name": "train.json", **entry},
-        f"{name}_val": {"file_name": "val.json", **entry},
-        f"{name}_test": {"file_name": "test.json", **entry},
     }
 
 
@@ -356,7 +311,10 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
                 key = split_key(record.get("file_name"), record.get("source"), record["id"])
                 split_rules[record.get("source") or "(none)", key.rule] += 1
                 split = assign_split(key.key, options.val_fraction, options.test_fraction)
-                sft = sft_record(record["id"], record["image"], record["caption"], split, options)
+                lang, dialogue = options.lang, options.dialogue
+                sft = sft_record(
+                    record["id"], record["image"], record["caption"], split, lang=lang, dialogue=dialogue
+                )
                 count_turns(sft, turn_counts)
                 writers[split].write(sft)
                 example = example or sft

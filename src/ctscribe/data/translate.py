@@ -15,7 +15,7 @@ The output is a prepared data set in the input's layout (``train.json``, ``val.j
 ``test.json``, ``dataset_info.json``, ``stats.json``, images hard-linked), with the same records and
 splits: ``zh`` answers every record in Chinese, ``both`` answers each record in Chinese or English
 (half each, by a hash of its id) so the model learns both and no image appears twice. Prompts ask
-for the answer's language (:data:`ctscribe.data.prompts.PROMPTS`); records prepared with
+for the answer's language (:data:`ctscribe.conversation.prompts.PROMPTS`); records prepared with
 ``--dialogue`` get their follow-up turns rebuilt from the Chinese caption. A record without a
 Chinese caption is left out and counted.
 """
@@ -34,18 +34,16 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from ctscribe.conversation.prompts import fraction
+from ctscribe.conversation.records import dataset_info, sft_record
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.prepare import (
-    FinalizeOptions,
     JsonArrayWriter,
     atomic_write_text,
     count_turns,
-    dataset_info,
     dialogue_stats,
     link_or_copy,
-    sft_record,
 )
-from ctscribe.data.prompts import fraction
 from ctscribe.data.splits import SPLITS, read_split
 from ctscribe.evaluate.text_metrics import is_chinese
 
@@ -246,10 +244,17 @@ def write_translated(
                     if not caption:
                         skipped["no_translation"] += 1
                         continue
-                finalize = FinalizeOptions(lang=options.lang, dialogue="dialogue" in record)
                 image = record["images"][0]
                 link_or_copy(source / image, out / image)
-                sft = sft_record(record["id"], image, caption, split, finalize, answer_lang)
+                sft = sft_record(
+                    record["id"],
+                    image,
+                    caption,
+                    split,
+                    lang=options.lang,
+                    answer_lang=answer_lang,
+                    dialogue="dialogue" in record,
+                )
                 count_turns(sft, turns)
                 writers[split].write(sft)
                 languages[answer_lang] += 1

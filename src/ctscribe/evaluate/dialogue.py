@@ -30,13 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ctscribe.clinical.findings import key_terms
+from ctscribe.conversation.records import record_prompt, user_message
 from ctscribe.data.images import BadImageError
-from ctscribe.data.prepare import IMAGE_TOKEN
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
 from ctscribe.evaluate.scores import json_number, read_predictions
 from ctscribe.files import atomic_write_text
-from ctscribe.generate.engine import GenerationBackend, GenerationRequest, user_message
+from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 
 _YES = re.compile(r"^(?:yes|yeah|correct|true)\b|^(?:是|对|有|正确)", re.IGNORECASE)
 _NO = re.compile(r"^(?:no|not|false|incorrect)\b|^(?:不是|否|没有|无|不|未|非)", re.IGNORECASE)
@@ -102,9 +102,8 @@ def answer_followups(
                     image = engine.prepare(data.parent / record["images"][0])
                 except BadImageError:
                     continue  # its description failed too; predictions.jsonl names the reason
-                prompt = record["messages"][0]["content"].replace(IMAGE_TOKEN, "").strip()
                 history = [
-                    user_message(prompt),
+                    user_message(record_prompt(record)),
                     {"role": "assistant", "content": described[record["id"]]["text"]},
                 ]
                 batch.append((record, _turns(record), image, history, []))

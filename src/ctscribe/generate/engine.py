@@ -58,11 +58,6 @@ class GenerationResult:
     seconds: float  # wall time of the batch this request ran in
 
 
-def user_message(prompt: str, images: int = 1) -> dict:
-    """A user turn with ``images`` image parts before the prompt, as Qwen2-VL was trained."""
-    return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": prompt}]}
-
-
 class GenerationBackend(Protocol):
     """What predict, evaluate and serve need from a generation backend (``--backend``)."""
 

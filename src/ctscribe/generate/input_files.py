@@ -36,6 +36,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ctscribe.conversation.records import record_prompt, record_text
 from ctscribe.ct.dicom import (
     CTReadError,
     CTSlice,
@@ -47,7 +48,6 @@ from ctscribe.ct.dicom import (
 from ctscribe.ct.nifti import read_nifti
 from ctscribe.ct.windows import WindowSpec, apply_window, choose_auto_window, parse_window
 from ctscribe.data.images import BadImageError, open_image, to_rgb
-from ctscribe.data.prepare import IMAGE_TOKEN
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -178,17 +178,6 @@ def _nifti_items(source: str, window: WindowSpec, selection: SliceSelection) -> 
     yield from _volume_items(slices, slices.__getitem__, window, selection)
 
 
-def _record_text(record: dict, role: str) -> str | None:
-    for message in record.get("messages") or []:
-        if (
-            isinstance(message, dict)
-            and message.get("role") == role
-            and isinstance(message.get("content"), str)
-        ):
-            return message["content"]
-    return None
-
-
 def _split_items(path: Path, source: str) -> Iterator[InputItem]:
     """Items of a prepared split JSON: LLaMA-Factory sharegpt records as ctscribe prepare writes them."""
     try:
@@ -202,7 +191,7 @@ def _split_items(path: Path, source: str) -> Iterator[InputItem]:
     folder = Path(source).parent
     for number, record in enumerate(records):
         images = record.get("images") if isinstance(record, dict) else None
-        prompt = _record_text(record, "user") if isinstance(record, dict) else None
+        prompt = record_prompt(record) if isinstance(record, dict) else None
         if (
             not (isinstance(images, list) and len(images) == 1 and isinstance(images[0], str))
             or prompt is None
@@ -215,8 +204,8 @@ def _split_items(path: Path, source: str) -> Iterator[InputItem]:
         yield _image_item(
             path.parent / images[0],
             os.fspath(folder / images[0]),
-            prompt=prompt.replace(IMAGE_TOKEN, "").strip(),
-            reference=_record_text(record, "assistant"),
+            prompt=prompt,
+            reference=record_text(record, "assistant"),
             record_id=None if record_id is None else str(record_id),
         )
 

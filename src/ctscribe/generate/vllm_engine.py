@@ -28,7 +28,7 @@ from ctscribe.generate.engine import (
     resolve_adapter,
 )
 
-# Room for a 512 x 512 budget's ~324 image tokens, the prompt and the longest description (2,048 tokens,
+# Room for the ~324 image tokens of DEFAULT_MAX_PIXELS, the prompt and the longest description (2,048 tokens,
 # serve's limit), with margin. vLLM's default is the checkpoint's 32,768, whose KV cache a small GPU (or
 # VLLM_CPU_KVCACHE_SPACE on a CPU) may not hold.
 DEFAULT_MAX_MODEL_LEN = 4096

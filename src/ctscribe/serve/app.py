@@ -1,6 +1,6 @@
 """``ctscribe serve``: one process with the engine, the batcher, the API and the web page.
 
-    browser ──▶ /  (Gradio page) ──HTTP──▶ /v1/chat/completions ──▶ Batcher ──▶ Engine
+    browser ──▶ /  (Gradio page) ──HTTP──▶ /v1/chat/completions ──▶ Batcher ──▶ backend
     OpenAI client ──────────────────────────▲
 
 The page is itself a client of the OpenAI-compatible API (over loopback HTTP), so it works
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI
 
-from ctscribe.data.prompts import DEFAULT_PROMPTS
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.generate.engine import GenerationBackend
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher

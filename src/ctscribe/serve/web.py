@@ -35,9 +35,9 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
-from ctscribe.data.prompts import DEFAULT_PROMPTS
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
 from ctscribe.generate.input_files import iter_inputs
 from ctscribe.generate.openai_engine import choose_model, image_data_url, server_error_message

@@ -1,9 +1,10 @@
 """Supervised fine-tuning samples for Qwen2-VL: token ids, the loss mask and the image features.
 
-A record is what `ctscribe prepare` writes (LLaMA-Factory's sharegpt form): ``messages`` whose user
-turns hold ``<image>`` placeholders, and ``images`` relative to the data folder. It becomes the
-exact token sequence Qwen2-VL-Instruct's chat template produces, with the loss on assistant tokens
-only (each answer and its ``<|im_end|>``, in every turn of a multi-turn conversation).
+A record is what `ctscribe prepare` writes (``ctscribe.conversation.records``): ``messages`` whose
+user turns hold ``<image>`` placeholders, and ``images`` relative to the data folder. It becomes the
+exact token sequence Qwen2-VL-Instruct's chat template produces (``ctscribe.conversation.template``),
+with the loss on assistant tokens only (each answer and its ``<|im_end|>``, in every turn of a
+multi-turn conversation). Token ids come from the tokenizer the samples are encoded with.
 
 Lengths are checked before training, from the text and the image sizes alone: a sample whose
 image tokens would not fit in ``cutoff_len`` is dropped and counted (truncating through image
@@ -22,49 +23,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ctscribe.conversation.template import TokenIds, render_conversation
 from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
 from ctscribe.data.splits import read_split
-from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
 from ctscribe.train.packing import pack_rows
 from ctscribe.train.split_index import SampleTable, load_split, measure, tokenizer_fingerprint
 
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-VISION_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
-DEFAULT_SYSTEM = "You are a helpful assistant."
-
-
-def render_conversation(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The chat template's text for a conversation, and the character spans the loss is taken on.
-
-    Written out rather than calling ``apply_chat_template`` because the spans of the assistant
-    answers are needed; a test checks the text equals Qwen2-VL-Instruct's template character for
-    character. Each image placeholder becomes one ``<|image_pad|>`` (expanded later).
-    """
-    parts: list[str] = []
-    spans: list[tuple[int, int]] = []
-    length = 0
-
-    def add(text: str, train: bool = False) -> None:
-        nonlocal length
-        if train:
-            spans.append((length, length + len(text)))
-        parts.append(text)
-        length += len(text)
-
-    if not messages or messages[0]["role"] != "system":
-        add(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
-    for message in messages:
-        role, content = message["role"], message["content"]
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"unknown role {role!r} in a conversation")
-        add(f"<|im_start|>{role}\n")
-        if role == "assistant":
-            add(f"{content}<|im_end|>", train=True)
-            add("\n")
-        else:
-            add(f"{content.replace(IMAGE_PLACEHOLDER, VISION_PROMPT)}<|im_end|>\n")
-    return "".join(parts), spans
 
 
 @dataclass
@@ -86,19 +51,21 @@ def encode_text(tokenizer, messages: list[dict]) -> Encoded:
     return Encoded(list(encoding["input_ids"]), labels)
 
 
-def expand_image_pads(encoded: Encoded, image_tokens: list[int], cutoff_len: int) -> Encoded | str:
+def expand_image_pads(
+    encoded: Encoded, image_tokens: list[int], cutoff_len: int, image_pad_id: int
+) -> Encoded | str:
     """Repeat each image's pad to its token count and apply ``cutoff_len``; or the reason to drop."""
-    if encoded.input_ids.count(IMAGE_PAD_ID) != len(image_tokens):
+    if encoded.input_ids.count(image_pad_id) != len(image_tokens):
         return "images and <image> placeholders differ in number"
     ids: list[int] = []
     labels: list[int] = []
     pads = iter(image_tokens)
     for token_id, label in zip(encoded.input_ids, encoded.labels, strict=True):
-        repeat = next(pads) if token_id == IMAGE_PAD_ID else 1
+        repeat = next(pads) if token_id == image_pad_id else 1
         ids.extend([token_id] * repeat)
         labels.extend([label] * repeat)
     if len(ids) > cutoff_len:
-        last_image_token = max((i for i, t in enumerate(ids) if t == IMAGE_PAD_ID), default=-1)
+        last_image_token = max((i for i, t in enumerate(ids) if t == image_pad_id), default=-1)
         if last_image_token >= cutoff_len:
             return "image tokens beyond cutoff_len"
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]
@@ -108,17 +75,18 @@ def expand_image_pads(encoded: Encoded, image_tokens: list[int], cutoff_len: int
 
 
 def check_sample(
-    record: dict, image_root: Path, tokenizer, image_options: ImageOptions, cutoff_len: int
+    record: dict, image_root: Path, tokenizer, image_pad_id: int, image_options: ImageOptions, cutoff_len: int
 ) -> tuple[int, int] | str:
     """(tokens, image tokens) of the sample as it will be trained, or the reason it is dropped.
 
     From the text and the image headers alone (no decode), so a whole split is checked up front.
+    ``image_pad_id`` is the tokenizer's (``TokenIds``), read once per split rather than per record.
     """
     try:
         tokens = [image_tokens(image_root / p, image_options) for p in record.get("images", [])]
     except OSError as error:
         return f"unreadable image ({type(error).__name__})"
-    result = expand_image_pads(encode_text(tokenizer, record["messages"]), tokens, cutoff_len)
+    result = expand_image_pads(encode_text(tokenizer, record["messages"]), tokens, cutoff_len, image_pad_id)
     return result if isinstance(result, str) else (len(result.input_ids), sum(tokens))
 
 
@@ -154,11 +122,13 @@ class SFTDataset(torch.utils.data.Dataset):
     table: SampleTable | None = None  # None: measured here, record by record
 
     def __post_init__(self) -> None:
+        self.tokens = TokenIds.from_tokenizer(self.tokenizer)  # what collate needs to batch the samples
         if self.table is None:
             check = functools.partial(
                 check_sample,
                 image_root=self.image_root,
                 tokenizer=self.tokenizer,
+                image_pad_id=self.tokens.image_pad,
                 image_options=self.image_options,
                 cutoff_len=self.cutoff_len,
             )
@@ -189,6 +159,7 @@ class SFTDataset(torch.utils.data.Dataset):
             check_sample,
             image_root=root,
             tokenizer=tokenizer,
+            image_pad_id=TokenIds.from_tokenizer(tokenizer).image_pad,
             image_options=image_options,
             cutoff_len=cutoff_len,
         )
@@ -238,7 +209,9 @@ class SFTDataset(torch.utils.data.Dataset):
         if images:
             merge = self.image_processor.merge_size**2
             tokens = [int(t * h * w) // merge for t, h, w in images["image_grid_thw"].tolist()]
-        encoded = expand_image_pads(encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len)
+        encoded = expand_image_pads(
+            encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len, self.tokens.image_pad
+        )
         if isinstance(encoded, str):  # the length check ran on the same sizes; this cannot differ
             raise RuntimeError(f"sample {record.get('id')} changed since it was checked: {encoded}")
         return {
@@ -257,13 +230,14 @@ def model_takes_token_types() -> bool:
     return "mm_token_type_ids" in inspect.signature(Qwen2VLForConditionalGeneration.forward).parameters
 
 
-def mm_token_types(input_ids: torch.Tensor) -> torch.Tensor:
+def mm_token_types(input_ids: torch.Tensor, image_pad_id: int, video_pad_id: int) -> torch.Tensor:
     """0 for text, 1 for image tokens, 2 for video tokens, as Qwen2-VL's processor marks them."""
-    return (input_ids == IMAGE_PAD_ID).long() + 2 * (input_ids == VIDEO_PAD_ID).long()
+    return (input_ids == image_pad_id).long() + 2 * (input_ids == video_pad_id).long()
 
 
-def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID, pack_to: int | None = None) -> dict:
-    """Right-pad a batch; image patches (or cached features) of all samples are concatenated.
+def collate(samples: list[dict], tokens: TokenIds, pack_to: int | None = None) -> dict:
+    """Right-pad a batch with ``tokens.pad``; image patches (or cached features) of all samples are
+    concatenated. ``tokens`` are the ids of the tokenizer that encoded the samples (``SFTDataset.tokens``).
 
     With ``pack_to`` the samples are packed end to end into rows of at most that many tokens (see
     ``train.packing``): the batch then has ``text_position_ids`` restarting at 0 for each sample
@@ -272,7 +246,7 @@ def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID, pack_to: int | None
     lengths = [len(s["input_ids"]) for s in samples]
     rows = pack_rows(lengths, pack_to) if pack_to else [[i] for i in range(len(samples))]
     longest = max(sum(lengths[i] for i in row) for row in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), longest), tokens.pad, dtype=torch.long)
     labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
     text_positions = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -292,7 +266,7 @@ def collate(samples: list[dict], pad_id: int = ENDOFTEXT_ID, pack_to: int | None
     else:
         batch["attention_mask"] = attention_mask
     if model_takes_token_types():
-        batch["mm_token_type_ids"] = mm_token_types(input_ids)
+        batch["mm_token_type_ids"] = mm_token_types(input_ids, tokens.image_pad, tokens.video_pad)
     # Rows hold consecutive samples, so sample order is the order of the image-pad runs.
     for key in ("pixel_values", "image_features", "image_grid_thw"):
         parts = [s[key] for s in samples if key in s]

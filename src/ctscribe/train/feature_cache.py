@@ -37,7 +37,7 @@ from ctscribe.files import atomic_write, atomic_write_bytes
 from ctscribe.recipe import Recipe
 
 INDEX = "index.json"
-# Images per shard: about 250 MB of bf16 features at 512x512 for the 2B model (324 x 1536 x 2 bytes
+# Images per shard: about 250 MB of bf16 features at DEFAULT_MAX_PIXELS for the 2B model (324 x 1536 x 2 bytes
 # each), so 100,000 images make ~400 files rather than one per image.
 SHARD_IMAGES = 256
 # Shards kept open (memory-mapped) per process: bounded, so no worker runs into the open-file limit.

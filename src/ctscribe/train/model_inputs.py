@@ -2,7 +2,8 @@
 
 The collator cannot do this part: it needs the model (its embedding table for cached features, its
 ``get_rope_index`` for positions). Everything else is passed to the model's own forward unchanged,
-so DDP, PEFT, gradient checkpointing and Liger see an ordinary call.
+so DDP, PEFT, gradient checkpointing and Liger see an ordinary call. The image and video token ids
+come from the model's config (``image_token_id``, ``video_token_id``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import itertools
 
 import torch
 
-from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
 from ctscribe.train.data import mm_token_types, model_takes_token_types
 from ctscribe.train.packing import count_images
 
@@ -36,14 +36,17 @@ def rope_positions(
     rows, length = input_ids.shape
     positions = torch.zeros(3, rows, length, dtype=torch.long, device=input_ids.device)
     used_images = 0
+    image_pad, video_pad = core.config.image_token_id, core.config.video_token_id
     for row in range(rows):
         starts = [*(text_positions[row] == 0).nonzero().flatten().tolist(), length]
         for start, end in itertools.pairwise(starts):
             ids = input_ids[row : row + 1, start:end]
-            images = count_images(ids)
+            images = count_images(ids, image_pad)
             grid = image_grid_thw[used_images : used_images + images] if images else None
             used_images += images
-            extra = {"mm_token_type_ids": mm_token_types(ids)} if model_takes_token_types() else {}
+            extra = {}
+            if model_takes_token_types():
+                extra["mm_token_type_ids"] = mm_token_types(ids, image_pad, video_pad)
             sample_positions, _ = core.get_rope_index(input_ids=ids, image_grid_thw=grid, **extra)
             positions[:, row, start:end] = sample_positions[:, 0]
     return torch.cat([text_positions[None].to(positions), positions])
@@ -58,7 +61,7 @@ def with_image_features(
     not come from the tower.
     """
     embeds = core.get_input_embeddings()(input_ids)
-    pads = input_ids == IMAGE_PAD_ID
+    pads = input_ids == core.config.image_token_id
     if int(pads.sum()) != features.shape[0]:
         raise ValueError(f"{int(pads.sum())} image-pad tokens but {features.shape[0]} cached feature rows")
     return embeds.masked_scatter(pads.unsqueeze(-1), features.to(embeds.device, embeds.dtype))

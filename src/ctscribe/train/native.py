@@ -445,7 +445,9 @@ def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=functools.partial(collate, pack_to=recipe.cutoff_len if recipe.packing else None),
+        data_collator=functools.partial(
+            collate, tokens=train_set.tokens, pack_to=recipe.cutoff_len if recipe.packing else None
+        ),
         callbacks=[*loggers, *callbacks],
         # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
         labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),

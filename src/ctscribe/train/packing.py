@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
-
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """Sample indices per row, in order, a new row whenever the next sample would overflow.
@@ -38,9 +36,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def count_images(input_ids: torch.Tensor) -> int:
+def count_images(input_ids: torch.Tensor, image_pad_id: int) -> int:
     """Images in a token sequence: each is one run of image-pad tokens."""
-    pads = input_ids == IMAGE_PAD_ID
+    pads = input_ids == image_pad_id
     starts = pads.clone()
     starts[..., 1:] &= ~pads[..., :-1]
     return int(starts.sum())
