@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,8 @@ from safetensors.torch import load_file
 from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
 from ctscribe.recipe import RecipeError, load_recipe
-from ctscribe.train.native import COMPLETE_MARKER, EpochSeededSampler, LengthGroupedSampler, train
+from ctscribe.run_folder import COMPLETE_MARKER, RunSummary
+from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train
 
 
 @pytest.mark.slow
@@ -44,7 +46,12 @@ def test_run_dir_holds_the_promised_outputs(trained_run):
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] / 2
     assert (trained_run / "loss.png").stat().st_size > 1000
     summary = json.loads((trained_run / "run_summary.json").read_text())
-    assert summary["global_step"] == 400 and summary["best_checkpoint"].startswith("checkpoint-")
+    assert list(summary) == [field.name for field in dataclasses.fields(RunSummary)]
+    assert (
+        summary["engine"] == "native"
+        and summary["global_step"] == 400
+        and summary["best_checkpoint"].startswith("checkpoint-")
+    )
     assert (trained_run / summary["best_checkpoint"] / COMPLETE_MARKER).is_file()
     assert json.loads((trained_run / "data_stats.json").read_text())["train"] > 250
 
@@ -199,6 +206,10 @@ def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_run(
 def test_resume_with_another_recipe_is_refused(learning_data, tiny_model_dir, tmp_path):
     recipe = _lora_recipe(learning_data, tiny_model_dir, tmp_path / "run", max_steps=4)
     train(recipe)
+    summary = RunSummary.read(tmp_path / "run")  # every key the LLaMA-Factory engine writes too
+    assert (
+        summary.engine == "native" and summary.global_step == 4 and summary.best_checkpoint == "checkpoint-4"
+    )
     changed = _lora_recipe(learning_data, tiny_model_dir, tmp_path / "run", max_steps=4, lora_rank=8)
     with pytest.raises(RecipeError, match="another recipe"):
         train(changed, resume=True)
