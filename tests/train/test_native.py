@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
-from ctscribe.recipe import RecipeError, load_recipe
+from ctscribe.recipe import Recipe, RecipeError, load_recipe
 from ctscribe.run_folder import COMPLETE_MARKER, RunSummary
 from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train
 
@@ -239,6 +239,22 @@ def test_two_processes_match_one(learning_data, tiny_model_dir, tmp_path):
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+
+
+def test_a_bad_recipe_built_in_code_fails_before_data_or_model_load(tmp_path):
+    """dataclasses.replace skips validation; train() validates before it opens data or a model."""
+    recipe = replace(
+        Recipe(),
+        dataset_dir=str(tmp_path / "no-data"),
+        output_dir=str(tmp_path / "run"),
+        model_name_or_path=str(tmp_path / "no-model"),
+        eval_steps=7,
+    )
+    with pytest.raises(RecipeError, match=r"save_steps \(3000\) must be a multiple of eval_steps \(7\)"):
+        train(recipe)
+    with pytest.raises(RecipeError, match="needs dataset_dir"):
+        train(replace(recipe, eval_steps=None, dataset_dir=None))
+    assert not (tmp_path / "run").exists()
 
 
 def test_length_grouped_order_is_seeded_and_groups_lengths():
