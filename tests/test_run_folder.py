@@ -16,9 +16,11 @@ from ctscribe.run_folder import (
     complete_checkpoints,
     mark_checkpoint_complete,
     plot_loss,
+    publish,
     read_evaluation,
     read_log,
     remove_incomplete_checkpoints,
+    staging_folder,
     truncate_log,
     write_evaluation,
     write_log,
@@ -131,3 +133,17 @@ def test_a_summary_missing_keys_reads_them_as_none(tmp_path):
     summary = RunSummary.read(tmp_path)
     assert summary.train_loss == 2.0 and summary.engine is None and summary.best_eval_loss is None
     assert RunSummary.read(tmp_path / "absent") is None
+
+
+def test_the_result_folder_appears_whole(tmp_path):
+    final = tmp_path / "adapter"
+    final.mkdir()
+    (final / "old.safetensors").write_text("old")
+    staging = staging_folder(final)
+    (staging / "adapter_model.safetensors").write_text("new")
+    assert (final / "old.safetensors").is_file()  # untouched until the new folder is complete
+    publish(staging, final)
+    assert [p.name for p in final.iterdir()] == ["adapter_model.safetensors"] and not staging.exists()
+    (tmp_path / "adapter.partial").mkdir()
+    (tmp_path / "adapter.partial" / "torn").write_text("x")  # left by a killed run
+    assert list(staging_folder(final).iterdir()) == []

@@ -9,7 +9,7 @@ transformers (matplotlib only inside :func:`plot_loss`). RUN_DIR, as both engine
     loss.png              training (and validation) loss, drawn from train_log.jsonl
     run_summary.json      :class:`RunSummary`, the same keys for either engine
     checkpoint-N/         a checkpoint; it counts only once it holds ``checkpoint_complete.json``
-    adapter/ (or model/)  the final adapter or full model (written by the engine)
+    adapter/ (or model/)  the final adapter or full model, written into FINAL.partial and renamed
     eval/metrics.json     the latest ``ctscribe evaluate --run-dir RUN_DIR`` results; the export's
                           model card reads them
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,26 @@ def write_data_stats(run_dir: Path, stats: dict) -> None:
 
 def read_data_stats(run_dir: Path) -> dict | None:
     return _read_json(run_dir / DATA_STATS)
+
+
+def final_folder(run_dir: Path, recipe: Recipe) -> Path:
+    """Where the result goes: ``model/`` for full fine-tuning, else ``adapter/`` (LoRA, QLoRA)."""
+    return run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
+
+
+def staging_folder(final: Path) -> Path:
+    """An empty ``FINAL.partial`` to write the result into before :func:`publish` renames it."""
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Replace ``final`` by the complete ``staging`` folder: adapter/ (or model/) appears whole or not
+    at all, as every single file of the run folder does."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

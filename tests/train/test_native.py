@@ -205,7 +205,9 @@ def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_run(
 
 def test_resume_with_another_recipe_is_refused(learning_data, tiny_model_dir, tmp_path):
     recipe = _lora_recipe(learning_data, tiny_model_dir, tmp_path / "run", max_steps=4)
-    train(recipe)
+    final = train(recipe)
+    assert final == tmp_path / "run" / "adapter" and not (tmp_path / "run" / "adapter.partial").exists()
+    assert {"adapter_model.safetensors", "ctscribe_settings.json"} <= {p.name for p in final.iterdir()}
     summary = RunSummary.read(tmp_path / "run")  # every key the LLaMA-Factory engine writes too
     assert (
         summary.engine == "native" and summary.global_step == 4 and summary.best_checkpoint == "checkpoint-4"

@@ -33,7 +33,10 @@ from ctscribe.run_folder import (
     TRAIN_LOG,
     RunSummary,
     claim_run_dir,
+    final_folder,
     plot_loss,
+    publish,
+    staging_folder,
     write_log,
     write_recipe,
 )
@@ -193,16 +196,11 @@ def convert_log(trainer_log: Path, out: Path) -> list[dict]:
     return rows
 
 
-def _publish(output: Path, final: Path) -> None:
+def _stage(output: Path, staging: Path) -> None:
     """Copy the final adapter (or model) and processor files out of LLaMA-Factory's output_dir."""
-    staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     for path in output.iterdir():
         if path.is_file() and path.name not in LOG_FILES and not path.name.endswith(".png"):
             shutil.copy2(path, staging / path.name)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
 
 
 def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = None) -> Path:
@@ -220,10 +218,11 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
     config = write_config(run_dir / "llamafactory_train.yaml", train_config(recipe, executable, resume_from))
     run_cli(executable, "train", config, run_dir / "llamafactory.log")
 
-    final = run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
-    _publish(output, final)
-    settings = training_settings(recipe.image_max_pixels, recipe.image_min_pixels, data_dir)
-    record_settings(final, settings)
+    final = final_folder(run_dir, recipe)
+    staging = staging_folder(final)
+    _stage(output, staging)
+    record_settings(staging, training_settings(recipe.image_max_pixels, recipe.image_min_pixels, data_dir))
+    publish(staging, final)
     rows = convert_log(output / "trainer_log.jsonl", run_dir / TRAIN_LOG)
     plot_loss(run_dir / TRAIN_LOG, run_dir / LOSS_PLOT)
     state_path = output / "trainer_state.json"

@@ -44,9 +44,12 @@ from ctscribe.run_folder import (
     checkpoint_step,
     claim_run_dir,
     complete_checkpoints,
+    final_folder,
     mark_checkpoint_complete,
     plot_loss,
+    publish,
     remove_incomplete_checkpoints,
+    staging_folder,
     truncate_log,
     write_data_stats,
     write_recipe,
@@ -343,6 +346,8 @@ class NativeTrainingRecipe:
         self._setup_trainer()
 
     def _setup_run_dir(self) -> None:
+        # The data's pixel budget against the recipe's: read from the data folder's stats.json, so it
+        # fails before the run folder is touched.
         check_data_budget(self.recipe.image_max_pixels, self.data_dir)
         if claim_run_dir(self.recipe, self.resume, started=any(self.run_dir.glob("checkpoint-*"))):
             removed = remove_incomplete_checkpoints(self.run_dir)
@@ -446,12 +451,17 @@ class NativeTrainingRecipe:
         """The training loop, then the final adapter (or model) and the run folder's records."""
         result = self.trainer.train(resume_from_checkpoint=self.checkpoint)
         recipe, trainer = self.recipe, self.trainer
-        final = self.run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
-        trainer.save_model(str(final))
+        final = final_folder(self.run_dir, recipe)
+        staging = final.with_name(final.name + ".partial")
         if trainer.is_world_process_zero():
-            self.processor.save_pretrained(str(final))
+            staging_folder(final)
+        trainer.accelerator.wait_for_everyone()  # every process saves (sharded weights are gathered)
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            self.processor.save_pretrained(str(staging))
             settings = training_settings(recipe.image_max_pixels, recipe.image_min_pixels, self.data_dir)
-            record_settings(final, settings)
+            record_settings(staging, settings)
+            publish(staging, final)
             plot_loss(self.log_path, self.run_dir / LOSS_PLOT)
             best = trainer.state.best_model_checkpoint
             RunSummary(
