@@ -310,8 +310,8 @@ class NativeTrainingRecipe:
       checkpoint is deleted first. It needs the recipe the run started with.
     - Effective batch = processes x ``per_device_train_batch_size`` x ``gradient_accumulation_steps``;
       the data order is a function of (seed, epoch) only (``EpochSeededSampler``).
-    - Gradient checkpointing (on by default): about a third more compute per step for far less
-      activation memory.
+    - Gradient checkpointing (on by default): recomputes activations in the backward pass, trading
+      speed for memory (measured in docs/BENCHMARKS.md, "Gradient checkpointing").
     - Speed switches that never change what is computed: vision-feature cache (costs disk and one
       pass of the tower before the loop; off where the tower trains, and refused with FSDP/ZeRO-3),
       packing, length grouping, the LM head only at labelled positions.
@@ -334,8 +334,8 @@ class NativeTrainingRecipe:
         # The run folder first: refusing to mix two runs costs nothing, and resuming decides which
         # checkpoint the trainer restores.
         self._setup_run_dir()
-        # Data before the model: tokenising is cheaper than loading the model, a split without one
-        # usable sample fails before that load, and the Trainer's arguments depend on whether there
+        # Data before the model: a split without one usable sample fails before the model takes its
+        # memory, and the Trainer's arguments (which the cache step uses too) depend on whether there
         # is a validation split.
         self._setup_data()
         # The model after the seed is set: LoRA's random init happens in build_model.
@@ -399,8 +399,7 @@ class NativeTrainingRecipe:
         if self.train_set.dropped:
             dropped = dict(self.train_set.dropped)
             log.warning("dropped %d training sample(s): %s", sum(dropped.values()), dropped)
-        # Made here, before the model: they set up the process group that the cache's
-        # main_process_first and the model's placement use.
+        # Made here, once the validation split is known (see setup()).
         self.args = training_arguments(self.recipe, self.run_dir, evaluate=self.eval_set is not None)
 
     def _setup_model(self) -> None:
