@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ctscribe.recipe import Recipe, RecipeError, builtin_recipe, load_recipe, parse_override, validate
+from ctscribe.recipe import (
+    Recipe,
+    RecipeError,
+    builtin_recipe,
+    load_recipe,
+    parameter_sharding,
+    parse_override,
+    validate,
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -261,11 +270,48 @@ def test_ints_become_floats_for_float_fields(tmp_path: Path) -> None:
             ["cache_vision_features=true", "freeze_vision_tower=false"],
             r"cache_vision_features: true needs freeze_vision_tower and freeze_multi_modal_projector",
         ),
+        (
+            ["save_steps=150", "eval_steps=100"],
+            r"save_steps \(150\) must be a multiple of eval_steps \(100\)",
+        ),
+        (
+            ["cache_vision_features=true", "fsdp='full_shard auto_wrap'"],
+            r"cache_vision_features: true cannot run with FSDP: the cache looks the vision features up",
+        ),
     ],
 )
 def test_value_ranges(overrides: list[str], message: str) -> None:
     with pytest.raises(RecipeError, match=f"^{message}"):
         load_recipe(overrides=overrides)
+
+
+def test_a_bad_recipe_fails_before_any_data_or_model_is_looked_at(tmp_path: Path) -> None:
+    """Recipe-only checks run at load, so the data and model paths (absent here) are never opened."""
+    absent = {"dataset_dir": tmp_path / "no-data", "output_dir": tmp_path / "run"}
+    with pytest.raises(RecipeError, match=r"^save_steps \(3000\) must be a multiple of eval_steps \(7\)"):
+        load_recipe("original", ["eval_steps=7"], model_name_or_path=tmp_path / "no-model", **absent)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_feature_cache_is_refused_where_the_weights_are_sharded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZeRO-3 and FSDP shard the vision tower the cache runs on the unwrapped model: ``true`` is an
+    error, from the recipe or from ``accelerate launch``'s environment; ZeRO-2 and no_shard are not."""
+    zero = tmp_path / "zero.json"
+    for stage, sharded in ((2, None), (3, "DeepSpeed ZeRO-3")):
+        zero.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+        assert parameter_sharding(Recipe(deepspeed=str(zero))) == sharded
+    with pytest.raises(RecipeError, match="cannot run with DeepSpeed ZeRO-3"):
+        load_recipe(overrides=["cache_vision_features=true", f"deepspeed={zero}"])
+    assert parameter_sharding(Recipe(fsdp="no_shard")) is None
+    load_recipe(overrides=["cache_vision_features=true"])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RecipeError, match="cannot run with FSDP"):
+        load_recipe(overrides=["cache_vision_features=true"])
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert parameter_sharding(Recipe()) == "DeepSpeed ZeRO-3"
 
 
 def test_max_steps_allows_zero_epochs() -> None:

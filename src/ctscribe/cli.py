@@ -602,7 +602,11 @@ def evaluate(
         str | None, typer.Option(help="Also evaluate this model (e.g. the untrained base) for comparison.")
     ] = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="Training run folder: adds its loss curve to the report.")
+        Path | None,
+        typer.Option(
+            help="Training run folder: adds its loss curve to the report and keeps the results in it "
+            "(RUN_DIR/eval/metrics.json), where the model card of a later export reads them."
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N test records only.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
@@ -619,9 +623,10 @@ def evaluate(
     """Score a model on a test split: text metrics, clinical findings, base vs fine-tuned, plots.
 
     Writes predictions.jsonl, metrics.json (each number with a 95% bootstrap interval), report.md,
-    metrics.png, regions.png, loss.png (with --run-dir) and gallery.html. A split prepared with
-    --dialogue also gets its follow-up questions answered (dialogue_predictions.jsonl) and scored:
-    closed-question accuracy and open-question recall. See docs/EVALUATION.md.
+    metrics.png, regions.png, loss.png (with --run-dir, which also keeps metrics.json in the run folder
+    for the model card) and gallery.html. A split prepared with --dialogue also gets its follow-up
+    questions answered (dialogue_predictions.jsonl) and scored: closed-question accuracy and
+    open-question recall. See docs/EVALUATION.md.
 
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
     --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora

@@ -26,6 +26,7 @@ from ctscribe.fixtures.phantom import TruthRow, build_phantom, read_truth
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
 from ctscribe.recipe import load_recipe
+from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, read_log
 from ctscribe.train.native import train
 
 
@@ -127,9 +128,8 @@ def run_demo(
     console.print(f"[bold]3. ctscribe train tiny-cpu[/] ({max_steps} steps, full fine-tuning) -> {run_dir}")
     if not (trained / "config.json").is_file():
         train(recipe, resume=any(run_dir.glob("checkpoint-*")))
-    log_rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in log_rows if "loss" in r]
-    console.print(f"   training loss {losses[0]:.2f} -> {losses[-1]:.2f}; curve in {run_dir / 'loss.png'}")
+    losses = [r["loss"] for r in read_log(run_dir / TRAIN_LOG) if "loss" in r]
+    console.print(f"   training loss {losses[0]:.2f} -> {losses[-1]:.2f}; curve in {run_dir / LOSS_PLOT}")
 
     before = score_on_phantom(TransformersEngine(model_dir, max_pixels=LEARNING_PIXELS))
     after = score_on_phantom(TransformersEngine(trained, max_pixels=LEARNING_PIXELS))

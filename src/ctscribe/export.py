@@ -36,6 +36,7 @@ from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
 from ctscribe.generate.engine import check_model_reference, resolve_adapter
 from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings
+from ctscribe.run_folder import RECIPE, RunSummary, read_data_stats, read_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -215,21 +216,14 @@ def verify_merged(base: str | Path, adapter_dir: Path, merged_dir: Path, dtype: 
     return ExportCheck(adapter_effect=effect, merge_error=error)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> str:
     """README.md for the merged model: what it is, what it was trained on, how well, and its limits."""
     run_dir = adapter_dir.parent
-    recipe_path = run_dir / "recipe.yaml"
+    recipe_path = run_dir / RECIPE
     recipe = recipe_path.read_text() if recipe_path.is_file() else None
-    summary = _read_json(run_dir / "run_summary.json")
-    stats = _read_json(run_dir / "data_stats.json")
-    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    summary = RunSummary.read(run_dir)
+    stats = read_data_stats(run_dir)
+    metrics = read_evaluation(run_dir)  # what `ctscribe evaluate --run-dir` kept there
     lines = [
         "---",
         f"base_model: {base}",
@@ -257,14 +251,17 @@ def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> 
         "",
     ]
     if summary:
-        lines.append(f"- final training loss: {summary.get('train_loss')}")
-        if summary.get("best_eval_loss") is not None:
-            lines.append(f"- best validation loss: {summary['best_eval_loss']}")
+        lines.append(f"- final training loss: {summary.train_loss}")
+        if summary.best_eval_loss is not None:
+            lines.append(f"- best validation loss: {summary.best_eval_loss}")
     if metrics:
         keys = ("n", "bleu4", "rouge_l", "cider")
         lines.append("- evaluation: " + ", ".join(f"{k} {metrics[k]}" for k in keys if k in metrics))
     if not summary and not metrics:
-        lines.append("No training summary or evaluation found next to the adapter; run `ctscribe evaluate`.")
+        lines.append(
+            "No training summary or evaluation found next to the adapter; "
+            "`ctscribe evaluate --run-dir RUN_DIR` keeps its results there."
+        )
     lines += [
         f"- export check: the adapter moves the probe logits by {check.adapter_effect:.3g} (relative); "
         f"merged vs base + adapter differ by {check.merge_error:.2g}",

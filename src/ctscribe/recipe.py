@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -377,3 +378,41 @@ def validate(recipe: Recipe) -> None:
             "cache_vision_features: true needs freeze_vision_tower and freeze_multi_modal_projector "
             "(cached features would go stale as the tower trains); use auto or false"
         )
+    sharded = parameter_sharding(recipe)
+    if v["cache_vision_features"] is True and sharded:
+        raise RecipeError(
+            f"cache_vision_features: true cannot run with {sharded}: the cache looks the vision "
+            "features up on the unwrapped model, whose weights it shards; use auto (off there) or false"
+        )
+    eval_steps = v["eval_steps"] or v["save_steps"]
+    if v["save_steps"] % eval_steps:
+        raise RecipeError(
+            f"save_steps ({v['save_steps']}) must be a multiple of eval_steps ({eval_steps}) "
+            "to keep the best checkpoint"
+        )
+
+
+def parameter_sharding(recipe: Recipe) -> str | None:
+    """``"FSDP"`` or ``"DeepSpeed ZeRO-3"`` when the run shards the model's weights across processes,
+    else None: from the recipe, or from ``accelerate launch --config_file`` (which says so in the
+    environment it starts ctscribe in). A DeepSpeed config that cannot be read is left to DeepSpeed."""
+    launched_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    if launched_fsdp or (recipe.fsdp and "no_shard" not in recipe.fsdp):
+        return "FSDP"
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
+    if recipe.deepspeed:
+        try:
+            config = json.loads(Path(recipe.deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(config, dict) and (config.get("zero_optimization") or {}).get("stage") == 3:
+            return "DeepSpeed ZeRO-3"
+    return None
+
+
+def training_folders(recipe: Recipe) -> tuple[Path, Path]:
+    """(dataset_dir, output_dir): a recipe names both before either engine trains."""
+    if not recipe.dataset_dir or not recipe.output_dir:
+        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
+    return Path(recipe.dataset_dir), Path(recipe.output_dir)

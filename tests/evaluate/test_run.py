@@ -12,6 +12,7 @@ from ctscribe.evaluate.report import build_report, comparison_rows
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import ImagePathMixin
+from ctscribe.run_folder import read_evaluation, write_log
 
 REFERENCE = "The image is a CT scan of the chest. A nodule is located in the left lung."
 
@@ -87,6 +88,7 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
     assert f"{trained:.3f}" in report and f"{untrained:.3f}" in report
     for name in ("metrics.png", "regions.png", "loss.png", "gallery.html"):
         assert (out / name).is_file(), name
+    assert read_evaluation(trained_run) == metrics  # kept in the run folder for the model card
 
     # a killed evaluation continues: drop the last records and run again
     lines = (out / "predictions.jsonl").read_text().splitlines()
@@ -148,3 +150,27 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
     assert metrics["dialogue"]["open_recall"] == 0.0 and metrics["dialogue"]["open_n"] == 4
     report = (out / "report.md").read_text()
     assert "| closed-question accuracy |" in report and "| open-question recall |" in report
+
+
+def test_evaluate_with_a_run_dir_keeps_the_results_where_the_model_card_reads_them(tmp_path):
+    from PIL import Image
+
+    from ctscribe.conversation.records import sft_record
+    from ctscribe.evaluate.run import run_evaluation
+    from ctscribe.export import ExportCheck, model_card
+
+    Image.new("L", (64, 64), 30).save(tmp_path / "0.png")
+    record = sft_record("r0", "0.png", "CT of the chest. No lesion is seen.", "test")
+    (tmp_path / "test.json").write_text(json.dumps([record]))
+    run = tmp_path / "run"
+    write_log(run / "train_log.jsonl", [{"step": 1, "loss": 2.0}])
+    card = model_card("base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0))
+    assert "evaluation:" not in card and "ctscribe evaluate --run-dir" in card
+
+    metrics = run_evaluation(
+        _Answers, tmp_path / "test.json", tmp_path / "report", run_dir=run, with_meteor=False
+    )
+    assert json.loads((run / "eval" / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "report" / "loss.png").is_file()
+    card = model_card("base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0))
+    assert f"- evaluation: n 1, bleu4 {metrics['bleu4']}, rouge_l {metrics['rouge_l']}" in card

@@ -115,6 +115,8 @@ def test_cache_is_wanted_only_with_a_frozen_tower_and_projector():
     assert not cache_wanted(Recipe(freeze_vision_tower=False))
     assert not cache_wanted(Recipe(freeze_multi_modal_projector=False))
     assert not cache_wanted(Recipe(cache_vision_features=False))
+    # auto turns it off where the tower is sharded (true is refused there: tests/test_recipe.py)
+    assert not cache_wanted(Recipe(fsdp="full_shard auto_wrap"))
     with pytest.raises(RecipeError, match="cache_vision_features: true needs freeze_vision_tower"):
         validate(Recipe(cache_vision_features=True, freeze_multi_modal_projector=False))
 

@@ -12,6 +12,7 @@ import yaml
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.recipe import Recipe, RecipeError, load_recipe
+from ctscribe.run_folder import RunSummary
 from ctscribe.train.llamafactory import NATIVE_ONLY, SAME_NAME, TRANSLATED, convert_log, train, train_config
 
 
@@ -140,7 +141,10 @@ def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp
     ]
     processor = json.loads((final / "processor_config.json").read_text())["image_processor"]
     assert processor["size"] == {"shortest_edge": 3136, "longest_edge": recipe.image_max_pixels}
-    assert json.loads((run / "run_summary.json").read_text())["train_samples_per_second"] == 3.0
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert list(summary) == [field.name for field in dataclasses.fields(RunSummary)]  # as native's
+    assert summary["engine"] == "llamafactory" and summary["train_samples_per_second"] == 3.0
+    assert summary["train_loss"] == 1.5 and summary["feature_cache_seconds"] is None
     assert (run / "loss.png").is_file() and (run / "recipe.yaml").read_text() == recipe.to_yaml()
     assert yaml.safe_load((run / "llamafactory_train.yaml").read_text())["stage"] == "sft"
 

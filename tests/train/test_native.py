@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import os
@@ -12,8 +13,9 @@ from safetensors.torch import load_file
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
-from ctscribe.recipe import RecipeError, load_recipe
-from ctscribe.train.native import COMPLETE_MARKER, EpochSeededSampler, LengthGroupedSampler, train
+from ctscribe.recipe import Recipe, RecipeError, load_recipe
+from ctscribe.run_folder import COMPLETE_MARKER, RunSummary
+from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train
 
 
 @pytest.mark.slow
@@ -44,7 +46,12 @@ def test_run_dir_holds_the_promised_outputs(trained_run):
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] / 2
     assert (trained_run / "loss.png").stat().st_size > 1000
     summary = json.loads((trained_run / "run_summary.json").read_text())
-    assert summary["global_step"] == 400 and summary["best_checkpoint"].startswith("checkpoint-")
+    assert list(summary) == [field.name for field in dataclasses.fields(RunSummary)]
+    assert (
+        summary["engine"] == "native"
+        and summary["global_step"] == 400
+        and summary["best_checkpoint"].startswith("checkpoint-")
+    )
     assert (trained_run / summary["best_checkpoint"] / COMPLETE_MARKER).is_file()
     assert json.loads((trained_run / "data_stats.json").read_text())["train"] > 250
 
@@ -198,7 +205,13 @@ def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_run(
 
 def test_resume_with_another_recipe_is_refused(learning_data, tiny_model_dir, tmp_path):
     recipe = _lora_recipe(learning_data, tiny_model_dir, tmp_path / "run", max_steps=4)
-    train(recipe)
+    final = train(recipe)
+    assert final == tmp_path / "run" / "adapter" and not (tmp_path / "run" / "adapter.partial").exists()
+    assert {"adapter_model.safetensors", "ctscribe_settings.json"} <= {p.name for p in final.iterdir()}
+    summary = RunSummary.read(tmp_path / "run")  # every key the LLaMA-Factory engine writes too
+    assert (
+        summary.engine == "native" and summary.global_step == 4 and summary.best_checkpoint == "checkpoint-4"
+    )
     changed = _lora_recipe(learning_data, tiny_model_dir, tmp_path / "run", max_steps=4, lora_rank=8)
     with pytest.raises(RecipeError, match="another recipe"):
         train(changed, resume=True)
@@ -228,6 +241,22 @@ def test_two_processes_match_one(learning_data, tiny_model_dir, tmp_path):
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+
+
+def test_a_bad_recipe_built_in_code_fails_before_data_or_model_load(tmp_path):
+    """dataclasses.replace skips validation; train() validates before it opens data or a model."""
+    recipe = replace(
+        Recipe(),
+        dataset_dir=str(tmp_path / "no-data"),
+        output_dir=str(tmp_path / "run"),
+        model_name_or_path=str(tmp_path / "no-model"),
+        eval_steps=7,
+    )
+    with pytest.raises(RecipeError, match=r"save_steps \(3000\) must be a multiple of eval_steps \(7\)"):
+        train(recipe)
+    with pytest.raises(RecipeError, match="needs dataset_dir"):
+        train(replace(recipe, eval_steps=None, dataset_dir=None))
+    assert not (tmp_path / "run").exists()
 
 
 def test_length_grouped_order_is_seeded_and_groups_lengths():

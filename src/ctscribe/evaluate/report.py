@@ -17,6 +17,7 @@ from ctscribe.clinical.findings import Findings, parse_findings
 from ctscribe.data.images import BadImageError, open_image
 from ctscribe.evaluate.scores import FINDINGS_METRICS
 from ctscribe.files import atomic_write_text
+from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, plot_loss
 
 # (label, where in a metrics block): the rows of the comparison table and plot.
 ROWS = (
@@ -230,11 +231,9 @@ def build_report(
     if metrics.get("per_region"):
         plot_regions(metrics, out / "regions.png")
         plots.append("regions.png")
-    if run_dir is not None and (run_dir / "train_log.jsonl").is_file():
-        from ctscribe.train.native import plot_loss
-
-        plot_loss(run_dir / "train_log.jsonl", out / "loss.png")
-        plots.append("loss.png")
+    if run_dir is not None and (run_dir / TRAIN_LOG).is_file():
+        plot_loss(run_dir / TRAIN_LOG, out / LOSS_PLOT)
+        plots.append(LOSS_PLOT)
     by_key = {r.get("id") or r["input"]: r for r in baseline}
     write_gallery(records, by_key, out / "gallery.html", examples)
     write_report(out, metrics, plots)

@@ -3,6 +3,7 @@
     test.json --predict--> REPORT_DIR/predictions.jsonl (and baseline_predictions.jsonl)
               --follow-ups--> dialogue_predictions.jsonl (records prepared with --dialogue only)
               --score----> metrics.json --report--> report.md, *.png, gallery.html
+                                 (and RUN_DIR/eval/metrics.json with --run-dir: ctscribe.run_folder)
 
 Generation is ``ctscribe predict`` itself, so it batches, resumes (a killed evaluation continues
 where it stopped) and records failures the same way. Engines are built one at a time through the
@@ -21,6 +22,7 @@ from ctscribe.evaluate.scores import read_predictions, score_records, scored_tex
 from ctscribe.evaluate.text_metrics import ptb_tokenize
 from ctscribe.generate.engine import GenerationBackend
 from ctscribe.predict import predict
+from ctscribe.run_folder import write_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,11 @@ def run_evaluation(
     with_meteor: bool = True,
     bertscore_model: Path | None = None,
 ) -> dict:
-    """Evaluate on the split JSON ``data``; writes REPORT_DIR ``out`` and returns metrics.json's content."""
+    """Evaluate on the split JSON ``data``; writes REPORT_DIR ``out`` and returns metrics.json's content.
+
+    With ``run_dir`` (the training run of the evaluated model) the report gets its loss curve, and
+    metrics.json is also kept in the run folder, where the model card of a later export reads it.
+    """
     if not data.is_file():
         raise FileNotFoundError(f"no test split at {data}; give the test.json that ctscribe prepare wrote")
     out.mkdir(parents=True, exist_ok=True)
@@ -94,4 +100,6 @@ def run_evaluation(
         metrics["baseline"] = blocks[1]
     baseline = systems[1][1] if len(systems) > 1 else []
     build_report(out, metrics, systems[0][1], baseline, run_dir, examples)
+    if run_dir is not None:
+        log.info("results kept in the run folder: %s", write_evaluation(run_dir, metrics))
     return metrics

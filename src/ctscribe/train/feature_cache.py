@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from ctscribe.data.images import ImageOptions, prepare_image
 from ctscribe.files import atomic_write, atomic_write_bytes
-from ctscribe.recipe import Recipe
+from ctscribe.recipe import Recipe, parameter_sharding
 
 INDEX = "index.json"
 # Images per shard: about 250 MB of bf16 features at DEFAULT_MAX_PIXELS for the 2B model (324 x 1536 x 2 bytes
@@ -47,9 +47,12 @@ BUILD_BATCH = 8
 
 
 def cache_wanted(recipe: Recipe) -> bool:
-    """``auto``: cache whenever the features cannot change, i.e. tower and projector are frozen."""
+    """``auto``: cache whenever the features cannot change, i.e. tower and projector are frozen, and
+    the weights are not sharded (FSDP, ZeRO-3): the cache computes features on the unwrapped model's
+    vision tower, which sharding leaves as fragments (``true`` with sharding fails recipe validation)."""
     if recipe.cache_vision_features == "auto":
-        return recipe.freeze_vision_tower and recipe.freeze_multi_modal_projector
+        frozen = recipe.freeze_vision_tower and recipe.freeze_multi_modal_projector
+        return frozen and parameter_sharding(recipe) is None
     return recipe.cache_vision_features
 
 

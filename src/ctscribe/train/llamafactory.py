@@ -14,7 +14,7 @@ RUN_DIR after a run, laid out like a native run so export, predict, evaluate and
     adapter/ (or model/)     the final adapter (or full model) with the processor and the settings
                              it carries (ctscribe.model_settings: pixel budget, prompts)
     train_log.jsonl          ctscribe's log format, converted from trainer_log.jsonl
-    loss.png, run_summary.json
+    loss.png, run_summary.json  as the native engine's (ctscribe.run_folder; the same summary keys)
 """
 
 from __future__ import annotations
@@ -27,9 +27,20 @@ from pathlib import Path
 
 from ctscribe.llamafactory_cli import TEMPLATE, find_cli, has_module, run_cli, write_config
 from ctscribe.model_settings import check_data_budget, record_settings, training_settings
-from ctscribe.recipe import Recipe, RecipeError
+from ctscribe.recipe import Recipe, RecipeError, training_folders
+from ctscribe.run_folder import (
+    LOSS_PLOT,
+    TRAIN_LOG,
+    RunSummary,
+    claim_run_dir,
+    final_folder,
+    plot_loss,
+    publish,
+    staging_folder,
+    write_log,
+    write_recipe,
+)
 from ctscribe.train.model import use_bf16
-from ctscribe.train.native import claim_run_dir, plot_loss
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +133,8 @@ def dataset_names(data_dir: Path) -> tuple[str, str | None]:
 
 def train_config(recipe: Recipe, cli: Path | None = None, resume_from: Path | None = None) -> dict:
     """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML)."""
-    if not recipe.dataset_dir or not recipe.output_dir:
-        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
-    train_set, val_set = dataset_names(Path(recipe.dataset_dir))
+    data_dir, run_dir = training_folders(recipe)
+    train_set, val_set = dataset_names(data_dir)
     settings = recipe.to_dict()
     config: dict = {"stage": "sft", "do_train": True, "template": TEMPLATE}
     config.update({key: settings[key] for key in SAME_NAME})
@@ -138,7 +148,7 @@ def train_config(recipe: Recipe, cli: Path | None = None, resume_from: Path | No
     config["dataset"] = train_set
     if recipe.max_samples is not None:
         config["max_samples"] = recipe.max_samples
-    config["output_dir"] = str((Path(recipe.output_dir) / OUTPUT_SUBDIR).resolve())
+    config["output_dir"] = str((run_dir / OUTPUT_SUBDIR).resolve())
     config["overwrite_output_dir"] = resume_from is None
     if resume_from is not None:
         config["resume_from_checkpoint"] = str(resume_from)
@@ -182,59 +192,53 @@ def convert_log(trainer_log: Path, out: Path) -> list[dict]:
                 row["eval_loss"] = entry["eval_loss"]
             if len(row) > 1:  # its closing line carries the step count only
                 rows.append(row)
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    write_log(out, rows)
     return rows
 
 
-def _publish(output: Path, final: Path) -> None:
+def _stage(output: Path, staging: Path) -> None:
     """Copy the final adapter (or model) and processor files out of LLaMA-Factory's output_dir."""
-    staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     for path in output.iterdir():
         if path.is_file() and path.name not in LOG_FILES and not path.name.endswith(".png"):
             shutil.copy2(path, staging / path.name)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
 
 
 def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = None) -> Path:
     """Run ``llamafactory-cli train`` on the recipe; returns the adapter (or full model) folder."""
     executable = find_cli(cli)
-    if not recipe.dataset_dir or not recipe.output_dir:
-        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
-    run_dir = Path(recipe.output_dir)
-    check_data_budget(recipe.image_max_pixels, Path(recipe.dataset_dir))
+    data_dir, run_dir = training_folders(recipe)
+    check_data_budget(recipe.image_max_pixels, data_dir)
     output = run_dir / OUTPUT_SUBDIR
     resume_from = None
     if claim_run_dir(recipe, resume, started=output.exists()):
         resume_from = _last_checkpoint(output)
         log.info("resuming from %s", resume_from or "the start (no checkpoint was saved)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    write_recipe(run_dir, recipe)
     config = write_config(run_dir / "llamafactory_train.yaml", train_config(recipe, executable, resume_from))
     run_cli(executable, "train", config, run_dir / "llamafactory.log")
 
-    final = run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
-    _publish(output, final)
-    settings = training_settings(recipe.image_max_pixels, recipe.image_min_pixels, Path(recipe.dataset_dir))
-    record_settings(final, settings)
-    rows = convert_log(output / "trainer_log.jsonl", run_dir / "train_log.jsonl")
-    plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png")
+    final = final_folder(run_dir, recipe)
+    staging = staging_folder(final)
+    _stage(output, staging)
+    record_settings(staging, training_settings(recipe.image_max_pixels, recipe.image_min_pixels, data_dir))
+    publish(staging, final)
+    rows = convert_log(output / "trainer_log.jsonl", run_dir / TRAIN_LOG)
+    plot_loss(run_dir / TRAIN_LOG, run_dir / LOSS_PLOT)
     state_path = output / "trainer_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     results_path = output / "train_results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     evals = [row["eval_loss"] for row in rows if "eval_loss" in row]
-    summary = {
-        "engine": "llamafactory",
-        "final": final.name,
-        "global_step": state.get("global_step"),
-        "train_loss": results.get("train_loss"),
-        "best_checkpoint": None,
-        "best_eval_loss": min(evals) if evals else None,
-        "train_samples_per_second": results.get("train_samples_per_second"),
-        "train_runtime": results.get("train_runtime"),
-    }
-    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    RunSummary(
+        engine="llamafactory",
+        final=final.name,
+        global_step=state.get("global_step"),
+        train_loss=results.get("train_loss"),
+        best_checkpoint=None,  # LLaMA-Factory keeps checkpoints in llamafactory/ and names no best one
+        best_eval_loss=min(evals) if evals else None,
+        train_samples_per_second=results.get("train_samples_per_second"),
+        train_runtime=results.get("train_runtime"),
+        feature_cache_seconds=None,  # no vision-feature cache in LLaMA-Factory
+    ).write(run_dir)
     return final

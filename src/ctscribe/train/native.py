@@ -1,33 +1,25 @@
-"""The native training engine: transformers' Trainer + PEFT + accelerate, as one readable flow.
+"""The native training engine: transformers' Trainer + PEFT + accelerate, as one recipe class.
 
-    recipe -> model (build_model) -> data (SFTDataset) -> Trainer -> RUN_DIR
+    recipe -> run folder -> data (SFTDataset) -> model (build_model) -> feature cache -> Trainer -> RUN_DIR
 
-The Trainer brings gradient accumulation, evaluation, checkpoints with optimizer, scheduler, RNG
-and data position (so a resumed run repeats an uninterrupted one), and multi-GPU through
-accelerate/torchrun with DeepSpeed or FSDP. ctscribe adds what Qwen2-VL fine-tuning needs on top:
-the loss mask and length checks (``train.data``), checkpoints that count only once complete, a
-``train_log.jsonl`` and ``loss.png``.
+(``NativeTrainingRecipe.setup`` says why in that order.) The Trainer brings gradient accumulation,
+evaluation, checkpoints with optimizer, scheduler, RNG and data position (so a resumed run repeats an
+uninterrupted one), and multi-GPU through accelerate/torchrun with DeepSpeed or FSDP. ctscribe adds
+what Qwen2-VL fine-tuning needs on top: the loss mask and length checks (``train.data``),
+checkpoints that count only once complete, a ``train_log.jsonl`` and ``loss.png``.
 
-RUN_DIR after a run::
+RUN_DIR after a run holds the files of ``ctscribe.run_folder`` (recipe.yaml, data_stats.json,
+train_log.jsonl, loss.png, run_summary.json, checkpoint-N/ with their completion markers, adapter/
+or model/), and two of this engine's own::
 
-    recipe.yaml            the resolved recipe
-    adapter/ (or model/)   the PEFT adapter (LoRA, QLoRA) or the full model, with the processor and
-                           the settings it carries (ctscribe.model_settings: pixel budget, prompts)
-    train_log.jsonl        one object per logged step: step, loss, learning_rate, samples_per_s, eval_loss
-    loss.png               training (and validation) loss
-    run_summary.json       final step and loss, the best checkpoint by validation loss
-    data_stats.json        samples used and dropped, by reason
     tensorboard/           TensorBoard event files
-    checkpoint-N/          the last checkpoints, and the best by validation loss (kept by rotation)
     feature_cache/         vision features of every image, when the tower is frozen (train.feature_cache)
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +35,25 @@ from ctscribe.model_settings import (
     set_processor_budget,
     training_settings,
 )
-from ctscribe.recipe import Recipe, RecipeError
+from ctscribe.recipe import Recipe, RecipeError, parameter_sharding, training_folders, validate
+from ctscribe.run_folder import (
+    LOSS_PLOT,
+    TRAIN_LOG,
+    RunSummary,
+    append_log,
+    checkpoint_step,
+    claim_run_dir,
+    complete_checkpoints,
+    final_folder,
+    mark_checkpoint_complete,
+    plot_loss,
+    publish,
+    remove_incomplete_checkpoints,
+    staging_folder,
+    truncate_log,
+    write_data_stats,
+    write_recipe,
+)
 from ctscribe.train.data import SFTDataset, collate
 from ctscribe.train.feature_cache import (
     FeatureCache,
@@ -58,23 +68,6 @@ from ctscribe.train.model import build_model, use_bf16
 from ctscribe.train.model_inputs import model_inputs, qwen_core
 
 log = logging.getLogger(__name__)
-COMPLETE_MARKER = "checkpoint_complete.json"
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints whose writing finished, oldest first."""
-    found = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
-    """Delete checkpoints a killed run left half-written; they must never be resumed from."""
-    removed = []
-    for path in run_dir.glob("checkpoint-*"):
-        if path.is_dir() and not (path / COMPLETE_MARKER).is_file():
-            shutil.rmtree(path)
-            removed.append(path.name)
-    return removed
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
@@ -160,7 +153,7 @@ class CtscribeTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / COMPLETE_MARKER).write_text(json.dumps({"step": self.state.global_step}))
+            mark_checkpoint_complete(folder, self.state.global_step)
 
 
 class JsonlLogger(TrainerCallback):
@@ -174,8 +167,7 @@ class JsonlLogger(TrainerCallback):
 
     def _flush(self) -> None:
         if self.pending is not None:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(self.pending) + "\n")
+            append_log(self.path, self.pending)
             self.pending = None
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:
@@ -209,37 +201,6 @@ class JsonlLogger(TrainerCallback):
             self._flush()
 
 
-def truncate_log(path: Path, last_step: int) -> None:
-    """On resume, drop log lines of steps after the checkpoint: the resumed run logs them again."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
-def plot_loss(log_path: Path, png: Path) -> None:
-    """``loss.png``: training loss per logged step, validation loss where evaluated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    figure, axes = plt.subplots(figsize=(7, 4))
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    if train:
-        axes.plot(*zip(*train, strict=True), label="train loss")
-    if evals:
-        axes.plot(*zip(*evals, strict=True), "o-", label="validation loss")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(png, dpi=120)
-    plt.close(figure)
-
-
 def _warmup(ratio: float) -> dict:
     """Recent transformers read a float ``warmup_steps`` as a ratio and dropped ``warmup_ratio``."""
     import dataclasses
@@ -249,13 +210,9 @@ def _warmup(ratio: float) -> dict:
 
 
 def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> TrainingArguments:
-    """The recipe in the Trainer's terms."""
+    """The recipe in the Trainer's terms (recipe validation already checked that eval_steps divides
+    save_steps, which keeping the best checkpoint needs)."""
     eval_steps = recipe.eval_steps or recipe.save_steps
-    if evaluate and recipe.save_steps % eval_steps:
-        raise RecipeError(
-            f"save_steps ({recipe.save_steps}) must be a multiple of eval_steps ({eval_steps}) "
-            "to keep the best checkpoint"
-        )
     return TrainingArguments(
         output_dir=str(run_dir),
         learning_rate=recipe.learning_rate,
@@ -297,27 +254,6 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
         # told it runs on the CPU; otherwise each process would silently train on its own.
         use_cpu=not torch.cuda.is_available(),
     )
-
-
-def claim_run_dir(recipe: Recipe, resume: bool, started: bool) -> bool:
-    """Whether to resume the run in ``output_dir``; refuses to mix two runs in one folder.
-
-    A folder holding a ``started`` run is trained into again only with ``--resume`` and the recipe
-    it was started with: anything else would overwrite or blend two runs. Both engines use this.
-    """
-    run_dir = Path(recipe.output_dir)
-    if not started:
-        return False
-    if not resume:
-        raise RecipeError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out"
-        )
-    saved = run_dir / "recipe.yaml"
-    if saved.exists() and saved.read_text() != recipe.to_yaml():
-        raise RecipeError(
-            f"{run_dir} was trained with another recipe; resume with the same recipe and options"
-        )
-    return True
 
 
 def training_image_options(recipe: Recipe) -> ImageOptions:
@@ -362,116 +298,189 @@ def feature_cache_within_bound(
         )
 
 
-def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()) -> Path:
-    """Train as the recipe says; returns the folder of the adapter (or full model)."""
-    from transformers import AutoProcessor
+class NativeTrainingRecipe:
+    """One training run as a recipe, in the style of torchtune's recipes: ``setup()`` then ``train()``.
 
-    if not recipe.dataset_dir or not recipe.output_dir:
-        raise RecipeError("the recipe needs dataset_dir (--data) and output_dir (--out)")
-    data_dir, run_dir = Path(recipe.dataset_dir), Path(recipe.output_dir)
-    check_data_budget(recipe.image_max_pixels, data_dir)
-    checkpoint = None
-    if claim_run_dir(recipe, resume, started=any(run_dir.glob("checkpoint-*"))):
-        removed = remove_incomplete_checkpoints(run_dir)
-        if removed:
-            log.warning("removed half-written checkpoint(s): %s", ", ".join(removed))
-        done = complete_checkpoints(run_dir)
-        checkpoint = str(done[-1]) if done else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    log_path = run_dir / "train_log.jsonl"
-    if checkpoint is None:
-        log_path.unlink(missing_ok=True)
-    else:
-        truncate_log(log_path, int(Path(checkpoint).name.split("-")[1]))
-        log.info("resuming from %s", checkpoint)
+    Features, with what each costs (docs/TRAINING.md says more):
 
-    processor = AutoProcessor.from_pretrained(recipe.model_name_or_path)
-    set_processor_budget(processor, recipe.image_max_pixels, recipe.image_min_pixels)  # saved with the model
-    image_options = training_image_options(recipe)
+    - LoRA, QLoRA (4-bit base, CUDA only) or full fine-tuning, the vision tower and projector frozen
+      or trained (``train.model``).
+    - Resume: ``--resume`` continues from the last *complete* checkpoint with optimizer, scheduler,
+      RNG and data position, so the resumed run repeats the uninterrupted one; a half-written
+      checkpoint is deleted first. It needs the recipe the run started with.
+    - Effective batch = processes x ``per_device_train_batch_size`` x ``gradient_accumulation_steps``;
+      the data order is a function of (seed, epoch) only (``EpochSeededSampler``).
+    - Gradient checkpointing (on by default): recomputes activations in the backward pass, trading
+      speed for memory (measured in docs/BENCHMARKS.md, "Gradient checkpointing").
+    - Speed switches that never change what is computed: vision-feature cache (costs disk and one
+      pass of the tower before the loop; off where the tower trains, and refused with FSDP/ZeRO-3),
+      packing, length grouping, the LM head only at labelled positions.
+    - Several processes through torchrun/accelerate, DeepSpeed or FSDP (the Trainer's own).
 
-    def dataset(split: str) -> SFTDataset | None:
-        path = data_dir / f"{split}.json"
+    Every check that needs only the recipe ran in :func:`ctscribe.recipe.validate` before this class
+    touches data or a model; the ones here need the data folder or the run folder.
+    """
+
+    def __init__(self, recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()):
+        validate(recipe)  # again: code may build a Recipe directly (dataclasses.replace skips checks)
+        self.recipe, self.resume, self.callbacks = recipe, resume, callbacks
+        self.data_dir, self.run_dir = training_folders(recipe)
+        self.log_path = self.run_dir / TRAIN_LOG
+        self.checkpoint: str | None = None
+        self.feature_cache_seconds = 0.0
+
+    def setup(self) -> None:
+        """Everything before the first step, cheapest and most likely to fail first."""
+        # The run folder first: refusing to mix two runs costs nothing, and resuming decides which
+        # checkpoint the trainer restores.
+        self._setup_run_dir()
+        # Data before the model: a split without one usable sample fails before the model takes its
+        # memory, and the Trainer's arguments (which the cache step uses too) depend on whether there
+        # is a validation split.
+        self._setup_data()
+        # The model after the seed is set: LoRA's random init happens in build_model.
+        self._setup_model()
+        # The cache needs both: the datasets name the images, the model's vision tower computes their
+        # features. It must be attached to the datasets before the trainer reads a sample.
+        self._setup_feature_cache()
+        self._setup_trainer()
+
+    def _setup_run_dir(self) -> None:
+        # The data's pixel budget against the recipe's: read from the data folder's stats.json, so it
+        # fails before the run folder is touched.
+        check_data_budget(self.recipe.image_max_pixels, self.data_dir)
+        if claim_run_dir(self.recipe, self.resume, started=any(self.run_dir.glob("checkpoint-*"))):
+            removed = remove_incomplete_checkpoints(self.run_dir)
+            if removed:
+                log.warning("removed half-written checkpoint(s): %s", ", ".join(removed))
+            done = complete_checkpoints(self.run_dir)
+            self.checkpoint = str(done[-1]) if done else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_recipe(self.run_dir, self.recipe)
+        if self.checkpoint is None:
+            self.log_path.unlink(missing_ok=True)
+        else:
+            truncate_log(self.log_path, checkpoint_step(Path(self.checkpoint)))
+            log.info("resuming from %s", self.checkpoint)
+
+    def _dataset(self, split: str) -> SFTDataset | None:
+        path = self.data_dir / f"{split}.json"
         if split != "train" and not path.exists():
             return None
         return SFTDataset.from_split(
             path,
-            processor.tokenizer,
-            processor.image_processor,
-            image_options,
-            recipe.cutoff_len,
-            recipe.max_samples,
+            self.processor.tokenizer,
+            self.processor.image_processor,
+            self.image_options,
+            self.recipe.cutoff_len,
+            self.recipe.max_samples,
         )
 
-    train_set, eval_set = dataset("train"), dataset("val")
-    if eval_set is not None and len(eval_set) == 0:
-        eval_set = None
-    if len(train_set) == 0:
-        raise RecipeError(
-            f"no usable training samples in {data_dir / 'train.json'}: {dict(train_set.dropped)}"
-        )
-    stats = {
-        "train": len(train_set),
-        "train_dropped": dict(train_set.dropped),
-        "val": len(eval_set) if eval_set else 0,
-        "val_dropped": dict(eval_set.dropped) if eval_set else {},
-    }
-    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
-    if train_set.dropped:
-        log.warning(
-            "dropped %d training sample(s): %s", sum(train_set.dropped.values()), dict(train_set.dropped)
-        )
+    def _setup_data(self) -> None:
+        from transformers import AutoProcessor
 
-    args = training_arguments(recipe, run_dir, evaluate=eval_set is not None)
-    set_seed(recipe.seed)  # LoRA's random init happens here, before the Trainer seeds anything
-    model = build_model(recipe)
-    cache_seconds = 0.0
-    if cache_wanted(recipe):
+        self.processor = AutoProcessor.from_pretrained(self.recipe.model_name_or_path)
+        # The budget is saved with the model (ctscribe.model_settings), so inference uses it too.
+        set_processor_budget(self.processor, self.recipe.image_max_pixels, self.recipe.image_min_pixels)
+        self.image_options = training_image_options(self.recipe)
+        self.train_set, self.eval_set = self._dataset("train"), self._dataset("val")
+        if self.eval_set is not None and len(self.eval_set) == 0:
+            self.eval_set = None
+        if len(self.train_set) == 0:
+            dropped = dict(self.train_set.dropped)
+            raise RecipeError(f"no usable training samples in {self.data_dir / 'train.json'}: {dropped}")
+        stats = {
+            "train": len(self.train_set),
+            "train_dropped": dict(self.train_set.dropped),
+            "val": len(self.eval_set) if self.eval_set else 0,
+            "val_dropped": dict(self.eval_set.dropped) if self.eval_set else {},
+        }
+        write_data_stats(self.run_dir, stats)
+        if self.train_set.dropped:
+            dropped = dict(self.train_set.dropped)
+            log.warning("dropped %d training sample(s): %s", sum(dropped.values()), dropped)
+        # Made here, once the validation split is known (see setup()).
+        self.args = training_arguments(self.recipe, self.run_dir, evaluate=self.eval_set is not None)
+
+    def _setup_model(self) -> None:
+        set_seed(self.recipe.seed)  # LoRA's random init happens here, before the Trainer seeds anything
+        self.model = build_model(self.recipe)
+
+    def _setup_feature_cache(self) -> None:
+        """Attach the vision-feature cache to the datasets (their samples then carry features, not
+        pixels), or leave them reading pixels when it is off or over its size bound."""
+        if not cache_wanted(self.recipe):
+            if self.recipe.cache_vision_features == "auto" and parameter_sharding(self.recipe):
+                log.info(
+                    "vision-feature cache off: %s shards the vision tower", parameter_sharding(self.recipe)
+                )
+            return
         started = time.perf_counter()
-        splits = [split for split in (train_set, eval_set) if split is not None]
-        cache = feature_cache_within_bound(recipe, args, model, processor, image_options, splits)
+        splits = [split for split in (self.train_set, self.eval_set) if split is not None]
+        cache = feature_cache_within_bound(
+            self.recipe, self.args, self.model, self.processor, self.image_options, splits
+        )
         for split in splits:
             split.features = cache
-        cache_seconds = time.perf_counter() - started
-    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    loggers: list[TrainerCallback] = [JsonlLogger(log_path, samples_per_step)]
-    if recipe.report_to == "tensorboard" and args.process_index == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
+        self.feature_cache_seconds = time.perf_counter() - started
 
-        loggers.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
-    trainer = CtscribeTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=functools.partial(
-            collate, tokens=train_set.tokens, pack_to=recipe.cutoff_len if recipe.packing else None
-        ),
-        callbacks=[*loggers, *callbacks],
-        # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
-        labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),
-        group_by_length=recipe.group_by_length,
-    )
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    def _setup_trainer(self) -> None:
+        args, recipe = self.args, self.recipe
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        loggers: list[TrainerCallback] = [JsonlLogger(self.log_path, per_step)]
+        if recipe.report_to == "tensorboard" and args.process_index == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            from transformers.integrations import TensorBoardCallback
 
-    final = run_dir / ("model" if recipe.finetuning_type == "full" else "adapter")
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(final))
-        record_settings(final, training_settings(recipe.image_max_pixels, recipe.image_min_pixels, data_dir))
-        plot_loss(log_path, run_dir / "loss.png")
-        best = trainer.state.best_model_checkpoint
-        summary = {
-            "final": final.name,
-            "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "best_checkpoint": Path(best).name if best else None,
-            "best_eval_loss": trainer.state.best_metric,
-            # transformers' own measure (samples over the train loop's time), as LLaMA-Factory reports it
-            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-            "train_runtime": result.metrics.get("train_runtime"),
-            "feature_cache_seconds": round(cache_seconds, 3),  # building (or reusing) it, before the loop
-        }
-        (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
-    return final
+            writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            loggers.append(TensorBoardCallback(tb_writer=writer))
+        self.trainer = CtscribeTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=self.train_set,
+            eval_dataset=self.eval_set,
+            data_collator=functools.partial(
+                collate, tokens=self.train_set.tokens, pack_to=recipe.cutoff_len if recipe.packing else None
+            ),
+            callbacks=[*loggers, *self.callbacks],
+            # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
+            labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),
+            group_by_length=recipe.group_by_length,
+        )
+
+    def train(self) -> Path:
+        """The training loop, then the final adapter (or model) and the run folder's records."""
+        result = self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        recipe, trainer = self.recipe, self.trainer
+        final = final_folder(self.run_dir, recipe)
+        staging = final.with_name(final.name + ".partial")
+        if trainer.is_world_process_zero():
+            staging_folder(final)
+        trainer.accelerator.wait_for_everyone()  # every process saves (sharded weights are gathered)
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            self.processor.save_pretrained(str(staging))
+            settings = training_settings(recipe.image_max_pixels, recipe.image_min_pixels, self.data_dir)
+            record_settings(staging, settings)
+            publish(staging, final)
+            plot_loss(self.log_path, self.run_dir / LOSS_PLOT)
+            best = trainer.state.best_model_checkpoint
+            RunSummary(
+                engine="native",
+                final=final.name,
+                global_step=trainer.state.global_step,
+                train_loss=result.training_loss,
+                best_checkpoint=Path(best).name if best else None,
+                best_eval_loss=trainer.state.best_metric,
+                train_samples_per_second=result.metrics.get("train_samples_per_second"),
+                train_runtime=result.metrics.get("train_runtime"),
+                feature_cache_seconds=round(self.feature_cache_seconds, 3),
+            ).write(self.run_dir)
+        return final
+
+
+def train(recipe: Recipe, resume: bool = False, callbacks: tuple[TrainerCallback, ...] = ()) -> Path:
+    """Train as the recipe says; returns the folder of the adapter (or full model)."""
+    run = NativeTrainingRecipe(recipe, resume, callbacks)
+    run.setup()
+    return run.train()
