@@ -125,6 +125,7 @@ def test_located_boxes_are_numbered_as_the_reader_text_numbers_them():
         f"{OFF_GRID} then {format_box(GridBox(500, 500, 600, 700), 'cyst')}."
     )
     assert reader_text(text) == "The lesion [box 1] and a mass then cyst [box 2]."
+    assert reader_text("A CT , as written .") == "A CT , as written ."  # no markup: untouched
     found = locate(text, ImageFrame(1000, 1000))
     assert [(box.phrase, box.pixels) for box in found] == [
         ("lesion", (1, 2, 2, 3)),

@@ -215,5 +215,8 @@ def settled(text: str) -> str:
 
 
 def reader_text(text: str) -> str:
-    """What a reader is shown: each grounded phrase followed by its box's number ("[box 1]")."""
+    """What a reader is shown: each grounded phrase followed by its box's number ("[box 1]"); a text
+    without markup is shown exactly as written."""
+    if not _LEFTOVER.search(text):
+        return text
     return strip_grounding(text, READER_MARKER)
