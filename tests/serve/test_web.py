@@ -36,6 +36,7 @@ from ctscribe.serve.web import (
     load_held,
     load_upload,
     password_check,
+    read_volume,
     report_markdown,
     stream_reply,
     take_uploads,
@@ -405,8 +406,44 @@ def page_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(page_server):
+def spot_page(request):
+    """The page and API in this process, in front of the bright-spot stand-in engine
+    (ctscribe.fixtures.pointing): no model writes boxes yet, and this server tests how the page maps
+    and draws them. No model to load, so it starts in seconds."""
+    missing = _missing_browser()
+    if missing:
+        request.getfixturevalue("unavailable")(missing)
+    import threading
+
+    import uvicorn
+
+    from ctscribe.fixtures.pointing import BrightSpotEngine
+    from ctscribe.serve.app import build_server
+
+    port = free_port()
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), port=port)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the stand-in page server did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        app.state.batcher.close()
+
+
+@pytest.fixture(scope="module")
+def browser(request):
     """Debian's chromium driven by Playwright; Playwright's own browsers are never downloaded."""
+    missing = _missing_browser()
+    if missing:
+        request.getfixturevalue("unavailable")(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -552,3 +589,59 @@ def test_write_report_uses_a_fresh_file_and_drops_old_ones(tmp_path):
     assert first != second and first.name.startswith("ctscribe-report-") and first.suffix == ".md"
     assert CLINICAL_NOTICE in first.read_text(encoding="utf-8")
     assert not stale.exists()
+
+
+def _preview(page, base_url: str) -> Image.Image:
+    """The image the page shows, as the browser fetched it."""
+    import io
+
+    source = page.locator("#preview img").get_attribute("src")
+    url = source if source.startswith(("http", "data:")) else base_url + "/" + source.lstrip("/")
+    return Image.open(io.BytesIO(page.request.get(url).body())).convert("RGB")
+
+
+@pytest.mark.slow
+def test_the_slice_slider_picks_the_slice_described_and_the_box_is_drawn_on_it(spot_page, browser, tmp_path):
+    """With the bright-spot stand-in engine (see spot_page): the slider changes the slice shown, sent
+    and named in the report, and the answer's box is drawn on that slice around its spot."""
+    volume = _spot_volume(tmp_path / "case.nii.gz")
+    expected = read_volume([volume]).upload(1, LEARNING_PIXELS)  # slice 2 of 5, as the page will show it
+    page = _open(browser, spot_page)
+    try:
+        page.locator("#upload input[type=file]").set_input_files(volume)
+        page.locator("#image-info").get_by_text("Slice: 3 of 5").wait_for()
+        number = page.get_by_label("number input for Slice", exact=False)
+        number.fill("2")
+        number.press("Enter")
+        page.locator("#image-info").get_by_text("Slice: 2 of 5").wait_for()
+        page.locator("#describe").click()
+        page.wait_for_function(
+            "() => document.querySelector('#chat [data-testid=\"bot\"]')?.innerText.includes('[box 1]')"
+            " && document.querySelector('#status').innerText.trim() === ''"
+        )
+        reply = page.locator('#chat [data-testid="bot"]').first.inner_text()
+        assert "the bright spot [box 1]" in reply and "<|" not in reply
+        deadline = time.monotonic() + 30
+        while True:  # the drawn image replaces the plain one with the reply's last update
+            shown = np.asarray(_preview(page, spot_page))
+            amber = np.all(np.abs(shown.astype(int) - BOX_COLOUR) <= 8, axis=2)
+            if amber.any() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert shown.shape[:2] == expected.image.size[::-1]
+        x0, y0, x1, y1 = _spot(expected.image)
+        middle = amber[y0 + 2 : y1 - 1]  # rows through the spot: the outline's sides, not its number tag
+        columns = np.flatnonzero(middle.any(axis=0))
+        assert columns.size, "no box drawn on the image shown"
+        assert abs(columns.min() - x0) <= 2 and abs(columns.max() - x1) <= 2, (columns, x0, x1)
+        with page.expect_download() as download:
+            page.locator("#report").click()
+        report = Path(download.value.path()).read_text(encoding="utf-8")
+        assert "- Slice: 2 of 5 (the slice described)" in report and "1. the bright spot: x" in report
+
+        number.fill("4")  # another slice: a fresh start on it, without the old box
+        number.press("Enter")
+        page.locator("#image-info").get_by_text("Slice: 4 of 5").wait_for()
+        page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 0")
+    finally:
+        page.close()

@@ -408,7 +408,7 @@ def build_page(
     def read(held, window, custom, position=None):
         """Read the ``held`` uploads in the chosen window into the session's memory and show the
         slice at ``position`` (1-based, the slider's; None: the middle one); start afresh."""
-        hidden = gr.Slider(visible=False, value=1, minimum=1, maximum=1)
+        hidden = gr.Slider(visible=False)
         if not held:
             return None, hidden, *cleared(None)
         try:
@@ -501,7 +501,7 @@ def build_page(
                 preview = gr.Image(
                     label="Image", type="pil", format="png", interactive=False, elem_id="preview"
                 )
-                slider = gr.Slider(1, 1, value=1, step=1, label="Slice", visible=False, elem_id="slice")
+                slider = gr.Slider(1, 2, value=1, step=1, label="Slice", visible=False, elem_id="slice")
                 info = gr.Markdown(elem_id="image-info")
                 with gr.Accordion("Options", open=False, elem_id="options"):
                     temperature = gr.Slider(
