@@ -115,7 +115,7 @@ class Upload:
 class Volume:
     """What was uploaded, decoded and windowed, held in the session's memory (never on disk): one
     image for an image file, every readable slice in position order for a DICOM series or a NIfTI
-    volume (greyscale: a 512 x 512 x 300 volume holds 79 MB)."""
+    volume (greyscale, one byte a pixel: 300 slices of 512² hold 79 MB)."""
 
     slices: tuple[Image.Image, ...]
     names: tuple[str, ...]  # each slice's file name (a DICOM series has a file per slice)
