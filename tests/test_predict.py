@@ -125,3 +125,30 @@ def test_no_dicom_identifier_reaches_the_outputs_or_the_logs(trained_run, tmp_pa
     everything = out.read_text() + table.read_text() + done.stdout + done.stderr
     leaked = [secret for secret in set(secrets) if secret in everything]
     assert not leaked
+
+
+def test_boxes_in_an_answer_become_fields_in_the_input_images_pixels(tmp_path):
+    """With a stand-in engine that answers with a box around the bright spot of the image it is given
+    (ctscribe.fixtures.pointing; no model writes boxes yet): the box comes back in the pixels of the
+    file given, through the background crop and the resize, and the text reads without markup."""
+    from PIL import Image, ImageDraw
+
+    from ctscribe.fixtures.pointing import BrightSpotEngine
+
+    scan = Image.new("RGB", (420, 300))
+    draw = ImageDraw.Draw(scan)
+    draw.ellipse((120, 40, 400, 280), fill=(120, 120, 120))  # air on the left: the crop moves the frame
+    spot = (230, 100, 259, 129)
+    draw.rectangle(spot, fill=(255, 255, 255))
+    scan.save(tmp_path / "scan.png")
+    out = tmp_path / "preds.jsonl"
+    predict(BrightSpotEngine(LEARNING_PIXELS), [tmp_path / "scan.png"], out, show_progress=False)
+    (record,) = _records(out)
+    assert record["text"] == "CT of the phantom. the bright spot [box 1] is dense."
+    assert "<|box_start|>" in record["raw_text"] and record["notice"] == CLINICAL_NOTICE
+    (box,) = record["boxes"]
+    assert box["phrase"] == "the bright spot" and len(box["box_1000"]) == 4
+    assert max(abs(a - b) for a, b in zip(box["box_pixels"], spot, strict=True)) <= 2, box
+    assert write_csv(out, tmp_path / "preds.csv") == 1
+    (row,) = csv.DictReader((tmp_path / "preds.csv").open())
+    assert json.loads(row["boxes"]) == record["boxes"]

@@ -8,7 +8,11 @@ The output is a log of what was asked and answered, safe to resume and to share:
 - a bad input becomes an error record with its reason, and the run goes on;
 - every record carries :data:`ctscribe.CLINICAL_NOTICE` in a field of its own, never inside the
   generated text; inputs are named by the path the user gave, never by DICOM header content, so no
-  patient identifier reaches the output or the log.
+  patient identifier reaches the output or the log;
+- boxes the model points with become fields of their own (``boxes``: the phrase, the box on the
+  model's 0-1000 grid and in pixels of the input image, for DICOM and NIfTI the windowed slice);
+  ``text`` is for a reader (each box a "[box n]" after its phrase) and ``raw_text`` keeps the
+  model's own words, markup included (:mod:`ctscribe.conversation.boxes`).
 """
 
 from __future__ import annotations
@@ -25,16 +29,29 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.boxes import ImageFrame, locate, reader_text
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
-from ctscribe.data.images import BadImageError
+from ctscribe.data.images import BadImageError, prepare_image
 from ctscribe.files import atomic_write, atomic_write_text
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 from ctscribe.generate.input_files import InputItem, iter_inputs
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("input", "slice", "window", "status", "text", "error", "prompt", "model", "seconds", "notice")
+CSV_FIELDS = (
+    "input",
+    "slice",
+    "window",
+    "status",
+    "text",
+    "boxes",
+    "error",
+    "prompt",
+    "model",
+    "seconds",
+    "notice",
+)
 
 
 @dataclass
@@ -143,24 +160,31 @@ def predict(
     with out.open("a", encoding="utf-8") as sink:
         for batch in _batches(pending(), batch_size):
             records: list[dict | None] = [None] * len(batch)  # filled in input order
-            runnable: list[tuple[int, str, GenerationRequest]] = []
+            runnable: list[tuple[int, str, ImageFrame, GenerationRequest]] = []
             for slot, item in enumerate(batch):
                 text_prompt = prompt or item.prompt or default_prompt
                 try:
                     if item.error is not None:
                         raise BadImageError(item.error)
-                    image = engine.prepare(item.image)
+                    # The engine's own image path, keeping the crop so boxes map back to the input.
+                    prepared = prepare_image(item.image, engine.image_options)
                 except BadImageError as exc:
                     records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
                     continue
-                request = GenerationRequest([user_message(text_prompt)], [image], max_new_tokens)
-                runnable.append((slot, text_prompt, request))
+                request = GenerationRequest([user_message(text_prompt)], [prepared.image], max_new_tokens)
+                runnable.append((slot, text_prompt, ImageFrame.of(prepared), request))
             if runnable:
                 start = time.perf_counter()
-                results = engine.generate([request for _, _, request in runnable])
+                results = engine.generate([request for *_, request in runnable])
                 seconds = (time.perf_counter() - start) / len(runnable)
-                for (slot, text_prompt, _), result in zip(runnable, results, strict=True):
-                    ok = {"status": "ok", "text": result.text, "seconds": round(seconds, 3)}
+                for (slot, text_prompt, frame, _), result in zip(runnable, results, strict=True):
+                    ok = {
+                        "status": "ok",
+                        "text": reader_text(result.text),
+                        "raw_text": result.text,
+                        "boxes": [box.as_dict() for box in locate(result.text, frame)],
+                        "seconds": round(seconds, 3),
+                    }
                     records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
             for record in filter(None, records):
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -178,8 +202,14 @@ def predict(
 
 
 def write_csv(jsonl: Path, csv_path: Path) -> int:
-    """The JSONL results as a CSV table (for spreadsheets), written atomically; returns the rows."""
+    """The JSONL results as a CSV table (for spreadsheets), written atomically; returns the rows.
+
+    ``boxes`` is a cell of JSON (the records' list); ``raw_text`` stays in the JSONL only.
+    """
     rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        if "boxes" in row:
+            row["boxes"] = json.dumps(row["boxes"], ensure_ascii=False)
 
     def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8", newline="") as handle:

@@ -1,17 +1,28 @@
 """The grounding format: written, read back and removed exactly as Qwen2-VL's tokenizer expects."""
 
+import itertools
+import re
+
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from ctscribe.conversation.boxes import (
     GROUNDING_TOKENS,
     GridBox,
+    ImageFrame,
+    Located,
     box_iou,
     format_box,
+    locate,
     parse_boxes,
+    reader_text,
+    settled,
     strip_grounding,
     to_grid,
     to_pixels,
 )
+from ctscribe.data.images import ImageOptions, find_roi_box, prepare_image
 
 
 def test_the_format_is_qwen2_vls_own():
@@ -67,3 +78,83 @@ def test_iou():
     assert box_iou(a, a) == 1.0
     assert box_iou(a, GridBox(50, 0, 150, 100)) == pytest.approx(50 / 150)
     assert box_iou(a, GridBox(200, 200, 300, 300)) == 0.0
+
+
+OFF_GRID = "<|object_ref_start|>mass<|object_ref_end|><|box_start|>(1,2),(3,1200)<|box_end|>"
+
+
+def _split_at_tokens(text: str) -> list[str]:
+    """``text`` cut before and after each grounding token (a stream carries a special token whole)."""
+    return [part for part in re.split("(" + "|".join(map(re.escape, GROUNDING_TOKENS)) + ")", text) if part]
+
+
+def _boxed_scan(box: tuple[int, int, int, int]) -> Image.Image:
+    """A 420 x 300 "scan": a grey body off-centre in black air, with MedTrinity's green box drawn on."""
+    image = Image.new("RGB", (420, 300))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((120, 40, 400, 280), fill=(140, 140, 140))
+    draw.rectangle(box, outline=(0, 255, 0), width=2)
+    return image
+
+
+def test_a_box_in_the_model_frame_maps_back_through_crop_and_resize_to_the_users_pixels():
+    drawn = (200, 90, 289, 169)
+    prepared = prepare_image(_boxed_scan(drawn), ImageOptions(max_pixels=224 * 224, roi_box="keep"))
+    assert prepared.crop_box is not None and prepared.crop_box[0] > 100  # the air on the left is cut
+    assert prepared.image.width != prepared.crop_box[2] - prepared.crop_box[0]  # and resized
+    # What a model that points at the box exactly would write: the box as it appears to the model.
+    seen = find_roi_box(prepared.image)
+    grid = to_grid(seen, *prepared.image.size)
+    back = ImageFrame.of(prepared).to_pixels(grid)
+    assert np.abs(np.subtract(back, drawn)).max() <= 2, (back, drawn)
+    # Control: the same grid box read as a box of the whole image misses by the crop offset.
+    whole = ImageFrame(*prepared.full_frame.size).to_pixels(grid)
+    assert np.abs(np.subtract(whole, drawn)).max() > 20
+
+
+def test_an_uncropped_frame_is_the_plain_pixel_mapping():
+    assert ImageFrame(100, 50).to_pixels(GridBox(100, 100, 300, 500)) == to_pixels(
+        GridBox(100, 100, 300, 500), 100, 50
+    )
+    assert ImageFrame(400, 300, (100, 0, 300, 300)).to_pixels(GridBox(0, 0, 500, 1000)) == (100, 0, 199, 299)
+
+
+def test_located_boxes_are_numbered_as_the_reader_text_numbers_them():
+    text = (
+        f"The {format_box(GridBox(1, 2, 3, 4), 'lesion')} and a "
+        f"{OFF_GRID} then {format_box(GridBox(500, 500, 600, 700), 'cyst')}."
+    )
+    assert reader_text(text) == "The lesion [box 1] and a mass then cyst [box 2]."
+    assert reader_text("A CT , as written .") == "A CT , as written ."  # no markup: untouched
+    found = locate(text, ImageFrame(1000, 1000))
+    assert [(box.phrase, box.pixels) for box in found] == [
+        ("lesion", (1, 2, 2, 3)),
+        ("cyst", (500, 500, 599, 699)),
+    ]
+    assert locate(text, None)[1] == Located("cyst", GridBox(500, 500, 600, 700), None)
+    assert found[1].as_dict() == {
+        "phrase": "cyst",
+        "box_1000": [500, 500, 600, 700],
+        "box_pixels": [500, 500, 599, 699],
+    }
+
+
+def test_a_streamed_answer_shows_readable_text_that_only_grows():
+    answer = (
+        f"A CT of the head; {format_box(GridBox(250, 300, 500, 620), 'the region of interest')} is dense."
+    )
+    # Special tokens arrive whole; split the rest into short pieces, as a stream would.
+    pieces = [
+        piece
+        for part in _split_at_tokens(answer)
+        for piece in ([part] if part in GROUNDING_TOKENS else list(part))
+    ]
+    shown, raw = [], ""
+    for piece in pieces:
+        raw += piece
+        shown.append(reader_text(settled(raw)))
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
+    assert shown[-1] == reader_text(answer) == "A CT of the head; the region of interest [box 1] is dense."
+    assert not any("<|" in text or "(250" in text for text in shown)
+    # Control: without holding back the open span, a reader would see the box's numbers arrive.
+    assert "(250" in reader_text(answer[: answer.index("(250") + 4])

@@ -309,3 +309,56 @@ def test_serve_needs_a_model_or_an_upstream():
 
     result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "give the model to serve, or --upstream URL" in result.output
+
+
+def _spot_scan() -> tuple[str, tuple[int, int, int, int]]:
+    """A PNG data URL of a scan with a white spot off-centre in a body off-centre, and the spot."""
+    from PIL import ImageDraw
+
+    scan = Image.new("RGB", (420, 300))
+    draw = ImageDraw.Draw(scan)
+    draw.ellipse((120, 40, 400, 280), fill=(120, 120, 120))
+    spot = (230, 100, 259, 129)
+    draw.rectangle(spot, fill=(255, 255, 255))
+    return image_data_url(scan), spot
+
+
+def test_boxes_come_as_a_field_whole_and_at_the_end_of_a_stream():
+    """In process, with a stand-in engine that answers with a box around the bright spot of the image
+    it is given (ctscribe.fixtures.pointing; no model writes boxes yet): this tests the API's boxes
+    and text, not a model. An OpenAI client reads the reader's text and finds the boxes as an extra."""
+    from fastapi.testclient import TestClient
+    from openai import OpenAI
+
+    from ctscribe.fixtures.pointing import BrightSpotEngine
+    from ctscribe.serve.app import build_server
+
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    url, spot = _spot_scan()
+    messages = _chat("", url)["messages"]
+    try:
+        with TestClient(app) as http:
+            client = OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
+            whole = client.chat.completions.create(model="x", messages=messages, max_tokens=64)
+            text = whole.choices[0].message.content
+            assert text == "CT of the phantom. the bright spot [box 1] is dense."
+            (box,) = whole.model_extra["boxes"]
+            assert box["phrase"] == "the bright spot"
+            assert max(abs(a - b) for a, b in zip(box["box_pixels"], spot, strict=True)) <= 2, box
+            assert whole.model_extra["clinical_notice"] == CLINICAL_NOTICE
+
+            chunks = list(client.chat.completions.create(model="x", messages=messages, stream=True))
+            pieces = [chunk.choices[0].delta.content or "" for chunk in chunks]
+            assert "".join(pieces) == text and len([p for p in pieces if p]) > 3
+            assert not any("<|" in piece or "(" in piece for piece in pieces)  # never half a box
+            assert chunks[-1].choices[0].finish_reason == "stop"
+            assert chunks[-1].model_extra["boxes"] == [box]
+
+            raw = http.post("/v1/chat/completions", json=_chat("", url, skip_special_tokens=False)).json()
+            assert "<|box_start|>" in raw["choices"][0]["message"]["content"] and raw["boxes"] == [box]
+            bad = http.post("/v1/chat/completions", json=_chat("", url, skip_special_tokens="no"))
+            assert bad.status_code == 400 and "skip_special_tokens" in bad.json()["error"]["message"]
+            text_only = http.post("/v1/chat/completions", json=_chat("", None)).json()
+            assert text_only["boxes"] == []
+    finally:
+        app.state.batcher.close()

@@ -20,19 +20,23 @@ from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
+from ctscribe.ct.windows import AUTO
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.fixtures.servers import free_port
 from ctscribe.serve.web import (
+    BOX_COLOUR,
     NO_WINDOW,
     UNSUPPORTED,
     Upload,
     UploadError,
     api_messages,
+    draw_boxes,
     error_message,
     load_held,
     load_upload,
     password_check,
+    read_volume,
     report_markdown,
     stream_reply,
     take_uploads,
@@ -113,7 +117,7 @@ def test_series_upload_uses_the_middle_slice_by_position(tmp_path):
         dataset.save_as(tmp_path / name)
     upload = load_upload([tmp_path / name for name in ("a.dcm", "b.dcm", "c.dcm")])
     assert upload.name == "c.dcm"
-    assert "middle slice (#2)" in upload.note
+    assert upload.slice == (2, 3) and "**Slice:** 2 of 3" in upload.info
 
 
 def test_report_has_the_notice_and_no_dicom_identifiers(tmp_path, caplog):
@@ -128,7 +132,7 @@ def test_report_has_the_notice_and_no_dicom_identifiers(tmp_path, caplog):
     ]
     when = datetime(2025, 1, 2, 3, 4, tzinfo=UTC)
     report = report_markdown(upload, history, "ct-2b", when)
-    assert report.count(CLINICAL_NOTICE) == 2
+    assert report.count(CLINICAL_NOTICE) == 2 and "Slice" not in report and "Boxes" not in report
     for expected in (
         "slice.dcm",
         upload.window,
@@ -153,7 +157,8 @@ def test_uploads_are_deleted_once_read_and_windowed_again_from_memory(tmp_path, 
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
-    lung = load_held(held, window_spec("lung"), LEARNING_PIXELS)
+    volume = load_held(held, window_spec("lung"))
+    lung = volume.upload(volume.middle, LEARNING_PIXELS)
     assert lung.name == "patient.dcm" and lung.window == "lung 1500/-600"
     assert lung.data_url == load_upload([CT_SMALL], "lung", LEARNING_PIXELS).data_url  # the same pixels
     assert list(private.iterdir()) == []  # the private copy lasted one read
@@ -170,6 +175,84 @@ def test_password_is_compared_in_constant_time(monkeypatch):
     assert check("anyone", "page-key-12") is False and check("anyone", None) is False
     assert calls == [(KEY.encode(), KEY.encode()), (b"page-key-12", KEY.encode()), (b"", KEY.encode())]
     assert password_check(None) is None and password_check("") is None
+
+
+SLICES = 5
+
+
+def _spot_volume(path: Path) -> Path:
+    """A NIfTI volume: a soft-tissue body in air, and a bone-bright spot that moves with the slice."""
+    import nibabel as nib
+
+    hu = np.full((96, 80, SLICES), -1000, dtype=np.int16)
+    hu[10:90, 8:76, :] = 40
+    for z in range(SLICES):
+        hu[20 + 12 * z : 30 + 12 * z, 34:44, z] = 1000
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), path)
+    return path
+
+
+def _spot(image: Image.Image) -> tuple[int, int, int, int]:
+    """The inclusive pixel box of the white spot in a shown slice."""
+    rows, cols = np.nonzero(np.asarray(image.convert("L")) == 255)
+    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+
+
+def _api_boxes(upload: Upload) -> list[dict]:
+    """The boxes ctscribe serve returns for ``upload`` with the bright-spot stand-in engine: the
+    stand-in's answer for the image as the API prepares it, located in the image the page sent."""
+    import base64
+    import io
+
+    from ctscribe.conversation.boxes import ImageFrame, locate
+    from ctscribe.data.images import ImageOptions, prepare_image
+    from ctscribe.fixtures.pointing import answer_for
+
+    sent = base64.b64decode(upload.data_url.partition(",")[2])
+    prepared = prepare_image(sent, ImageOptions(max_pixels=LEARNING_PIXELS))
+    assert Image.open(io.BytesIO(sent)).size == upload.sent_size
+    return [box.as_dict() for box in locate(answer_for(prepared.image), ImageFrame.of(prepared))]
+
+
+def test_a_volume_keeps_every_slice_and_the_slider_position_picks_the_one_described(tmp_path):
+    volume = load_held([("case.nii.gz", _spot_volume(tmp_path / "case.nii.gz").read_bytes())], AUTO)
+    assert len(volume.slices) == SLICES and volume.middle == 2
+    uploads = [volume.upload(position, LEARNING_PIXELS) for position in range(SLICES)]
+    assert [upload.slice for upload in uploads] == [(n, SLICES) for n in range(1, SLICES + 1)]
+    assert "**Slice:** 2 of 5" in uploads[1].info
+    assert len({upload.data_url for upload in uploads}) == SLICES  # each slice is its own image
+    assert len({_spot(upload.image) for upload in uploads}) == SLICES  # the spot moves
+    single = load_upload([CT_SMALL])
+    assert single.slice is None and "Slice" not in single.info  # a single slice has no slider
+
+
+def test_the_apis_boxes_are_drawn_on_the_shown_slice_where_the_spot_is(tmp_path):
+    volume = load_held([("case.nii.gz", _spot_volume(tmp_path / "case.nii.gz").read_bytes())], AUTO)
+    upload = volume.upload(1, LEARNING_PIXELS)
+    assert upload.frame.crop is not None  # the air around the body was cut before the model saw it
+    (box,) = upload.shown_boxes(_api_boxes(upload))
+    spot = _spot(upload.image)
+    assert max(abs(a - b) for a, b in zip(box.pixels, spot, strict=True)) <= 2, (box.pixels, spot)
+    drawn = np.asarray(draw_boxes(upload.image, [box]))
+    amber = np.all(drawn == BOX_COLOUR, axis=2)
+    x0, y0, x1, y1 = box.pixels
+    assert amber[(y0 + y1) // 2, x0] and amber[(y0 + y1) // 2, x1] and amber[y0, (x0 + x1) // 2]
+    assert not amber[(y0 + y1) // 2, (x0 + x1) // 2]  # an outline: the spot stays visible
+    assert (
+        np.asarray(upload.image).shape == drawn.shape
+        and not np.all(np.asarray(upload.image) == BOX_COLOUR, axis=2).any()
+    )
+    assert upload.shown_boxes([{"box_pixels": "nonsense"}, {"phrase": "x"}]) == []
+    history = [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "A [box 1]."}]
+    report = report_markdown(upload, history, "m", datetime(2025, 1, 2, tzinfo=UTC), [box])
+    assert "- Slice: 2 of 5 (the slice described)" in report
+    assert f"1. the bright spot: x {x0}-{x1}, y {y0}-{y1}" in report
+
+
+def test_boxes_arrive_with_the_last_chunk():
+    boxes = [{"phrase": "p", "box_1000": [1, 2, 3, 4], "box_pixels": [0, 0, 1, 1]}]
+    client = FakeClient([_chunk("A [box 1]."), _chunk(None, "stop", boxes=boxes)])
+    assert list(stream_reply(client, "m", [], 64)) == [("A [box 1].", []), ("A [box 1].", boxes)]
 
 
 # --- talking to the API -------------------------------------------------------------------------------
@@ -202,17 +285,18 @@ class FakeClient:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
 
 
-def _chunk(content=None, finish=None):
+def _chunk(content=None, finish=None, **extra):
     if content is None and finish is None:
-        return SimpleNamespace(choices=[])  # usage-only chunk
+        return SimpleNamespace(choices=[], model_extra=extra)  # usage-only chunk
     return SimpleNamespace(
-        choices=[SimpleNamespace(delta=SimpleNamespace(content=content), finish_reason=finish)]
+        choices=[SimpleNamespace(delta=SimpleNamespace(content=content), finish_reason=finish)],
+        model_extra=extra,
     )
 
 
 def test_stream_reply_grows_and_reports_server_failures():
     client = FakeClient([_chunk(""), _chunk("A chest"), _chunk(" CT."), _chunk(finish="stop"), _chunk()])
-    assert list(stream_reply(client, "m", [], 64)) == ["A chest", "A chest CT."]
+    assert list(stream_reply(client, "m", [], 64)) == [("A chest", []), ("A chest CT.", [])]
     assert (
         client.sent["stream"] is True
         and client.sent["temperature"] == 0.0
@@ -322,8 +406,44 @@ def page_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(page_server):
+def spot_page(request):
+    """The page and API in this process, in front of the bright-spot stand-in engine
+    (ctscribe.fixtures.pointing): no model writes boxes yet, and this server tests how the page maps
+    and draws them. No model to load, so it starts in seconds."""
+    missing = _missing_browser()
+    if missing:
+        request.getfixturevalue("unavailable")(missing)
+    import threading
+
+    import uvicorn
+
+    from ctscribe.fixtures.pointing import BrightSpotEngine
+    from ctscribe.serve.app import build_server
+
+    port = free_port()
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), port=port)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the stand-in page server did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        app.state.batcher.close()
+
+
+@pytest.fixture(scope="module")
+def browser(request):
     """Debian's chromium driven by Playwright; Playwright's own browsers are never downloaded."""
+    missing = _missing_browser()
+    if missing:
+        request.getfixturevalue("unavailable")(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -469,3 +589,59 @@ def test_write_report_uses_a_fresh_file_and_drops_old_ones(tmp_path):
     assert first != second and first.name.startswith("ctscribe-report-") and first.suffix == ".md"
     assert CLINICAL_NOTICE in first.read_text(encoding="utf-8")
     assert not stale.exists()
+
+
+def _preview(page, base_url: str) -> Image.Image:
+    """The image the page shows, as the browser fetched it."""
+    import io
+
+    source = page.locator("#preview img").get_attribute("src")
+    url = source if source.startswith(("http", "data:")) else base_url + "/" + source.lstrip("/")
+    return Image.open(io.BytesIO(page.request.get(url).body())).convert("RGB")
+
+
+@pytest.mark.slow
+def test_the_slice_slider_picks_the_slice_described_and_the_box_is_drawn_on_it(spot_page, browser, tmp_path):
+    """With the bright-spot stand-in engine (see spot_page): the slider changes the slice shown, sent
+    and named in the report, and the answer's box is drawn on that slice around its spot."""
+    volume = _spot_volume(tmp_path / "case.nii.gz")
+    expected = read_volume([volume]).upload(1, LEARNING_PIXELS)  # slice 2 of 5, as the page will show it
+    page = _open(browser, spot_page)
+    try:
+        page.locator("#upload input[type=file]").set_input_files(volume)
+        page.locator("#image-info").get_by_text("Slice: 3 of 5").wait_for()
+        number = page.get_by_label("number input for Slice", exact=False)
+        number.fill("2")
+        number.press("Enter")
+        page.locator("#image-info").get_by_text("Slice: 2 of 5").wait_for()
+        page.locator("#describe").click()
+        page.wait_for_function(
+            "() => document.querySelector('#chat [data-testid=\"bot\"]')?.innerText.includes('[box 1]')"
+            " && document.querySelector('#status').innerText.trim() === ''"
+        )
+        reply = page.locator('#chat [data-testid="bot"]').first.inner_text()
+        assert "the bright spot [box 1]" in reply and "<|" not in reply
+        deadline = time.monotonic() + 30
+        while True:  # the drawn image replaces the plain one with the reply's last update
+            shown = np.asarray(_preview(page, spot_page))
+            amber = np.all(np.abs(shown.astype(int) - BOX_COLOUR) <= 8, axis=2)
+            if amber.any() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert shown.shape[:2] == expected.image.size[::-1]
+        x0, y0, x1, y1 = _spot(expected.image)
+        middle = amber[y0 + 2 : y1 - 1]  # rows through the spot: the outline's sides, not its number tag
+        columns = np.flatnonzero(middle.any(axis=0))
+        assert columns.size, "no box drawn on the image shown"
+        assert abs(columns.min() - x0) <= 2 and abs(columns.max() - x1) <= 2, (columns, x0, x1)
+        with page.expect_download() as download:
+            page.locator("#report").click()
+        report = Path(download.value.path()).read_text(encoding="utf-8")
+        assert "- Slice: 2 of 5 (the slice described)" in report and "1. the bright spot: x" in report
+
+        number.fill("4")  # another slice: a fresh start on it, without the old box
+        number.press("Enter")
+        page.locator("#image-info").get_by_text("Slice: 4 of 5").wait_for()
+        page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 0")
+    finally:
+        page.close()

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ctscribe.data.images import PreparedImage
 
 OBJECT_REF_START = "<|object_ref_start|>"
 OBJECT_REF_END = "<|object_ref_end|>"
@@ -24,6 +28,8 @@ BOX_START = "<|box_start|>"
 BOX_END = "<|box_end|>"
 GROUNDING_TOKENS = (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END)
 GRID = 1000
+# What a reader sees where a box was: the phrase stays, the box becomes its number on the image.
+READER_MARKER = "[box {n}]"
 
 PixelBox = tuple[int, int, int, int]
 
@@ -115,14 +121,18 @@ def strip_grounding(text: str, marker: str = "") -> str:
     """``text`` without grounding markup: each grounded phrase stays, its box becomes ``marker``.
 
     ``marker`` may hold ``{n}``, the box's number counted from 1 (a reader's "[box 1]"); text metrics
-    use the default "" so that references and predictions compare as plain captions.
+    use the default "" so that references and predictions compare as plain captions. Only boxes that
+    :func:`parse_boxes` reads are numbered, so "[box n]" is the n-th box it returns; a malformed box
+    (off the grid, inverted) leaves its phrase alone.
     """
     count = 0
 
     def replace(match: re.Match[str]) -> str:
         nonlocal count
-        count += 1
         phrase = (match.group(1) or "").strip()
+        if not parse_boxes(match.group(0)):
+            return phrase
+        count += 1
         label = marker.format(n=count) if marker else ""
         return " ".join(part for part in (phrase, label) if part)
 
@@ -137,3 +147,76 @@ def box_iou(a: GridBox, b: GridBox) -> float:
     inter = max(0, width) * max(0, height)
     union = a.area + b.area - inter
     return inter / union if union else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers for a reader: boxes in the user's own image, text without markup
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """Where the image the model saw lies in the image the user gave (``width`` x ``height``).
+
+    :func:`ctscribe.data.images.prepare_image` cuts ``crop`` (left, upper, right, lower, as
+    ``Image.crop`` takes it; None when nothing was cut) out of the user's image and resizes that crop
+    to the model's frame. A grid box is a fraction of the model's frame, which is exactly the crop,
+    so it maps to the user's pixels through the crop alone: the resize drops out, and no rounding to
+    the model's smaller pixels is added on the way.
+    """
+
+    width: int
+    height: int
+    crop: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def of(cls, prepared: PreparedImage) -> ImageFrame:
+        """The frame of an image as ``prepare_image`` prepared it."""
+        return cls(*prepared.full_frame.size, prepared.crop_box)
+
+    def to_pixels(self, box: GridBox) -> PixelBox:
+        """The inclusive pixel box, in the user's image, of a box on the model's 0-1000 grid."""
+        left, upper, right, lower = self.crop or (0, 0, self.width, self.height)
+        x0, y0, x1, y1 = to_pixels(box, right - left, lower - upper)
+        return x0 + left, y0 + upper, x1 + left, y1 + upper
+
+
+@dataclass(frozen=True)
+class Located:
+    """A box of an answer: its phrase, its place on the model's grid and in the user's pixels."""
+
+    phrase: str
+    grid: GridBox
+    pixels: PixelBox | None  # None when the answer's image is not known (a text-only conversation)
+
+    def as_dict(self) -> dict:
+        """The JSON form predict writes and the API returns (``box_pixels`` inclusive, x before y)."""
+        pixels = list(self.pixels) if self.pixels is not None else None
+        return {"phrase": self.phrase, "box_1000": self.grid.as_list(), "box_pixels": pixels}
+
+
+def locate(text: str, frame: ImageFrame | None) -> list[Located]:
+    """Every box in ``text``, numbered as :func:`reader_text` numbers them, placed in ``frame``."""
+    return [
+        Located(found.phrase, found.box, frame.to_pixels(found.box) if frame else None)
+        for found in parse_boxes(text)
+    ]
+
+
+def settled(text: str) -> str:
+    """``text`` up to a grounding span that has begun but not yet ended.
+
+    While an answer streams, a phrase or box arrives a token at a time; what a reader is shown must
+    stop before it, so the readable text only ever grows (:func:`reader_text` of each settled prefix
+    extends the last one).
+    """
+    closed = text.rfind(BOX_END)
+    opened = [at for at in (text.rfind(OBJECT_REF_START), text.rfind(BOX_START)) if at > closed]
+    return text[: min(opened)] if opened else text
+
+
+def reader_text(text: str) -> str:
+    """What a reader is shown: each grounded phrase followed by its box's number ("[box 1]"); a text
+    without markup is shown exactly as written."""
+    if not _LEFTOVER.search(text):
+        return text
+    return strip_grounding(text, READER_MARKER)

@@ -5,9 +5,15 @@ URLs; the server never fetches a URL), ``stream`` with server-sent events, ``max
 ``temperature``. It serves one model; the request's ``model`` field is not checked, so clients
 written for another name work unchanged.
 
-What ctscribe adds to the protocol, in places of their own so generated text stays untouched:
-the ``X-Clinical-Notice`` header and ``clinical_notice`` field (the output assists, it does not
-diagnose). Requests are logged by id, size and timing only: never their text or images.
+What ctscribe adds to the protocol, in places of their own that OpenAI clients ignore: the
+``X-Clinical-Notice`` header and ``clinical_notice`` field (the output assists, it does not
+diagnose), and ``boxes``, where the answer points (:mod:`ctscribe.conversation.boxes`: the phrase,
+the box on the model's 0-1000 grid, and in pixels of the request's first image), in the response and
+in a stream's last chunk. The message text is for a reader: each box becomes "[box n]" after its
+phrase, also while streaming (a box is held back until it is complete); a request with
+``"skip_special_tokens": false`` (vLLM's parameter) gets the model's own markup instead, as
+``ctscribe evaluate`` and ``serve --upstream`` in front of this server need it. Requests are logged
+by id, size and timing only: never their text or images.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
-from ctscribe.data.images import BadImageError
+from ctscribe.conversation.boxes import ImageFrame, locate, reader_text, settled
+from ctscribe.data.images import BadImageError, PreparedImage, prepare_image
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import ServerError
 from ctscribe.serve.batcher import Batcher, QueueFullError
@@ -80,7 +86,7 @@ def _image_url(part: dict) -> str:
     return url
 
 
-def parse_messages(messages: object, prepare, max_bytes: int) -> tuple[list[dict], list[Image.Image]]:
+def parse_messages(messages: object, prepare, max_bytes: int) -> tuple[list[dict], list[PreparedImage]]:
     """OpenAI chat messages as the engine's messages plus the prepared images, in order."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list")
@@ -124,6 +130,8 @@ def _sampling(body: dict) -> dict:
     seed = body.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise RequestError("seed must be a whole number")
+    if not isinstance(body.get("skip_special_tokens", True), bool):
+        raise RequestError("skip_special_tokens must be true or false")
     return {
         "max_new_tokens": max_tokens,
         "temperature": float(temperature),
@@ -142,6 +150,10 @@ def create_app(
     )
     max_bytes = int(max_image_mb * 2**20)
     engine = batcher.engine
+
+    def prepare(data: bytes) -> PreparedImage:
+        """The engine's image path, keeping the crop so that boxes map back to the image sent."""
+        return prepare_image(data, engine.image_options)
 
     @app.middleware("http")
     async def authorise(request: Request, call_next):
@@ -178,13 +190,17 @@ def create_app(
             return _error(400, "the request body must be a JSON object", "invalid_request_error")
         try:
             # Decoding and resizing images is CPU work: keep it off the event loop.
-            messages, images = await asyncio.to_thread(
-                parse_messages, body.get("messages"), engine.prepare, max_bytes
+            messages, prepared = await asyncio.to_thread(
+                parse_messages, body.get("messages"), prepare, max_bytes
             )
             sampling = _sampling(body)
         except RequestError as error:
             log.info("%s refused: %s", request_id, error)
             return _error(400, str(error), "invalid_request_error")
+        images = [image.image for image in prepared]
+        answer = _Answer(
+            ImageFrame.of(prepared[0]) if prepared else None, body.get("skip_special_tokens") is False
+        )
         stream = bool(body.get("stream", False))
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -200,7 +216,7 @@ def create_app(
         result_future = asyncio.wrap_future(future)
         if stream:
             return StreamingResponse(
-                _events(request_id, model_name, result_future, pieces),
+                _events(request_id, model_name, result_future, pieces, answer),
                 media_type="text/event-stream",
                 headers={NOTICE_HEADER: CLINICAL_NOTICE, "Cache-Control": "no-cache"},
             )
@@ -227,7 +243,7 @@ def create_app(
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
+                        "message": {"role": "assistant", "content": answer.text(result.text)},
                         "finish_reason": result.finish_reason,
                     }
                 ],
@@ -237,10 +253,29 @@ def create_app(
                     "total_tokens": result.prompt_tokens + result.completion_tokens,
                 },
                 "clinical_notice": CLINICAL_NOTICE,
+                "boxes": answer.boxes(result.text),
             }
         )
 
     return app
+
+
+class _Answer:
+    """How a reply is shown: for a reader (boxes as "[box n]") or raw, and its boxes in the pixels of
+    the request's first image (``frame``; None when the request has no image)."""
+
+    def __init__(self, frame: ImageFrame | None, keep_markup: bool):
+        self.frame, self.keep_markup = frame, keep_markup
+
+    def text(self, raw: str) -> str:
+        return raw if self.keep_markup else reader_text(raw)
+
+    def shown_so_far(self, raw: str) -> str:
+        """What a stream may show of a partial reply: never half a box."""
+        return raw if self.keep_markup else reader_text(settled(raw))
+
+    def boxes(self, raw: str) -> list[dict]:
+        return [box.as_dict() for box in locate(raw, self.frame)]
 
 
 def _chunk(request_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
@@ -255,16 +290,22 @@ def _chunk(request_id: str, model: str, delta: dict, finish: str | None = None, 
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
-async def _events(request_id: str, model: str, result_future, pieces: asyncio.Queue) -> AsyncIterator[str]:
-    """Server-sent events: the role, text pieces as generated, the rest of the text, the finish."""
+async def _events(
+    request_id: str, model: str, result_future, pieces: asyncio.Queue, answer: _Answer
+) -> AsyncIterator[str]:
+    """Server-sent events: the role, text pieces as generated, the rest of the text, the finish with
+    the boxes. Pieces are what the reader's text gained, so they add up to the whole reply's text."""
     yield _chunk(request_id, model, {"role": "assistant", "content": ""}, clinical_notice=CLINICAL_NOTICE)
-    sent = ""
+    raw, sent = "", ""
     while not (result_future.done() and pieces.empty()):
         getter = asyncio.ensure_future(pieces.get())
         done, _ = await asyncio.wait({getter, result_future}, return_when=asyncio.FIRST_COMPLETED)
         if getter in done:
-            sent += getter.result()
-            yield _chunk(request_id, model, {"content": getter.result()})
+            raw += getter.result()
+            shown = answer.shown_so_far(raw)
+            if shown.startswith(sent) and len(shown) > len(sent):
+                yield _chunk(request_id, model, {"content": shown[len(sent) :]})
+                sent = shown
         else:
             getter.cancel()
     try:
@@ -274,12 +315,13 @@ async def _events(request_id: str, model: str, result_future, pieces: asyncio.Qu
         yield _chunk(request_id, model, {}, "error")
         yield "data: [DONE]\n\n"
         return
-    if result.text.startswith(sent) and len(result.text) > len(sent):
-        yield _chunk(request_id, model, {"content": result.text[len(sent) :]})
+    text = answer.text(result.text)
+    if text.startswith(sent) and len(text) > len(sent):
+        yield _chunk(request_id, model, {"content": text[len(sent) :]})
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
-    yield _chunk(request_id, model, {}, result.finish_reason, usage=usage)
+    yield _chunk(request_id, model, {}, result.finish_reason, usage=usage, boxes=answer.boxes(result.text))
     yield "data: [DONE]\n\n"

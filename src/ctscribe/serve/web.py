@@ -7,14 +7,19 @@ and ``/v1/models`` to find the model when run on its own), so the same page work
     python -m ctscribe.serve.web --base-url http://gpu-host:8000/v1 --port 7860
 
 What stays on the page server: reading uploads. DICOM and NIfTI go through the same reader and CT
-windowing as ``ctscribe predict`` (:func:`ctscribe.generate.input_files.iter_inputs`: the middle slice of a
-multi-frame file or series, ``auto`` or a chosen window), and every image through the one image path
+windowing as ``ctscribe predict`` (:func:`ctscribe.generate.input_files.iter_inputs`: every slice of a
+multi-frame file, series or volume in position order, ``auto`` or a chosen window), and the slice the
+clinician picks with the slice slider (the middle one first) through the one image path
 (:func:`ctscribe.data.images.prepare_image`), so the API receives the pixels the model was trained on,
-as a lossless PNG data URL. Nothing of a DICOM header is shown, logged or written to the report: only
-the file name and the window. Conversations are not logged either. Gradio keeps every upload in its
-temp folder (``GRADIO_TEMP_DIR``) for up to an hour, headers and all, so the page reads each upload
-into the session's memory and deletes the file at once (:func:`take_uploads`); a window change reads
-from memory through a private folder that lasts one read.
+as a lossless PNG data URL. The slice described is named on the page and in the report, and the boxes
+of an answer (the API's ``boxes``, in the pixels of the image sent) are mapped back through the
+crop and resize onto that slice and drawn on it, numbered as the text numbers them ("[box 1]").
+Nothing of a DICOM header is shown, logged or written to the report: only the file name, the window
+and the slice number. Conversations are not logged either. Gradio keeps every upload in its temp
+folder (``GRADIO_TEMP_DIR``) for up to an hour, headers and all, so the page reads each upload into
+the session's memory and deletes the file at once (:func:`take_uploads`); the decoded slices stay in
+the session's memory (:class:`Volume`), and a window change reads the held files again through a
+private folder that lasts one read.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.boxes import GridBox, ImageFrame, Located, to_grid
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS, parse_window
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
@@ -53,9 +59,12 @@ NO_WINDOW = "none (an image file is shown as uploaded)"
 UNSUPPORTED = "unsupported file: upload a PNG or JPG image, DICOM file(s) of one series, or a NIfTI volume"
 HELP = (
     "Upload a CT image (PNG or JPG), a DICOM file, all DICOM files of one series, or a NIfTI volume; "
-    "the middle slice of a volume is used. Then **Describe**, and ask follow-up questions about the "
-    "same image. DICOM headers are read only for the image and the window: no patient data is shown."
+    "for a series or volume, pick the slice with the slider (the middle one first). Then **Describe**, "
+    "and ask follow-up questions about the same slice; where the answer points, a numbered box is "
+    "drawn on the image. DICOM headers are read only for the image and the window: no patient data "
+    "is shown."
 )
+BOX_COLOUR = (255, 200, 0)  # amber: visible on grey CT, unlike MedTrinity's own green boxes
 
 
 class UploadError(ValueError):
@@ -71,12 +80,74 @@ class Upload:
     name: str  # the file name only, never a folder or header content
     window: str | None  # window label for DICOM/NIfTI, None for image files
     note: str = ""  # e.g. that only the first of several series is used
+    slice: tuple[int, int] | None = None  # (number from 1, slices in the series) of a series or volume
+    # Where the image sent lies in the image shown, and its size: boxes come back in its pixels.
+    frame: ImageFrame | None = None
+    sent_size: tuple[int, int] | None = None
+
+    @property
+    def slice_label(self) -> str:
+        return f"{self.slice[0]} of {self.slice[1]}" if self.slice else ""
 
     @property
     def info(self) -> str:
         """One Markdown line for the page and the report."""
         text = f"**Image:** {self.name} · **Window:** {self.window or NO_WINDOW}"
+        if self.slice:
+            text += f" · **Slice:** {self.slice_label}"
         return f"{text} · {self.note}" if self.note else text
+
+    def shown_boxes(self, boxes: Sequence[dict]) -> list[Located]:
+        """The API's boxes (pixels of the image sent) in pixels of the image shown; a malformed box
+        is left out, not drawn wrong."""
+        located = []
+        for box in boxes:
+            try:
+                sent = to_grid(tuple(int(v) for v in box["box_pixels"]), *self.sent_size)
+                pixels = self.frame.to_pixels(sent)
+                located.append(Located(str(box.get("phrase") or ""), GridBox(*box["box_1000"]), pixels))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        return located
+
+
+@dataclass(frozen=True)
+class Volume:
+    """What was uploaded, decoded and windowed, held in the session's memory (never on disk): one
+    image for an image file, every readable slice in position order for a DICOM series or a NIfTI
+    volume (greyscale, one byte a pixel: 300 slices of 512² hold 79 MB)."""
+
+    slices: tuple[Image.Image, ...]
+    names: tuple[str, ...]  # each slice's file name (a DICOM series has a file per slice)
+    window: str | None
+    total: int | None = None  # slices in the series or volume; None for a single image or slice
+    numbers: tuple[int, ...] = ()  # each slice's place in it, from 0 (unreadable slices are left out)
+    note: str = ""
+
+    @property
+    def middle(self) -> int:
+        """The position first shown: the middle slice, as ``ctscribe predict`` picks it."""
+        return len(self.slices) // 2
+
+    def upload(self, position: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Upload:
+        """The slice at ``position`` (0-based, clamped), prepared for the model."""
+        position = min(max(0, int(position)), len(self.slices) - 1)
+        image = self.slices[position].convert("RGB")
+        try:
+            prepared = prepare_image(image, ImageOptions(max_pixels=max_pixels))
+        except BadImageError as error:
+            raise UploadError(f"unusable image: {error}") from None
+        number = (self.numbers[position] + 1, self.total) if self.total is not None else None
+        return Upload(
+            image,
+            image_data_url(prepared.image),
+            self.names[position],
+            self.window,
+            self.note,
+            number,
+            ImageFrame.of(prepared),
+            prepared.image.size,
+        )
 
 
 def window_spec(choice: str, custom: str = "") -> str:
@@ -92,15 +163,12 @@ def window_spec(choice: str, custom: str = "") -> str:
     return spec
 
 
-def load_upload(
-    paths: Sequence[str | os.PathLike],
-    window: str = AUTO,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Upload:
-    """Read uploaded files into the image to describe, as ``ctscribe predict`` would read them.
+def read_volume(paths: Sequence[str | os.PathLike], window: str = AUTO) -> Volume:
+    """Read uploaded files into the images to describe, as ``ctscribe predict --slices all`` would.
 
     Several files are linked into one folder so the reader groups DICOM slices into series and
-    picks the middle slice by position, whatever order the browser sent them in.
+    orders them by position, whatever order the browser sent them in. Of several images or series,
+    the first is used (the note says so).
     """
     paths = [Path(path) for path in paths if path]
     if not paths:
@@ -108,7 +176,7 @@ def load_upload(
     if any(path.suffix.lower() == ".json" for path in paths):
         raise UploadError(UNSUPPORTED)
     if len(paths) == 1:
-        items = list(iter_inputs(paths, window=window))
+        items = list(iter_inputs(paths, window=window, slices="all"))
     else:
         with tempfile.TemporaryDirectory(prefix="ctscribe-upload-") as folder:
             for number, path in enumerate(paths):
@@ -116,21 +184,34 @@ def load_upload(
                 if link.exists():  # the same name from two folders
                     link = Path(folder) / f"{number}-{path.name}"
                 link.symlink_to(path.resolve())
-            items = list(iter_inputs([folder], window=window))
-    good = [item for item in items if item.image is not None]
+            items = list(iter_inputs([folder], window=window, slices="all"))
+    # An image file, or the slices of one series or volume (numbered from 0), in the reader's order.
+    groups: list[list] = []
+    for item in items:
+        if item.slice_index in (None, 0) or not groups:
+            groups.append([])
+        groups[-1].append(item)
+    good = [group for group in groups if any(item.image is not None for item in group)]
     if not good:
         error = items[0].error if items else "nothing readable"
         raise UploadError(UNSUPPORTED if (error or "").startswith("unsupported file") else error)
-    item = good[0]
-    try:
-        prepared = prepare_image(item.image, ImageOptions(max_pixels=max_pixels)).image
-    except BadImageError as error:
-        raise UploadError(f"unusable image: {error}") from None
-    name = Path(item.source).name
-    note = f"first of {len(good)} images or series uploaded" if len(good) > 1 else ""
-    if item.slice_index:  # 0 is a single slice; a higher index is the middle of a volume or series
-        note = ", ".join(filter(None, [f"middle slice (#{item.slice_index + 1})", note]))
-    return Upload(item.image, image_data_url(prepared), name, item.window, note)
+    first = [item for item in good[0] if item.image is not None]
+    return Volume(
+        slices=tuple(item.image.convert("L") if item.window else item.image for item in first),
+        names=tuple(Path(item.source).name for item in first),
+        window=first[0].window,
+        total=len(good[0]) if len(good[0]) > 1 else None,  # a single image or slice has no slider
+        numbers=tuple(item.slice_index or 0 for item in first),
+        note=f"first of {len(good)} images or series uploaded" if len(good) > 1 else "",
+    )
+
+
+def load_upload(
+    paths: Sequence[str | os.PathLike], window: str = AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Upload:
+    """The middle slice (or the image) of the uploaded files, prepared: what the page shows first."""
+    volume = read_volume(paths, window)
+    return volume.upload(volume.middle, max_pixels)
 
 
 def take_uploads(paths: Sequence[str | os.PathLike]) -> list[tuple[str, bytes]]:
@@ -145,8 +226,8 @@ def take_uploads(paths: Sequence[str | os.PathLike]) -> list[tuple[str, bytes]]:
     return held
 
 
-def load_held(held: Sequence[tuple[str, bytes]], window: str, max_pixels: int) -> Upload:
-    """:func:`load_upload` on files held in memory, written to a private folder for the one read."""
+def load_held(held: Sequence[tuple[str, bytes]], window: str) -> Volume:
+    """:func:`read_volume` on files held in memory, written to a private folder for the one read."""
     with tempfile.TemporaryDirectory(prefix="ctscribe-upload-") as folder:
         paths = []
         for number, (name, data) in enumerate(held):
@@ -154,7 +235,7 @@ def load_held(held: Sequence[tuple[str, bytes]], window: str, max_pixels: int) -
             path.parent.mkdir()
             path.write_bytes(data)
             paths.append(path)
-        return load_upload(paths, window, max_pixels)
+        return read_volume(paths, window)
 
 
 def password_check(api_key: str | None):
@@ -183,23 +264,28 @@ def api_messages(history: Sequence[dict], data_url: str) -> list[dict]:
 
 def stream_reply(
     client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0
-) -> Iterator[str]:
-    """The assistant's reply as it grows, from a streamed chat completion.
+) -> Iterator[tuple[str, list[dict]]]:
+    """The assistant's reply as it grows, and its boxes once known, from a streamed chat completion.
 
-    Temperature 0 (greedy) by default: the same image and question give the same description, as
-    in evaluation; the page offers more only as an option.
+    Boxes are ctscribe serve's extra field in the last chunk (in pixels of the image sent); another
+    server's stream has none. Temperature 0 (greedy) by default: the same image and question give
+    the same description, as in evaluation; the page offers more only as an option.
     """
-    text = ""
+    text, boxes = "", []
     stream = client.chat.completions.create(
         model=model, messages=messages, stream=True, max_tokens=max_tokens, temperature=temperature
     )
     for chunk in stream:
+        extra = getattr(chunk, "model_extra", None) or {}
+        if isinstance(extra.get("boxes"), list) and extra["boxes"]:
+            boxes = extra["boxes"]
+            yield text, boxes
         if not chunk.choices:  # a usage-only chunk (vLLM)
             continue
         choice = chunk.choices[0]
         if choice.delta is not None and choice.delta.content:
             text += choice.delta.content
-            yield text
+            yield text, boxes
         if choice.finish_reason == "error":  # ctscribe serve: generation failed after the stream began
             raise RuntimeError("generation failed on the model server; its log has the details")
     if not text.strip():
@@ -217,9 +303,34 @@ def error_message(error: Exception, base_url: str) -> str:
     return "unexpected error on the page server; its log has the details"
 
 
-def report_markdown(upload: Upload, history: Sequence[dict], model: str, when: datetime) -> str:
-    """The downloadable report: the image (file name and window only), the conversation, the model,
-    the date, and the clinical notice at the top and the bottom so no excerpt loses it."""
+def draw_boxes(image: Image.Image, boxes: Sequence[Located]) -> Image.Image:
+    """A copy of ``image`` with each box outlined and numbered as the reply numbers it ("[box 1]")."""
+    drawn = image.convert("RGB")  # a copy, also when the image is RGB already
+    if drawn is image:
+        drawn = image.copy()
+    draw = ImageDraw.Draw(drawn)
+    line = max(2, round(max(drawn.size) / 256))
+    font = ImageFont.load_default(size=max(12, line * 6))
+    for number, box in enumerate(boxes, start=1):
+        if box.pixels is None:
+            continue
+        x0, y0, x1, y1 = box.pixels
+        draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
+        left, top, right, bottom = draw.textbbox((0, 0), str(number), font=font)
+        tag_y = y0 - (bottom - top) - 2 * line if y0 > bottom - top + 2 * line else y1 + line
+        draw.rectangle(
+            (x0, tag_y, x0 + right - left + 2 * line, tag_y + bottom - top + 2 * line), fill=BOX_COLOUR
+        )
+        draw.text((x0 + line - left, tag_y + line - top), str(number), fill=(0, 0, 0), font=font)
+    return drawn
+
+
+def report_markdown(
+    upload: Upload, history: Sequence[dict], model: str, when: datetime, boxes: Sequence[Located] = ()
+) -> str:
+    """The downloadable report: the image (file name, window and slice only), the conversation, the
+    boxes drawn, the model, the date, and the clinical notice at the top and the bottom so no excerpt
+    loses it."""
     lines = [
         "# ctscribe report",
         "",
@@ -230,17 +341,28 @@ def report_markdown(upload: Upload, history: Sequence[dict], model: str, when: d
         f"- Image: {upload.name}",
         f"- Window: {upload.window or NO_WINDOW}",
     ]
+    if upload.slice:
+        lines.append(f"- Slice: {upload.slice_label} (the slice described)")
     if upload.note:
         lines.append(f"- Note: {upload.note}")
     lines += ["", "## Conversation", ""]
     for turn in history:
         who = "Question" if turn["role"] == "user" else "ctscribe"
         lines += [f"**{who}:**", "", turn["content"].strip(), ""]
+    if boxes:
+        lines += ["## Boxes drawn on the image", ""]
+        for number, box in enumerate(boxes, start=1):
+            if box.pixels is not None:
+                x0, y0, x1, y1 = box.pixels
+                lines.append(f"{number}. {box.phrase or 'box'}: x {x0}-{x1}, y {y0}-{y1}")
+        lines += ["", "(pixels of the image shown, counted from its top-left corner, edges included)", ""]
     lines += ["---", "", CLINICAL_NOTICE, ""]
     return "\n".join(lines)
 
 
-def write_report(folder: Path, upload: Upload, history: Sequence[dict], model: str) -> Path:
+def write_report(
+    folder: Path, upload: Upload, history: Sequence[dict], model: str, boxes: Sequence[Located] = ()
+) -> Path:
     """Write the report to a fresh folder (so concurrent users never share a file) for download.
 
     Gradio serves a copy from its own cache (cleaned by ``delete_cache``); our copies older than
@@ -252,7 +374,7 @@ def write_report(folder: Path, upload: Upload, history: Sequence[dict], model: s
             shutil.rmtree(old, ignore_errors=True)
     when = datetime.now().astimezone()
     target = Path(tempfile.mkdtemp(dir=folder)) / f"ctscribe-report-{when:%Y%m%d-%H%M%S}.md"
-    target.write_text(report_markdown(upload, history, model, when), encoding="utf-8")
+    target.write_text(report_markdown(upload, history, model, when, boxes), encoding="utf-8")
     return target
 
 
@@ -276,63 +398,99 @@ def build_page(
     client = OpenAI(base_url=api_base_url, api_key=api_key or "none", timeout=TIMEOUT_S, max_retries=2)
     reports = Path(tempfile.mkdtemp(prefix="ctscribe-reports-"))
 
-    def show(held, window, custom):
-        """Show the image of the ``held`` uploads in the chosen window; start a fresh conversation."""
-        cleared = ([], [], gr.DownloadButton(value=None, interactive=False))
+    def cleared(upload: Upload | None, message: str = "") -> tuple:
+        """The outputs of a fresh start on ``upload`` (None: no image): no conversation, no boxes."""
+        empty = ([], [], gr.DownloadButton(value=None, interactive=False), [])
+        if upload is None:
+            return None, None, "", message, *empty
+        return upload, upload.image, upload.info, message, *empty
+
+    def read(held, window, custom, position=None):
+        """Read the ``held`` uploads in the chosen window into the session's memory and show the
+        slice at ``position`` (1-based, the slider's; None: the middle one); start afresh."""
+        hidden = gr.Slider(visible=False)
         if not held:
-            return None, None, "", "", *cleared
+            return None, hidden, *cleared(None)
         try:
-            upload = load_held(held, window_spec(window, custom), max_pixels)
+            volume = load_held(held, window_spec(window, custom))
+            place = volume.middle if position is None else int(position) - 1
+            upload = volume.upload(place, max_pixels)
         except UploadError as error:
-            return None, None, "", f"**Error:** {error}", *cleared
-        return upload, upload.image, upload.info, "", *cleared
+            return None, hidden, *cleared(None, f"**Error:** {error}")
+        slider = hidden
+        if len(volume.slices) > 1:
+            slider = gr.Slider(
+                visible=True,
+                minimum=1,
+                maximum=len(volume.slices),
+                value=min(max(1, place + 1), len(volume.slices)),
+            )
+        return volume, slider, *cleared(upload)
 
     def on_files(files, window, custom):
         """An upload (one image, or all files of a series) is read into the session and deleted from
         disk at once; the file list is emptied, as its files are gone, and the image is shown."""
         files = [files] if isinstance(files, str) else list(files or [])
         held = take_uploads(files)
-        return None, held, *show(held, window, custom)
+        return None, held, *read(held, window, custom)
 
-    def converse(upload, history, question, temperature=0.0, tokens=max_tokens):
-        """Stream the reply to ``question`` into the chat; on failure keep the earlier conversation."""
+    def pick(volume, position):
+        """Show the slice the slider points at and start afresh: a description is of one slice."""
+        if volume is None:
+            return cleared(None)
+        try:
+            return cleared(volume.upload(int(position) - 1, max_pixels))
+        except UploadError as error:
+            return cleared(None, f"**Error:** {error}")
+
+    def converse(upload, history, boxes, question, temperature=0.0, tokens=max_tokens):
+        """Stream the reply to ``question`` into the chat; on failure keep the earlier conversation.
+
+        The boxes of the latest reply that has any are drawn on the image (a follow-up without boxes
+        leaves them); a new conversation starts without boxes.
+        """
         question = (question or "").strip()
-        report = gr.DownloadButton()
+        report, unchanged = gr.DownloadButton(), gr.skip()
         if upload is None:
-            yield history, history, "**Error:** upload an image first", report, question
+            yield history, history, "**Error:** upload an image first", report, question, unchanged, boxes
             return
         if not question:
-            yield history, history, "**Error:** type a question first", report, question
+            yield history, history, "**Error:** type a question first", report, question, unchanged, boxes
             return
+        boxes = boxes if history else []
         asked = [*history, {"role": "user", "content": question}]
         shown = [*asked, {"role": "assistant", "content": ""}]
-        yield history, shown, "Generating…", report, ""
+        yield history, shown, "Generating…", report, "", unchanged, boxes
         try:
-            reply = ""
+            reply, found = "", []
             messages = api_messages(asked, upload.data_url)
-            for reply in stream_reply(client, model, messages, int(tokens), float(temperature)):
-                yield history, [*asked, {"role": "assistant", "content": reply}], "Generating…", report, ""
+            for step in stream_reply(client, model, messages, int(tokens), float(temperature)):
+                reply, found = step
+                partial = [*asked, {"role": "assistant", "content": reply}]
+                yield history, partial, "Generating…", report, "", unchanged, boxes
         except Exception as error:  # every failure becomes a sentence on the page
             message = error_message(error, api_base_url)
             if message.startswith("unexpected"):
                 log.exception("page request failed")
             else:
                 log.warning("page request failed: %s", message)
-            yield history, history, f"**Error:** {message}", report, question
+            yield history, history, f"**Error:** {message}", report, question, unchanged, boxes
             return
+        boxes = upload.shown_boxes(found) or boxes
         done = [*asked, {"role": "assistant", "content": reply}]
-        path = write_report(reports, upload, done, model)
-        yield done, done, "", gr.DownloadButton(value=str(path), interactive=True), ""
+        path = write_report(reports, upload, done, model, boxes)
+        drawn = draw_boxes(upload.image, boxes) if boxes else upload.image
+        yield done, done, "", gr.DownloadButton(value=str(path), interactive=True), "", drawn, boxes
 
     def describe(upload, lang, temperature, tokens):
         """Describe the image afresh: a new conversation with the default prompt in the language."""
         prompt = prompts.get(lang) or DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"])
-        yield from converse(upload, [], prompt, temperature, tokens)
+        yield from converse(upload, [], [], prompt, temperature, tokens)
 
     with gr.Blocks(title="ctscribe", analytics_enabled=False, delete_cache=(900, KEEP_REPORTS_S)) as page:
         gr.Markdown("# ctscribe: CT image descriptions")
         gr.Markdown(f"**Clinical notice.** {CLINICAL_NOTICE}", elem_id="clinical-notice")
-        upload_state, history_state = gr.State(None), gr.State([])
+        upload_state, history_state, boxes_state = gr.State(None), gr.State([]), gr.State([])
         with gr.Row():
             with gr.Column(scale=2):
                 files = gr.File(label="CT image", file_count="multiple", type="filepath", elem_id="upload")
@@ -343,6 +501,7 @@ def build_page(
                 preview = gr.Image(
                     label="Image", type="pil", format="png", interactive=False, elem_id="preview"
                 )
+                slider = gr.Slider(1, 2, value=1, step=1, label="Slice", visible=False, elem_id="slice")
                 info = gr.Markdown(elem_id="image-info")
                 with gr.Accordion("Options", open=False, elem_id="options"):
                     temperature = gr.Slider(
@@ -361,19 +520,25 @@ def build_page(
         gr.Markdown(HELP)
 
         held_state = gr.State([])  # (name, bytes) of the uploaded files, in memory only
-        loaded = [upload_state, preview, info, status, history_state, chat, report]
+        volume_state = gr.State(None)  # the decoded, windowed slices (Volume), in memory only
+        loaded = [upload_state, preview, info, status, history_state, chat, report, boxes_state]
         # .upload rather than .change: emptying the list from here must not re-trigger.
-        files.upload(on_files, [files, window, custom], [files, held_state, *loaded])
+        files.upload(on_files, [files, window, custom], [files, held_state, volume_state, slider, *loaded])
         for event in (window.change, custom.submit):
-            event(show, [held_state, window, custom], loaded)
-        chatting = [history_state, chat, status, report, question]
+            event(read, [held_state, window, custom, slider], [volume_state, slider, *loaded])
+        # .input: the clinician moved it (not the page resetting it); only the last position counts.
+        slider.input(pick, [volume_state, slider], loaded, trigger_mode="always_last")
+        chatting = [history_state, chat, status, report, question, preview, boxes_state]
         # The model server queues and batches (and answers 503 when full): the page must not make
         # one clinician wait for another's description, so its own queue does not limit.
         sampling = [temperature, tokens]
         describe_button.click(describe, [upload_state, lang, *sampling], chatting, concurrency_limit=None)
         for event in (ask_button.click, question.submit):
             event(
-                converse, [upload_state, history_state, question, *sampling], chatting, concurrency_limit=None
+                converse,
+                [upload_state, history_state, boxes_state, question, *sampling],
+                chatting,
+                concurrency_limit=None,
             )
     return page
 
