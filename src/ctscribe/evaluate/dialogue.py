@@ -30,11 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ctscribe.clinical.findings import key_terms
+from ctscribe.conversation.boxes import strip_grounding
 from ctscribe.conversation.records import record_prompt, user_message
 from ctscribe.data.images import BadImageError
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.scores import json_number, read_predictions
+from ctscribe.evaluate.scores import json_number, model_text, read_predictions
 from ctscribe.files import atomic_write_text
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 
@@ -104,7 +105,7 @@ def answer_followups(
                     continue  # its description failed too; predictions.jsonl names the reason
                 history = [
                     user_message(record_prompt(record)),
-                    {"role": "assistant", "content": described[record["id"]]["text"]},
+                    {"role": "assistant", "content": model_text(described[record["id"]])},
                 ]
                 batch.append((record, _turns(record), image, history, []))
             depth = max((len(turns) for _, turns, *_ in batch), default=0)
@@ -137,9 +138,9 @@ def score_dialogues(rows: Sequence[dict], seed: int = 0) -> dict:
     correct = np.array([float(yes_or_no(t["prediction"]) == t["expected"]) for t in closed])
     recalls = []
     for turn in (t for t in turns if t["kind"] == "open"):
-        expected = key_terms(turn["reference"])
+        expected = key_terms(strip_grounding(turn["reference"]))
         if expected:
-            recalls.append(len(expected & key_terms(turn["prediction"])) / len(expected))
+            recalls.append(len(expected & key_terms(strip_grounding(turn["prediction"]))) / len(expected))
     recall = np.array(recalls)
     block: dict = {
         "records": len(rows),
