@@ -8,9 +8,12 @@ import pytest
 from PIL import Image
 
 from ctscribe.conversation.boxes import GridBox, format_box
+from ctscribe.data.images import ImageOptions
 from ctscribe.evaluate.grounding import first_box, score_boxes
 from ctscribe.evaluate.report import BOX_COLOURS, build_report, comparison_rows
 from ctscribe.evaluate.scores import score_records
+from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.generate.engine import GenerationResult, ImagePath
 
 BOX = GridBox(100, 100, 500, 500)
 
@@ -117,3 +120,34 @@ def test_the_report_and_the_gallery_show_the_boxes(tmp_path):
     assert thumbnail.getpixel((10, 30)) == _rgb(BOX_COLOURS["reference"])
     assert thumbnail.getpixel((60, 75)) == _rgb(BOX_COLOURS["model"])
     assert thumbnail.getpixel((30, 30)) == (0, 0, 0)
+
+
+class _Points(ImagePath):
+    """A stand-in engine that describes every image with the caption grounded by one fixed box."""
+
+    name = "stand-in"
+    image_options = ImageOptions(max_pixels=LEARNING_PIXELS)
+
+    def generate(self, requests):
+        text = caption(GridBox(100, 100, 500, 300))  # half of BOX: IoU 0.5
+        return [GenerationResult(text, 5, 30, "stop", 0.0) for _ in requests]
+
+
+def test_evaluate_reports_box_iou_from_the_generated_text(tmp_path):
+    """A split whose answers hold boxes, through predict, scoring and the report."""
+    from ctscribe.evaluate.run import run_evaluation
+
+    records = []
+    for index, box in enumerate((BOX, None)):
+        Image.new("L", (64, 64), 30).save(tmp_path / f"{index}.png")
+        messages = [
+            {"role": "user", "content": "<image>Describe this CT image."},
+            {"role": "assistant", "content": caption(box)},
+        ]
+        records.append({"id": f"r{index}", "messages": messages, "images": [f"{index}.png"]})
+    (tmp_path / "test.json").write_text(json.dumps(records))
+    metrics = run_evaluation(_Points, tmp_path / "test.json", tmp_path / "report", with_meteor=False)
+    assert metrics["n"] == 2 and metrics["bleu4"] == pytest.approx(1.0)
+    assert metrics["boxes"]["n"] == 1 and metrics["boxes"]["without_reference_box"] == 1
+    assert metrics["boxes"]["mean_iou"] == pytest.approx(0.5) and metrics["boxes"]["iou50"] == 1.0
+    assert "| box IoU | 0.500" in (tmp_path / "report" / "report.md").read_text()
