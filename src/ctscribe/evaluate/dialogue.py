@@ -16,6 +16,8 @@ Scores (``metrics.json``'s ``dialogue`` block), with the same bootstrap interval
 - ``open_recall``: per open question, the share of the reference answer's key terms (the findings
   lexicons' modality, regions, sides, abnormality types with their polarity) that the answer names;
   the mean over open questions whose reference names any.
+- ``boxes``: box IoU (:mod:`ctscribe.evaluate.grounding`) over the questions whose reference answer
+  holds a box (a grounded split's "Where is the region of interest?"); absent when none does.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ctscribe.conversation.records import record_prompt, user_message
 from ctscribe.data.images import BadImageError
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.evaluate.grounding import score_boxes
 from ctscribe.evaluate.scores import json_number, model_text, read_predictions
 from ctscribe.files import atomic_write_text
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
@@ -160,4 +163,7 @@ def score_dialogues(rows: Sequence[dict], seed: int = 0) -> dict:
         block["ci95"]["closed_acc"] = [json_number(v) for v in bootstrap_ci(correct, seed=seed)]
     if recalls:
         block["ci95"]["open_recall"] = [json_number(v) for v in bootstrap_ci(recall, seed=seed)]
+    boxes = score_boxes([t["prediction"] for t in turns], [t["reference"] for t in turns], seed)
+    if boxes["n"]:  # a grounded split asks where the region of interest is
+        block["boxes"] = boxes
     return block

@@ -38,6 +38,7 @@ ROWS = (
     ("ROUGE-L, findings sentence", ("findings_sentence", "rouge_l")),
     ("closed-question accuracy", ("dialogue", "closed_acc")),
     ("open-question recall", ("dialogue", "open_recall")),
+    ("box IoU, follow-up", ("dialogue", "boxes", "mean_iou")),
 )
 THUMBNAIL = 160
 BOX_MARK = "[box]"  # where a text's box was, in the gallery's plain text
@@ -69,6 +70,18 @@ def comparison_rows(metrics: dict) -> list[tuple[str, str, str]]:
             continue
         rows.append((label, _fmt(value, interval), _fmt(*_get(metrics.get("baseline"), path))))
     return rows
+
+
+def box_count(metrics: dict) -> str | None:
+    """Which samples box IoU counts, in a sentence (None when no reference has a box)."""
+    boxes = metrics.get("boxes") or {}
+    if not boxes.get("n"):
+        return None
+    return (
+        f"Box IoU counts the {boxes['n']} samples whose reference has a box "
+        f"({boxes['without_reference_box']} without one are left out); an output without a "
+        "parseable box counts IoU 0."
+    )
 
 
 def _systems(metrics: dict) -> list[tuple[str, dict]]:
@@ -237,14 +250,8 @@ def write_report(out: Path, metrics: dict, plots: list[str]) -> None:
     ]
     for label, model, base in comparison_rows(metrics):
         lines.append(f"| {label} | {model} | {base} |" if has_baseline else f"| {label} | {model} |")
-    boxes = metrics.get("boxes") or {}
-    if boxes.get("n"):
-        lines += [
-            "",
-            f"Box IoU counts the {boxes['n']} samples whose reference has a box "
-            f"({boxes['without_reference_box']} without one are left out); an output without a "
-            "parseable box counts IoU 0.",
-        ]
+    if counted := box_count(metrics):
+        lines += ["", counted]
     if metrics.get("per_region"):
         lines += [
             "",
