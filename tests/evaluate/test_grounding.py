@@ -13,7 +13,7 @@ from ctscribe.evaluate.grounding import first_box, score_boxes
 from ctscribe.evaluate.report import BOX_COLOURS, build_report, comparison_rows
 from ctscribe.evaluate.scores import score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.generate.engine import GenerationResult, ImagePath
+from ctscribe.generate.engine import GenerationResult, ImagePathMixin
 
 BOX = GridBox(100, 100, 500, 500)
 
@@ -122,7 +122,7 @@ def test_the_report_and_the_gallery_show_the_boxes(tmp_path):
     assert thumbnail.getpixel((30, 30)) == (0, 0, 0)
 
 
-class _Points(ImagePath):
+class _Points(ImagePathMixin):
     """A stand-in engine that describes every image with the caption grounded by one fixed box."""
 
     name = "stand-in"
