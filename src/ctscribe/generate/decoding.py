@@ -10,8 +10,8 @@ predict, evaluate and serve as the model wrote it, and the three backends return
   read from the tokenizer (vLLM hands over its token ids; ctscribe decodes them, so both backends'
   texts come from one function);
 - an OpenAI-compatible server only sends text: it is asked not to skip special tokens
-  (:data:`KEEP_SPECIAL_TOKENS`, which vLLM's server reads and ``ctscribe serve`` ignores, its engine
-  keeping the markers anyway), and :func:`drop_control_tokens` removes the others from that text.
+  (:data:`KEEP_SPECIAL_TOKENS`: vLLM's server reads it, ``ctscribe serve`` accepts it and answers
+  with the markers), and :func:`drop_control_tokens` removes the others from that text.
 """
 
 from __future__ import annotations
