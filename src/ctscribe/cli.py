@@ -631,7 +631,7 @@ def evaluate(
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
     --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora
     """
-    from ctscribe.evaluate.report import comparison_rows
+    from ctscribe.evaluate.report import box_count, comparison_rows
     from ctscribe.evaluate.run import run_evaluation
 
     # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
@@ -652,6 +652,8 @@ def evaluate(
     )
     for label, value, base in comparison_rows(metrics):
         typer.echo(f"{label:<28} {value:<26} {base if baseline else ''}")
+    if counted := box_count(metrics):
+        typer.echo(counted)
     typer.echo(f"wrote {out / 'report.md'}")
 
 

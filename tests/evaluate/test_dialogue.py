@@ -6,6 +6,7 @@ import math
 import pytest
 from PIL import Image
 
+from ctscribe.conversation.boxes import GridBox, format_box
 from ctscribe.evaluate.dialogue import answer_followups, followup_records, score_dialogues, yes_or_no
 from ctscribe.evaluate.scores import read_predictions
 from ctscribe.generate.engine import GenerationResult
@@ -78,6 +79,17 @@ def test_scores_count_closed_hits_and_open_key_terms():
 def test_scores_of_no_dialogue_are_empty_not_zero():
     block = score_dialogues([])
     assert block["closed_acc"] is None and block["open_recall"] is None and block["ci95"] == {}
+    assert "boxes" not in block
+
+
+def test_a_follow_up_answered_with_a_box_is_scored_by_iou():
+    where = format_box(GridBox(100, 100, 500, 500), "The region of interest")
+    guess = format_box(GridBox(100, 100, 500, 300), "The region of interest")  # IoU 0.5
+    reference = f"{where} is in the left lung."
+    rows = [{"id": "a", "turns": [_turn("open", "roi_box", reference, f"{guess} is in the left lung.")]}]
+    block = score_dialogues(rows)
+    assert block["boxes"]["n"] == 1 and block["boxes"]["mean_iou"] == 0.5
+    assert block["open_recall"] == 1.0  # lung and left, read from the words around the box
 
 
 class EchoEngine:

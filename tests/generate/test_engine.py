@@ -2,6 +2,7 @@
 
 import pytest
 
+from ctscribe.conversation.boxes import GridBox, format_box
 from ctscribe.conversation.records import user_message
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter
@@ -53,6 +54,35 @@ def test_text_only_requests_work(tiny_model_dir):
     engine = TransformersEngine(tiny_model_dir)
     (result,) = engine.generate([GenerationRequest([{"role": "user", "content": "Hello"}], max_new_tokens=3)])
     assert result.completion_tokens <= 3 and result.prompt_tokens > 3
+
+
+def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_markers(
+    tiny_model_dir, monkeypatch
+):
+    """The model's generate is replaced by one that writes a grounded caption, its end of turn and
+    pads: what the engine makes of those ids is what predict, evaluate and serve get."""
+    import torch
+
+    engine = TransformersEngine(tiny_model_dir)
+    tokenizer = engine.processor.tokenizer
+    grounded = f"The {format_box(GridBox(120, 340, 560, 780), 'region of interest')} is dense."
+    written = tokenizer(grounded)["input_ids"] + tokenizer.convert_tokens_to_ids(["<|im_end|>"] * 3)
+
+    def generate(input_ids, streamer=None, **_):
+        new = torch.tensor([written] * input_ids.shape[0])
+        if streamer is not None:
+            streamer.put(input_ids)
+            for column in new.T:
+                streamer.put(column)
+            streamer.end()
+        return torch.cat([input_ids, new], dim=1)
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    pieces = []
+    request = GenerationRequest([user_message("Where?", images=0)], max_new_tokens=64, on_text=pieces.append)
+    (result,) = engine.generate([request])
+    assert result.text == grounded and "".join(pieces) == grounded
+    assert result.finish_reason == "stop"
 
 
 def test_resolve_adapter_accepts_the_run_dir_or_the_adapter(tmp_path):

@@ -3,12 +3,19 @@
 import socket
 import subprocess
 import sys
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
+from ctscribe.conversation.boxes import GridBox, format_box
+from ctscribe.conversation.records import user_message
+from ctscribe.generate.engine import GenerationRequest, GenerationResult
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, choose_model
 
 SUBPROCESS_TIMEOUT_S = 120
+GROUNDED = f"The {format_box(GridBox(120, 340, 560, 780), 'region of interest')} is dense."
 
 
 def test_the_model_is_the_one_asked_for_or_the_only_one_listed():
@@ -53,3 +60,65 @@ def test_predict_evaluate_and_serve_against_a_dead_server_end_in_one_line(comman
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: cannot reach the model server at {url}; is it running?" in result.stderr.splitlines()
+
+
+def test_the_server_is_asked_to_keep_special_tokens_and_only_the_markers_are_kept(chat_server):
+    """The stand-in answers as vLLM's server writes with ``skip_special_tokens: false``."""
+    url, handler = chat_server
+    handler.reply = GROUNDED + "<|im_end|>"
+    engine = OpenAIEngine(url, "ct", api_key="right")
+    (result,) = engine.generate([GenerationRequest([user_message("Where?", images=0)])])
+    assert result.text == GROUNDED
+    assert handler.bodies[-1]["skip_special_tokens"] is False
+    assert handler.bodies[-1]["spaces_between_special_tokens"] is False
+
+
+class _Writes:
+    """A batcher whose engine writes a grounded caption, streamed in pieces: ctscribe serve's side."""
+
+    engine = SimpleNamespace(prepare=lambda image: image)
+
+    def stats(self) -> dict:
+        return {}
+
+    def submit(self, request: GenerationRequest):
+        from concurrent.futures import Future
+
+        for start in range(0, len(GROUNDED), 7):
+            if request.on_text is not None:
+                request.on_text(GROUNDED[start : start + 7])
+        future = Future()
+        future.set_result(GenerationResult(GROUNDED, 9, 30, "stop", 0.1))
+        return future
+
+
+def test_ctscribe_serve_takes_the_request_and_returns_the_markers_whole_and_streamed():
+    """ctscribe -> ctscribe (predict or serve --upstream against ctscribe serve): the extra fields are
+    accepted and the box arrives with its markers, whole and streamed."""
+    import uvicorn
+
+    from ctscribe.fixtures.servers import free_port
+    from ctscribe.serve.api import create_app
+
+    port = free_port()
+    app = create_app(_Writes(), model_name="ct")
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # up in well under a second; the client would retry anyway
+            if server.started:
+                break
+            time.sleep(0.05)
+        engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "ct")
+        pieces = []
+        whole, streamed = engine.generate(
+            [
+                GenerationRequest([user_message("Where?", images=0)]),
+                GenerationRequest([user_message("Where?", images=0)], on_text=pieces.append),
+            ]
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert whole.text == streamed.text == "".join(pieces) == GROUNDED

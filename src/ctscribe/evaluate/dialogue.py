@@ -16,6 +16,8 @@ Scores (``metrics.json``'s ``dialogue`` block), with the same bootstrap interval
 - ``open_recall``: per open question, the share of the reference answer's key terms (the findings
   lexicons' modality, regions, sides, abnormality types with their polarity) that the answer names;
   the mean over open questions whose reference names any.
+- ``boxes``: box IoU (:mod:`ctscribe.evaluate.grounding`) over the questions whose reference answer
+  holds a box (a grounded split's "Where is the region of interest?"); absent when none does.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ctscribe.clinical.findings import key_terms
+from ctscribe.conversation.boxes import strip_grounding
 from ctscribe.conversation.records import record_prompt, user_message
 from ctscribe.data.images import BadImageError
 from ctscribe.data.splits import read_split
 from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.scores import json_number, read_predictions
+from ctscribe.evaluate.grounding import score_boxes
+from ctscribe.evaluate.scores import json_number, model_text, read_predictions
 from ctscribe.files import atomic_write_text
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 
@@ -104,7 +108,7 @@ def answer_followups(
                     continue  # its description failed too; predictions.jsonl names the reason
                 history = [
                     user_message(record_prompt(record)),
-                    {"role": "assistant", "content": described[record["id"]]["text"]},
+                    {"role": "assistant", "content": model_text(described[record["id"]])},
                 ]
                 batch.append((record, _turns(record), image, history, []))
             depth = max((len(turns) for _, turns, *_ in batch), default=0)
@@ -137,9 +141,9 @@ def score_dialogues(rows: Sequence[dict], seed: int = 0) -> dict:
     correct = np.array([float(yes_or_no(t["prediction"]) == t["expected"]) for t in closed])
     recalls = []
     for turn in (t for t in turns if t["kind"] == "open"):
-        expected = key_terms(turn["reference"])
+        expected = key_terms(strip_grounding(turn["reference"]))
         if expected:
-            recalls.append(len(expected & key_terms(turn["prediction"])) / len(expected))
+            recalls.append(len(expected & key_terms(strip_grounding(turn["prediction"]))) / len(expected))
     recall = np.array(recalls)
     block: dict = {
         "records": len(rows),
@@ -159,4 +163,7 @@ def score_dialogues(rows: Sequence[dict], seed: int = 0) -> dict:
         block["ci95"]["closed_acc"] = [json_number(v) for v in bootstrap_ci(correct, seed=seed)]
     if recalls:
         block["ci95"]["open_recall"] = [json_number(v) for v in bootstrap_ci(recall, seed=seed)]
+    boxes = score_boxes([t["prediction"] for t in turns], [t["reference"] for t in turns], seed)
+    if boxes["n"]:  # a grounded split asks where the region of interest is
+        block["boxes"] = boxes
     return block

@@ -12,10 +12,14 @@ import io
 import json
 from pathlib import Path
 
+from PIL import ImageDraw
+
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.clinical.findings import Findings, parse_findings
+from ctscribe.conversation.boxes import GridBox, box_iou, strip_grounding, to_pixels
 from ctscribe.data.images import BadImageError, open_image
-from ctscribe.evaluate.scores import FINDINGS_METRICS
+from ctscribe.evaluate.grounding import first_box
+from ctscribe.evaluate.scores import FINDINGS_METRICS, model_text
 from ctscribe.files import atomic_write_text
 from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, plot_loss
 
@@ -27,12 +31,18 @@ ROWS = (
     ("METEOR", ("meteor",)),
     ("BERTScore F1", ("bertscore",)),
     *((name.replace("_", " "), ("findings", name)) for name in FINDINGS_METRICS),
+    ("box IoU", ("boxes", "mean_iou")),
+    ("box IoU >= 0.5", ("boxes", "iou50")),
+    ("parseable box", ("boxes", "parseable")),
     ("BLEU-4, findings sentence", ("findings_sentence", "bleu4")),
     ("ROUGE-L, findings sentence", ("findings_sentence", "rouge_l")),
     ("closed-question accuracy", ("dialogue", "closed_acc")),
     ("open-question recall", ("dialogue", "open_recall")),
+    ("box IoU, follow-up", ("dialogue", "boxes", "mean_iou")),
 )
 THUMBNAIL = 160
+BOX_MARK = "[box]"  # where a text's box was, in the gallery's plain text
+BOX_COLOURS = {"reference": "#00c000", "baseline": "#2f6fff", "model": "#ff2f7f"}  # reference as MedTrinity's
 
 
 def _get(block: dict | None, path: tuple[str, ...]) -> tuple[float | None, list | None]:
@@ -60,6 +70,18 @@ def comparison_rows(metrics: dict) -> list[tuple[str, str, str]]:
             continue
         rows.append((label, _fmt(value, interval), _fmt(*_get(metrics.get("baseline"), path))))
     return rows
+
+
+def box_count(metrics: dict) -> str | None:
+    """Which samples box IoU counts, in a sentence (None when no reference has a box)."""
+    boxes = metrics.get("boxes") or {}
+    if not boxes.get("n"):
+        return None
+    return (
+        f"Box IoU counts the {boxes['n']} samples whose reference has a box "
+        f"({boxes['without_reference_box']} without one are left out); an output without a "
+        "parseable box counts IoU 0."
+    )
 
 
 def _systems(metrics: dict) -> list[tuple[str, dict]]:
@@ -119,13 +141,17 @@ def plot_regions(metrics: dict, png: Path) -> None:
     _bar_chart(labels, bars, "region accuracy", png)
 
 
-def _thumbnail(path: str) -> str:
-    """A small inline PNG of an input image, or "" when it cannot be read."""
+def _thumbnail(path: str, boxes: list[tuple[GridBox, str]]) -> str:
+    """A small inline PNG of an input image with ``(box, colour)`` drawn on it, or "" when it cannot
+    be read. The boxes are on the grid of the prepared image, which is the split's image file."""
     try:
         image = open_image(path).convert("RGB")
     except BadImageError:
         return ""
     image.thumbnail((THUMBNAIL, THUMBNAIL))
+    draw = ImageDraw.Draw(image)
+    for box, colour in boxes:
+        draw.rectangle(to_pixels(box, image.width, image.height), outline=colour, width=2)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="">'
@@ -146,28 +172,46 @@ def _differences(prediction: Findings, reference: Findings) -> list[str]:
     return notes
 
 
-def _cell(text: str | None, notes: list[str]) -> str:
+def _box_note(text: str, reference: GridBox | None) -> list[str]:
+    """Where a prediction's box lies against the reference's, in words (nothing without a reference box)."""
+    if reference is None:
+        return []
+    box = first_box(text)
+    return [f"box IoU {box_iou(box, reference):.2f}" if box else "no parseable box"]
+
+
+def _cell(text: str | None, notes: list[str], colour: str) -> str:
     if text is None:
         return "<td>-</td>"
     flagged = "".join(f'<div class="diff">{html.escape(n)}</div>' for n in notes)
-    return f"<td>{html.escape(text)}{flagged}</td>"
+    swatch = f'<span class="box" style="border-color:{colour}"></span>'
+    return f"<td>{swatch}{html.escape(strip_grounding(text, BOX_MARK))}{flagged}</td>"
 
 
 def write_gallery(records: list[dict], baseline: dict[str, dict], html_path: Path, examples: int) -> None:
-    """gallery.html: thumbnail, reference, baseline and model output; disagreeing findings flagged."""
+    """gallery.html: thumbnail with the reference's and the outputs' boxes, reference, baseline and
+    model output; disagreeing findings and each box's IoU noted."""
     rows = []
     for record in [r for r in records if r.get("status") == "ok" and r.get("reference")][:examples]:
-        reference = parse_findings(record["reference"])
+        reference = parse_findings(strip_grounding(record["reference"]))
+        reference_box = first_box(record["reference"])
         name = record.get("id") or record["input"]
-        cells = [
-            f"<td>{_thumbnail(record['input'])}<div class='src'>{html.escape(name)}</div></td>",
-            f"<td>{html.escape(record['reference'])}</td>",
-        ]
+        columns = [("reference", record["reference"])]
         if baseline:
             other = baseline.get(name, {})
-            text = other.get("text") if other.get("status") == "ok" else None
-            cells.append(_cell(text, _differences(parse_findings(text), reference) if text else []))
-        cells.append(_cell(record["text"], _differences(parse_findings(record["text"]), reference)))
+            columns.append(("baseline", model_text(other) if other.get("status") == "ok" else None))
+        columns.append(("model", model_text(record)))
+        drawn = [(box, BOX_COLOURS[key]) for key, text in columns if text and (box := first_box(text))]
+        cells = [
+            f"<td>{_thumbnail(record['input'], drawn)}<div class='src'>{html.escape(name)}</div></td>",
+            _cell(record["reference"], [], BOX_COLOURS["reference"]),
+        ]
+        for key, text in columns[1:]:
+            notes = []
+            if text:
+                notes = _differences(parse_findings(strip_grounding(text)), reference)
+                notes += _box_note(text, reference_box)
+            cells.append(_cell(text, notes, BOX_COLOURS[key]))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "<th>image</th><th>reference</th>" + ("<th>baseline</th>" if baseline else "") + "<th>model</th>"
     html_path.write_text(
@@ -176,10 +220,12 @@ def write_gallery(records: list[dict], baseline: dict[str, dict], html_path: Pat
         "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:28em}"
         ".diff{background:#fde2e1;color:#8a1f11;margin-top:4px;padding:2px 4px;font-size:90%}"
         ".src{font-size:75%;color:#666;word-break:break-all}.notice{background:#fff4ce;padding:8px}"
+        ".box{display:inline-block;width:.8em;height:.8em;border:2px solid;margin-right:4px}"
         "</style></head><body><h1>Evaluation gallery</h1>"
         f"<p class='notice'>{html.escape(CLINICAL_NOTICE)}</p>"
         "<p>Red notes mark findings on which an output disagrees with the reference "
-        "(body region, abnormality types, side), as the findings parser reads them.</p>"
+        "(body region, abnormality types, side), as the findings parser reads them. Boxes on the "
+        "image: each column's colour, as its swatch shows; [box] marks where a text placed its box.</p>"
         f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>",
         encoding="utf-8",
     )
@@ -204,6 +250,8 @@ def write_report(out: Path, metrics: dict, plots: list[str]) -> None:
     ]
     for label, model, base in comparison_rows(metrics):
         lines.append(f"| {label} | {model} | {base} |" if has_baseline else f"| {label} | {model} |")
+    if counted := box_count(metrics):
+        lines += ["", counted]
     if metrics.get("per_region"):
         lines += [
             "",

@@ -1,7 +1,10 @@
-"""Every number of an evaluation, from predictions files: text metrics, findings, intervals, breakdowns.
+"""Every number of an evaluation, from predictions files: text metrics, findings, box IoU, intervals,
+breakdowns.
 
 Scoring reads the JSONL that generation wrote (``ctscribe.predict``) and nothing else, so a report can
-be recomputed, or a metric added, without generating again.
+be recomputed, or a metric added, without generating again. Text metrics and findings read plain
+captions: the grounding markup is removed from predictions and references alike, and the boxes are
+scored on their own (:mod:`ctscribe.evaluate.grounding`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ctscribe.clinical.findings import parse_findings
+from ctscribe.conversation.boxes import strip_grounding
 from ctscribe.evaluate.findings_scores import findings_intervals, findings_sentence, score_findings
 from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
 
@@ -74,9 +78,22 @@ def _scored(records: Sequence[dict]) -> list[dict]:
     return [r for r in records if r.get("status") == "ok" and r.get("reference")]
 
 
+def model_text(record: dict) -> str:
+    """What the model wrote, grounding markup included: ``raw_text`` where predict keeps it apart
+    from the text for readers, else ``text``."""
+    return record.get("raw_text", record["text"])
+
+
+def plain_texts(records: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Predictions and references of the scored records as plain captions, the boxes' markup removed
+    from both: text metrics and findings compare words, and box IoU scores where they point."""
+    scored = _scored(records)
+    return [strip_grounding(model_text(r)) for r in scored], [strip_grounding(r["reference"]) for r in scored]
+
+
 def scored_texts(records: Sequence[dict]) -> list[str]:
     """Every text :func:`score_records` tokenises: predictions, references and their findings sentences."""
-    texts = [text for r in _scored(records) for text in (r["text"], r["reference"])]
+    texts = [text for pair in zip(*plain_texts(records), strict=True) for text in pair]
     return texts + [findings_sentence(text) for text in texts]
 
 
@@ -93,10 +110,11 @@ def score_records(
     ``ptb``: :func:`ptb_tokenize` of :func:`scored_texts` (an evaluation tokenises model and baseline
     together, in one JVM start); without it the texts are tokenised here.
     """
+    from ctscribe.evaluate.grounding import score_boxes  # here: grounding uses json_number
+
     scored = _scored(records)
     failed = sum(1 for r in records if r.get("status") != "ok")
-    predictions = [r["text"] for r in scored]
-    references = [r["reference"] for r in scored]
+    predictions, references = plain_texts(records)
     if ptb is None:
         ptb = ptb_tokenize(scored_texts(records))
     metrics = {
@@ -105,6 +123,7 @@ def score_records(
     }
     if not scored:
         return metrics
+    metrics["boxes"] = score_boxes([model_text(r) for r in scored], [r["reference"] for r in scored], seed)
 
     predicted = [parse_findings(text) for text in predictions]
     expected = [parse_findings(text) for text in references]

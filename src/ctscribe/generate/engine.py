@@ -23,6 +23,7 @@ from typing import Protocol
 from PIL import Image
 
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
+from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.model_settings import set_processor_budget
 
 DEFAULT_MAX_NEW_TOKENS = 256  # MedTrinity CT captions average ~150 tokens; room for the longest
@@ -193,9 +194,10 @@ class TransformersEngine(ImagePathMixin):
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
         self.name = name or engine_name(model, adapter_dir)
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
+        self.hidden_ids = hidden_special_ids(self.processor.tokenizer)
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.processor.decode(tokens, skip_special_tokens=True).strip()
+        return decode_keeping_grounding(self.processor.tokenizer, tokens, self.hidden_ids)
 
     def _config(self, request: GenerationRequest, max_new_tokens: int):
         config = copy.deepcopy(self.generation_config)

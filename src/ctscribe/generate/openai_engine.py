@@ -3,8 +3,10 @@
 This is how predict and evaluate scale out: run ``ctscribe serve`` (or vLLM's OpenAI server on an
 exported model, docs/SERVE.md) on GPU machines and point ``--backend openai --base-url URL`` at it.
 Images still go through ctscribe's image path here, so the server receives exactly the pixels the
-model was trained on, as PNG in a base64 ``data:`` URL. A batch is sent as concurrent requests, which
-the server batches again on its side. ``ctscribe serve --upstream`` forwards through this client too.
+model was trained on, as PNG in a base64 ``data:`` URL. The server is asked to keep special tokens, so
+boxes arrive with their grounding markers (ctscribe.generate.decoding). A batch is sent as concurrent
+requests, which the server batches again on its side. ``ctscribe serve --upstream`` forwards through
+this client too.
 
 Whatever goes wrong on the way to the server (it is down, refuses the key, does not serve the model)
 becomes a :class:`ServerError` with one sentence that says so, never a client library's traceback.
@@ -22,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.generate.decoding import KEEP_SPECIAL_TOKENS, drop_control_tokens
 from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePathMixin
 
 TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
@@ -142,6 +145,7 @@ class OpenAIEngine(ImagePathMixin):
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
+            extra_body=KEEP_SPECIAL_TOKENS,  # the grounding markers are special tokens
             **extra,
         )
 
@@ -168,7 +172,7 @@ class OpenAIEngine(ImagePathMixin):
                 continue
             text += chunk.choices[0].delta.content or ""
             finish = chunk.choices[0].finish_reason or finish
-            visible = text.strip()
+            visible = drop_control_tokens(text).strip()
             if len(visible) > len(sent) and visible.startswith(sent):
                 request.on_text(visible[len(sent) :])
                 sent = visible
@@ -194,7 +198,7 @@ class OpenAIEngine(ImagePathMixin):
 
 def _result(text: str, finish: str | None, usage, start: float) -> GenerationResult:
     return GenerationResult(
-        text=text.strip(),
+        text=drop_control_tokens(text).strip(),
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
         finish_reason="length" if finish == "length" else "stop",

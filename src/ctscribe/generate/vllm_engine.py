@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.generate.engine import (
     GenerationRequest,
     GenerationResult,
@@ -45,6 +46,19 @@ def vllm_dtype(dtype: str, cuda_bf16: bool) -> str:
     if dtype not in VLLM_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(VLLM_DTYPES)}")
     return VLLM_DTYPES[dtype]
+
+
+def sampling_options(request: GenerationRequest) -> dict:
+    """vLLM's ``SamplingParams`` for ``request``. ctscribe decodes the token ids itself, keeping the
+    grounding markers that vLLM's text would drop (ctscribe.generate.decoding), so vLLM need not
+    detokenize at all."""
+    return {
+        "max_tokens": request.max_new_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "detokenize": False,
+    }
 
 
 class VLLMEngine(ImagePathMixin):
@@ -77,6 +91,8 @@ class VLLMEngine(ImagePathMixin):
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         rank = json.loads((adapter_dir / "adapter_config.json").read_text())["r"] if adapter_dir else None
         self.processor = AutoProcessor.from_pretrained(str(model))
+        self.tokenizer = self.processor.tokenizer
+        self.hidden_ids = hidden_special_ids(self.tokenizer)
         self.llm = LLM(
             model=str(model),
             dtype=vllm_dtype(dtype, cuda_bf16),
@@ -100,15 +116,12 @@ class VLLMEngine(ImagePathMixin):
             }
             for r in requests
         ]
-        params = [
-            SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed)
-            for r in requests
-        ]
+        params = [SamplingParams(**sampling_options(r)) for r in requests]
         outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
         seconds = time.perf_counter() - start
         return [
             GenerationResult(
-                text=output.outputs[0].text.strip(),
+                text=decode_keeping_grounding(self.tokenizer, output.outputs[0].token_ids, self.hidden_ids),
                 prompt_tokens=len(output.prompt_token_ids),
                 completion_tokens=len(output.outputs[0].token_ids),
                 finish_reason="length" if output.outputs[0].finish_reason == "length" else "stop",
