@@ -152,6 +152,8 @@ def _print_stats(stats: dict) -> None:
     for split, n in stats["splits"].items():
         table.add_row(f"split {split}", str(n))
     table.add_row("green ROI box found", str(stats["roi_box_found"]))
+    grounding = "" if stats["grounding"] == "on" else f" (grounding {stats['grounding']})"
+    table.add_row(f"grounded answers{grounding}", str(stats["grounded"]))
     table.add_row("mean image tokens", str(stats["mean_image_tokens"]))
     Console().print(table)
 
@@ -159,7 +161,14 @@ def _print_stats(stats: dict) -> None:
 Fraction = Annotated[float, typer.Option(min=0.0, max=0.5)]
 DialogueOption = typer.Option(
     help="Multi-turn records: the description, then a clinician's follow-up questions (organ, abnormality, "
-    "location, effect, balanced yes/no) answered from the caption only. See docs/PREPARE.md."
+    "location, effect, balanced yes/no) answered from the caption only, and for grounded rows where the "
+    "region of interest is (its box). See docs/PREPARE.md."
+)
+GroundingOption = typer.Option(
+    "--grounding/--no-grounding",
+    help="Put the green ROI box, on the 0-1000 grid of the prepared image, into the answer after the "
+    "caption's region-of-interest phrase (Qwen2-VL's grounding format). Never with --roi-box keep: the box "
+    "stays visible in the image, so no answer is grounded. See docs/PREPARE.md.",
 )
 
 
@@ -187,11 +196,15 @@ def prepare(
         ),
     ] = DEFAULT_MAX_PIXELS,
     roi_box: Annotated[
-        RoiBox, typer.Option(help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it.")
+        RoiBox,
+        typer.Option(
+            help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it (keep: no grounded answers)."
+        ),
     ] = RoiBox.remove,
     crop_background: Annotated[bool, typer.Option(help="Crop the black air around the body.")] = True,
     lang: Annotated[Lang, typer.Option(help="Prompt language (answers are the English captions).")] = Lang.en,
     dialogue: Annotated[bool, DialogueOption] = False,
+    grounding: Annotated[bool, GroundingOption] = True,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     limit: Annotated[int | None, typer.Option(min=1, help="Read only the first N source rows.")] = None,
@@ -222,7 +235,12 @@ def prepare(
         image=ImageOptions(max_pixels=max_pixels, roi_box=roi_box.value, crop_background=crop_background),
     )
     finalize_options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
+        lang=lang.value,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        name=name,
+        dialogue=dialogue,
+        grounding=grounding,
     )
     result = run_prepare(
         source,
@@ -254,6 +272,7 @@ def prepare_merge(
     out: Annotated[Path, typer.Option(help="New output folder for the joined data set.")],
     lang: Annotated[Lang, typer.Option(help="Prompt language.")] = Lang.en,
     dialogue: Annotated[bool, DialogueOption] = False,
+    grounding: Annotated[bool, GroundingOption] = True,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
@@ -262,7 +281,12 @@ def prepare_merge(
     from ctscribe.data.prepare import FinalizeOptions, merge_shards
 
     options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
+        lang=lang.value,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        name=name,
+        dialogue=dialogue,
+        grounding=grounding,
     )
     _print_stats(merge_shards(shards, out, options))
     typer.echo(f"wrote {out}")
