@@ -10,13 +10,16 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ctscribe import __version__
 from ctscribe.generate.backends import Backend
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+if TYPE_CHECKING:
+    from ctscribe.data.prepare import FinalizeOptions
 
 app = typer.Typer(
     help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
@@ -172,6 +175,22 @@ GroundingOption = typer.Option(
 )
 
 
+def _finalize_options(
+    lang: Lang, val_fraction: float, test_fraction: float, name: str, dialogue: bool, grounding: bool
+) -> FinalizeOptions:
+    """prepare's and prepare-merge's finalize options, from the flags they share."""
+    from ctscribe.data.prepare import FinalizeOptions
+
+    return FinalizeOptions(
+        lang=lang.value,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        name=name,
+        dialogue=dialogue,
+        grounding=grounding,
+    )
+
+
 @app.command()
 def prepare(
     source: Annotated[
@@ -227,21 +246,14 @@ def prepare(
     Example: ctscribe prepare --source data/MedTrinity-25M/25M_demo --out data/ct
     """
     from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+    from ctscribe.data.prepare import StageOptions, run_prepare
 
     shard_spec = _parse_shard(shard) if shard else (0, 1)
     stage_options = StageOptions(
         modality=modality.value,
         image=ImageOptions(max_pixels=max_pixels, roi_box=roi_box.value, crop_background=crop_background),
     )
-    finalize_options = FinalizeOptions(
-        lang=lang.value,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        name=name,
-        dialogue=dialogue,
-        grounding=grounding,
-    )
+    finalize_options = _finalize_options(lang, val_fraction, test_fraction, name, dialogue, grounding)
     result = run_prepare(
         source,
         out,
@@ -278,16 +290,9 @@ def prepare_merge(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
 ) -> None:
     """Join the outputs of `prepare --shard I/N` runs into one data set, identical to a single run."""
-    from ctscribe.data.prepare import FinalizeOptions, merge_shards
+    from ctscribe.data.prepare import merge_shards
 
-    options = FinalizeOptions(
-        lang=lang.value,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        name=name,
-        dialogue=dialogue,
-        grounding=grounding,
-    )
+    options = _finalize_options(lang, val_fraction, test_fraction, name, dialogue, grounding)
     _print_stats(merge_shards(shards, out, options))
     typer.echo(f"wrote {out}")
 
