@@ -82,10 +82,10 @@ def main() -> None:
         start = time.perf_counter()
         train(recipe)
         train_s = time.perf_counter() - start
-        scores = [(0, score_on_phantom(engine(model, max_pixels=PIXELS)))]
+        scores = [(0, score_on_phantom(engine(model, max_pixels=PIXELS), roi_share=roi_share))]
         for step in range(args.every, args.steps + 1, args.every):
-            checkpoint = root / "run" / f"checkpoint-{step}"
-            scores.append((step, score_on_phantom(engine(checkpoint, max_pixels=PIXELS, processor=model))))
+            checkpoint = engine(root / "run" / f"checkpoint-{step}", max_pixels=PIXELS, processor=model)
+            scores.append((step, score_on_phantom(checkpoint, roi_share=roi_share)))
 
     last = scores[-1][1]
     columns = ("region acc", "lesion acc", *(BOX_COLUMNS if args.grounding else ()))
