@@ -115,7 +115,7 @@ def synthesise_staging(work: Path, size: int) -> Path:
     """DIR/.staging as `prepare`'s stage would leave it for N rows, pointing at the pool's files."""
     from ctscribe.data.dedupe import HASH_BITS
     from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import STAGING, StageOptions
+    from ctscribe.data.prepare import STAGING, STAGING_FORMAT, StageOptions
 
     images, captions = _pool(work)
     out = work / f"data-{size}"
@@ -153,12 +153,18 @@ def synthesise_staging(work: Path, size: int) -> Path:
             "hash": f"{value:0{HASH_BITS // 4}x}",
             "group": None,
             "roi_box_found": False,
+            "roi_box": None,
             "image_tokens": 16,
         }
         handle.write(json.dumps(record) + "\n")
     handle.close()
     stage_options = asdict(StageOptions(image=ImageOptions(max_pixels=PIXELS)))
-    options = {"source": f"synthetic {size} rows", "stage": stage_options, "shard": [0, 1]}
+    options = {
+        "format": STAGING_FORMAT,
+        "source": f"synthetic {size} rows",
+        "stage": stage_options,
+        "shard": [0, 1],
+    }
     (out / STAGING / "options.json").write_text(json.dumps(options, default=str))
     (out / STAGING / "complete.json").write_text(json.dumps({"shard": [0, 1]}))
     return out

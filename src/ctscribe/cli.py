@@ -10,13 +10,16 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ctscribe import __version__
 from ctscribe.generate.backends import Backend
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+if TYPE_CHECKING:
+    from ctscribe.data.prepare import FinalizeOptions
 
 app = typer.Typer(
     help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
@@ -152,6 +155,8 @@ def _print_stats(stats: dict) -> None:
     for split, n in stats["splits"].items():
         table.add_row(f"split {split}", str(n))
     table.add_row("green ROI box found", str(stats["roi_box_found"]))
+    grounding = "" if stats["grounding"] == "on" else f" (grounding {stats['grounding']})"
+    table.add_row(f"grounded answers{grounding}", str(stats["grounded"]))
     table.add_row("mean image tokens", str(stats["mean_image_tokens"]))
     Console().print(table)
 
@@ -159,8 +164,31 @@ def _print_stats(stats: dict) -> None:
 Fraction = Annotated[float, typer.Option(min=0.0, max=0.5)]
 DialogueOption = typer.Option(
     help="Multi-turn records: the description, then a clinician's follow-up questions (organ, abnormality, "
-    "location, effect, balanced yes/no) answered from the caption only. See docs/PREPARE.md."
+    "location, effect, balanced yes/no) answered from the caption only, and for grounded rows where the "
+    "region of interest is (its box). See docs/PREPARE.md."
 )
+GroundingOption = typer.Option(
+    "--grounding/--no-grounding",
+    help="Put the green ROI box, on the 0-1000 grid of the prepared image, into the answer after the "
+    "caption's region-of-interest phrase (Qwen2-VL's grounding format). Never with --roi-box keep: the box "
+    "stays visible in the image, so no answer is grounded. See docs/PREPARE.md.",
+)
+
+
+def _finalize_options(
+    lang: Lang, val_fraction: float, test_fraction: float, name: str, dialogue: bool, grounding: bool
+) -> FinalizeOptions:
+    """prepare's and prepare-merge's finalize options, from the flags they share."""
+    from ctscribe.data.prepare import FinalizeOptions
+
+    return FinalizeOptions(
+        lang=lang.value,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        name=name,
+        dialogue=dialogue,
+        grounding=grounding,
+    )
 
 
 @app.command()
@@ -187,11 +215,15 @@ def prepare(
         ),
     ] = DEFAULT_MAX_PIXELS,
     roi_box: Annotated[
-        RoiBox, typer.Option(help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it.")
+        RoiBox,
+        typer.Option(
+            help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it (keep: no grounded answers)."
+        ),
     ] = RoiBox.remove,
     crop_background: Annotated[bool, typer.Option(help="Crop the black air around the body.")] = True,
     lang: Annotated[Lang, typer.Option(help="Prompt language (answers are the English captions).")] = Lang.en,
     dialogue: Annotated[bool, DialogueOption] = False,
+    grounding: Annotated[bool, GroundingOption] = True,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     limit: Annotated[int | None, typer.Option(min=1, help="Read only the first N source rows.")] = None,
@@ -214,16 +246,14 @@ def prepare(
     Example: ctscribe prepare --source data/MedTrinity-25M/25M_demo --out data/ct
     """
     from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+    from ctscribe.data.prepare import StageOptions, run_prepare
 
     shard_spec = _parse_shard(shard) if shard else (0, 1)
     stage_options = StageOptions(
         modality=modality.value,
         image=ImageOptions(max_pixels=max_pixels, roi_box=roi_box.value, crop_background=crop_background),
     )
-    finalize_options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
-    )
+    finalize_options = _finalize_options(lang, val_fraction, test_fraction, name, dialogue, grounding)
     result = run_prepare(
         source,
         out,
@@ -254,16 +284,15 @@ def prepare_merge(
     out: Annotated[Path, typer.Option(help="New output folder for the joined data set.")],
     lang: Annotated[Lang, typer.Option(help="Prompt language.")] = Lang.en,
     dialogue: Annotated[bool, DialogueOption] = False,
+    grounding: Annotated[bool, GroundingOption] = True,
     val_fraction: Fraction = 0.02,
     test_fraction: Fraction = 0.02,
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
 ) -> None:
     """Join the outputs of `prepare --shard I/N` runs into one data set, identical to a single run."""
-    from ctscribe.data.prepare import FinalizeOptions, merge_shards
+    from ctscribe.data.prepare import merge_shards
 
-    options = FinalizeOptions(
-        lang=lang.value, val_fraction=val_fraction, test_fraction=test_fraction, name=name, dialogue=dialogue
-    )
+    options = _finalize_options(lang, val_fraction, test_fraction, name, dialogue, grounding)
     _print_stats(merge_shards(shards, out, options))
     typer.echo(f"wrote {out}")
 

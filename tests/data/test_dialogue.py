@@ -5,8 +5,9 @@ from collections import Counter
 import pytest
 
 from ctscribe.clinical.findings import key_terms
+from ctscribe.conversation.boxes import GridBox, parse_boxes
 from ctscribe.data.captions import clean_caption
-from ctscribe.data.dialogue import caption_facts, dialogue_meta, followups
+from ctscribe.data.dialogue import QUESTIONS, caption_facts, dialogue_meta, followups
 from ctscribe.fixtures.phantom import OTHER_CAPTIONS, generate_rows
 
 LOCATION_PREFIXES = ("It is located ", "位于")
@@ -155,3 +156,26 @@ def test_dialogue_meta_lists_each_pair_description_first(real_caption):
     assert meta[0] == {"kind": "description", "topic": "description", "expected": None}
     assert [m["topic"] for m in meta[1:]] == [t.topic for t in turns]
     assert all((m["expected"] is None) == (m["kind"] == "open") for m in meta[1:])
+
+
+@pytest.mark.parametrize(
+    ("caption", "language"),
+    [
+        ("CT of the chest. A lesion is present on the left side.", "en"),
+        ("这是一张颅脑CT平扫图像。感兴趣区位于图像左侧，可见高密度影，提示脑出血。", "zh"),
+    ],
+)
+def test_a_grounded_row_is_asked_where_its_region_of_interest_is(real_caption, caption, language):
+    box = GridBox(100, 200, 300, 400)
+    for text in (caption, real_caption):
+        plain, grounded = followups("k", text, "en"), followups("k", text, "en", box)
+        asked = [turn for turn in grounded if turn.topic == "roi_box"]
+        assert [turn for turn in grounded if turn.topic != "roi_box"] == plain  # nothing else changes
+        assert len(asked) == 1 and asked[0].kind == "open" and asked[0].question in QUESTIONS["roi_box"]["en"]
+        assert [(g.phrase, g.box) for g in parse_boxes(asked[0].answer)] == [
+            ("感兴趣区域" if text == caption and language == "zh" else "The region of interest", box)
+        ]
+    topics = [turn.topic for turn in followups("k", real_caption, "zh", box)]
+    assert topics.index("roi_box") == topics.index("location") + 1
+    assert QUESTIONS["roi_box"]["en"][0] == "Where is the region of interest?"
+    assert QUESTIONS["roi_box"]["zh"][0] == "感兴趣区域在哪里？"

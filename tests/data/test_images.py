@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
+from ctscribe.conversation.boxes import GridBox, to_grid
 from ctscribe.data.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -21,6 +22,7 @@ from ctscribe.data.images import (
     open_image,
     prepare_image,
     remove_roi_box,
+    roi_in_model_frame,
     to_rgb,
 )
 from ctscribe.fixtures.phantom import ROI_GREEN, TruthRow, generate_rows
@@ -466,3 +468,38 @@ def test_prepare_image_takes_a_dicom_like_image():
     prepared = prepare_image(Image.fromarray(hu, mode="I"))
     assert prepared.crop_box is not None and prepared.image_tokens <= 324
     assert prepared.image.width > prepared.image.height  # cropped to the wide body
+
+
+# ---------------------------------------------------------------------------------------------
+# The box in the model image's frame
+
+
+def test_roi_in_model_frame_by_hand():
+    # No crop: the box on the whole image's grid (the resize changes no fraction of a side).
+    assert roi_in_model_frame((10, 5, 29, 24), None, (100, 50)) == GridBox(100, 100, 300, 500)
+    # A crop shifts the box and the crop's sides are the grid's: (30, 40)-(59, 79) in the crop
+    # (20, 20, 120, 100) is (10, 20)-(39, 59) of a 100 x 80 frame.
+    assert roi_in_model_frame((30, 40, 59, 79), (20, 20, 120, 100), (200, 100)) == GridBox(100, 250, 400, 750)
+    # A crop that cuts the box keeps the part inside it ...
+    assert roi_in_model_frame((10, 10, 49, 49), (20, 0, 100, 100), (100, 100)) == GridBox(0, 100, 375, 500)
+    # ... and one that leaves nothing of it leaves no box.
+    assert roi_in_model_frame((0, 0, 9, 9), (20, 0, 100, 100), (100, 100)) is None
+
+
+@pytest.mark.parametrize("max_pixels", [DEFAULT_MAX_PIXELS, 168 * 168])
+def test_the_box_lands_where_the_kept_box_shows_in_the_model_image(phantom, max_pixels):
+    """Independent of the mapping's arithmetic: with the box kept in the image, the green outline found
+    in the final (cropped, resized) image is where the mapped box says it is."""
+    checked = 0
+    for truth, data in phantom:
+        if truth.roi_box is None or truth.corrupt or truth.duplicate_of:
+            continue
+        prepared = prepare_image(data, ImageOptions(max_pixels=max_pixels, roi_box="keep"))
+        seen = find_roi_box(prepared.image)
+        assert seen is not None, truth.id
+        assert prepared.crop_box is not None and prepared.image.size != (truth.width, truth.height)
+        expected = to_grid(seen, *prepared.image.size)
+        error = max(abs(a - b) for a, b in zip(prepared.roi_grid.as_list(), expected.as_list(), strict=True))
+        assert error <= 8, (truth.id, prepared.roi_grid, expected)  # 0.8% of a side (measured: 5 at most)
+        checked += 1
+    assert checked >= 40

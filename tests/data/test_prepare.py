@@ -14,15 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ctscribe.conversation.boxes import GRID, GridBox, parse_boxes, to_grid
 from ctscribe.conversation.prompts import HELD_OUT, PROMPTS
 from ctscribe.data import prepare as prepare_module
-from ctscribe.data.images import ImageOptions
+from ctscribe.data.dialogue import QUESTIONS
+from ctscribe.data.grounding import roi_sentence, unground
+from ctscribe.data.images import ImageOptions, prepare_image, roi_in_model_frame
 from ctscribe.data.prepare import FinalizeOptions, StageOptions, merge_shards, run_prepare
-from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, read_truth
+from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, generate_rows, read_truth
 
 OUTPUTS = ("train.json", "val.json", "test.json", "dataset_info.json", "stats.json")
 # Larger fractions than the defaults, so 100 rows give every split some rows.
 FINAL = FinalizeOptions(val_fraction=0.15, test_fraction=0.15)
+BOX_TOLERANCE = 0.03 * GRID  # a grounded box's corners within 3% of the image side of the truth's
 
 
 def _prepare(source: Path | str, out: Path, **kwargs) -> dict:
@@ -36,6 +40,29 @@ def _outputs(folder: Path) -> dict[str, str]:
 
 def _records(folder: Path) -> dict[str, list[dict]]:
     return {split: json.loads((folder / f"{split}.json").read_text()) for split in ("train", "val", "test")}
+
+
+def _all_records(folder: Path) -> list[dict]:
+    return [record for records in _records(folder).values() for record in records]
+
+
+def _boxes(record: dict) -> list:
+    """The boxes in a record's description (its first answer)."""
+    return parse_boxes(record["messages"][1]["content"])
+
+
+def _roi_turns(record: dict) -> list[tuple[str, str]]:
+    """(question, answer) of each "Where is the region of interest?" follow-up of a record."""
+    messages = record["messages"]
+    return [
+        (messages[2 * k]["content"], messages[2 * k + 1]["content"])
+        for k, meta in enumerate(record.get("dialogue", []))
+        if meta["topic"] == "roi_box"
+    ]
+
+
+def _near(box: GridBox, truth: GridBox) -> bool:
+    return max(abs(a - b) for a, b in zip(box.as_list(), truth.as_list(), strict=True)) <= BOX_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +162,67 @@ def test_dialogue_adds_follow_ups_and_changes_no_split_or_description(prepared, 
     assert closed["yes"] > 20 and closed["no"] > 20
     assert "Dialogue:" in (out / "README.md").read_text()
     assert (out / "dataset_info.json").read_text() == (prepared / "dataset_info.json").read_text()
+
+
+def test_answers_are_grounded_exactly_where_the_image_had_a_green_box(prepared, phantom_units):
+    """With the background crop on (the default), each box is the truth's mapped through the crop."""
+    truth = {t.id: t for t in read_truth(phantom_units)}
+    data = {t.id: d for t, d, _ in generate_rows(120, seed=5)}  # phantom_units' rows: same seed
+    grounded = moved = 0
+    for record in _all_records(prepared):
+        row = truth[record["id"]]
+        boxes = _boxes(record)
+        assert len(boxes) == (row.roi_box is not None), record["messages"][1]["content"]
+        if not boxes:
+            continue
+        grounded += 1
+        (found,) = boxes
+        assert found.phrase in ("The region of interest", "The area of interest")
+        size = (row.width, row.height)
+        crop = prepare_image(data[row.id]).crop_box
+        assert _near(found.box, roi_in_model_frame(tuple(row.roi_box), crop, size))
+        moved += not _near(found.box, to_grid(tuple(row.roi_box), *size))  # the crop moved it
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert stats["grounding"] == "on" and stats["grounded"] == grounded > 10
+    assert moved >= grounded // 2  # so a box left in the uncropped frame would fail above
+    card = (prepared / "README.md").read_text()
+    assert "Grounded answers (the box, on the 0-1000 grid" in card and "grounding on." in card
+
+
+def test_no_grounding_leaves_the_captions_and_asks_no_box(prepared, tmp_path):
+    out = tmp_path / "plain"
+    shutil.copytree(prepared, out)
+    stats = prepare_module.finalize(out, dataclasses.replace(FINAL, grounding=False, dialogue=True))
+    assert stats["grounded"] == 0 and stats["grounding"] == "off (--no-grounding)"
+    grounded = {r["id"]: r for r in _all_records(prepared)}
+    for record in _all_records(out):
+        assert not _boxes(record) and not _roi_turns(record)
+        assert "<|" not in json.dumps(record["messages"])
+        caption, _ = unground(grounded[record["id"]]["messages"][1]["content"])
+        assert record["messages"][1]["content"] == caption
+    assert "grounding off (--no-grounding)" in (out / "README.md").read_text()
+
+
+def test_a_box_kept_in_the_image_grounds_nothing(phantom_units, tmp_path):
+    options = StageOptions(image=ImageOptions(roi_box="keep"))
+    final = dataclasses.replace(FINAL, dialogue=True)
+    stats = run_prepare(str(phantom_units), tmp_path / "keep", options, final, limit=60, show_progress=False)
+    assert stats["roi_box_found"] > 0 and stats["grounded"] == 0
+    assert stats["grounding"].startswith("off (--roi-box keep")
+    for record in _all_records(tmp_path / "keep"):
+        assert not _boxes(record) and not _roi_turns(record)
+
+
+def test_staging_of_an_older_format_is_refused_with_the_way_out(phantom_units, tmp_path):
+    _prepare(phantom_units, tmp_path / "old", limit=20)
+    options = tmp_path / "old" / ".staging" / "options.json"
+    fingerprint = json.loads(options.read_text())
+    del fingerprint["format"]  # as ctscribe wrote it before staging records held the box
+    options.write_text(json.dumps(fingerprint))
+    with pytest.raises(ValueError, match=r"format 1.*format 2.*restage: delete .*\.staging"):
+        _prepare(phantom_units, tmp_path / "old", limit=20)
+    with pytest.raises(ValueError, match="format 1"):
+        merge_shards([tmp_path / "old"], tmp_path / "merged", FINAL)
 
 
 def test_splits_are_stable_when_rows_are_added(phantom_units, prepared, tmp_path):
@@ -322,6 +410,7 @@ def test_full_release_needs_images(tmp_path):
 
 @pytest.mark.slow
 def test_cli_prepare_end_to_end(phantom_units, tmp_path):
+    """The user's path, uncropped and with dialogue: boxes within 3% of the truth, asked about once."""
     out = tmp_path / "cli"
     result = subprocess.run(
         [
@@ -337,6 +426,8 @@ def test_cli_prepare_end_to_end(phantom_units, tmp_path):
             "2",
             "--lang",
             "both",
+            "--no-crop-background",
+            "--dialogue",
         ],
         capture_output=True,
         text=True,
@@ -349,3 +440,17 @@ def test_cli_prepare_end_to_end(phantom_units, tmp_path):
     assert stats["options"]["lang"] == "both"
     prompts = [r["messages"][0]["content"] for rows in _records(out).values() for r in rows]
     assert any("英文" in p for p in prompts) and any("English" in p or "CT" in p for p in prompts)
+    # Without the crop, the model image is the whole frame resized: the truth's box on its grid.
+    truth = {t.id: t for t in read_truth(phantom_units)}
+    grounded = 0
+    for record in _all_records(out):
+        row, boxes, asked = truth[record["id"]], _boxes(record), _roi_turns(record)
+        assert len(boxes) == len(asked) == (row.roi_box is not None)
+        if boxes:
+            grounded += 1
+            assert _near(boxes[0].box, to_grid(tuple(row.roi_box), row.width, row.height))
+            question, answer = asked[0]
+            assert question in QUESTIONS["roi_box"]["en"] + QUESTIONS["roi_box"]["zh"]
+            assert answer == roi_sentence(boxes[0].box, "en")
+    assert stats["grounded"] == grounded > 10
+    assert "grounded answers" in result.stdout

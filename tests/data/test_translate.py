@@ -12,14 +12,17 @@ import sys
 import pytest
 from PIL import Image
 
+from ctscribe.conversation.boxes import GridBox, parse_boxes
 from ctscribe.conversation.prompts import PROMPTS
 from ctscribe.conversation.records import dataset_info, sft_record
+from ctscribe.data.grounding import roi_sentence
 from ctscribe.data.translate import (
     CACHE,
     TranslateOptions,
     TranslationCache,
     api_root,
     check_translation,
+    description,
     read_captions_zh,
     run_translate,
 )
@@ -138,6 +141,29 @@ def test_both_answers_mix_languages_by_id_and_keep_english_records(prepared, tmp
         lang = options.answer_language(record["id"])
         assert record["messages"][0]["content"].removeprefix("<image>") in PROMPTS["en", lang]
         assert (record["messages"][1]["content"] in dict(CAPTIONS).values()) == (lang == "zh")
+
+
+def test_a_grounded_record_keeps_its_box_in_either_language(tmp_path):
+    root, box = tmp_path / "data", GridBox(100, 200, 300, 400)
+    records = {"train": [], "val": [], "test": []}
+    for index, (caption, _) in enumerate(CAPTIONS):
+        image = f"images/r{index}.png"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (112, 112)).save(root / image)
+        grounded = box if index != 1 else None  # the head caption has no lesion, so no box
+        record = sft_record(f"r{index}", image, caption, "train", box=grounded)
+        records["train"].append(record)
+    for split, rows in records.items():
+        (root / f"{split}.json").write_text(json.dumps(rows))
+    assert [description(r) for r in records["train"]] == [en for en, _ in CAPTIONS]  # what is translated
+
+    zh = _captions_zh(tmp_path / "zh.jsonl")
+    run_translate(root, tmp_path / "out", TranslateOptions(answers="zh"), captions_zh=zh)
+    for record in _records(tmp_path / "out")["train"]:
+        index = int(record["id"][1:])
+        expected = CAPTIONS[index][1] + (roi_sentence(box, "zh") if index != 1 else "")
+        assert record["messages"][1]["content"] == expected
+        assert [g.box for g in parse_boxes(expected)] == ([box] if index != 1 else [])
 
 
 def test_translate_needs_exactly_one_source_of_chinese(prepared, tmp_path):

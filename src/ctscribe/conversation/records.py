@@ -16,8 +16,10 @@ OpenAI-compatible servers take); :func:`record_prompt` is the one bridge from a 
 
 from __future__ import annotations
 
+from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import choose_prompt, prompt_language
 from ctscribe.data.dialogue import dialogue_meta, followups
+from ctscribe.data.grounding import ground_caption
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -31,22 +33,25 @@ def sft_record(
     lang: str = "en",
     answer_lang: str = "en",
     dialogue: bool = False,
+    box: GridBox | None = None,
 ) -> dict:
     """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it.
 
     The prompt is chosen per record (:func:`ctscribe.conversation.prompts.choose_prompt`, in ``lang``:
-    en, zh or both, asking for an ``answer_lang`` answer). With ``dialogue``, the description is
-    followed by a clinician's follow-up questions and their answers from the caption, and the
-    record's ``dialogue`` describes each turn for evaluation.
+    en, zh or both, asking for an ``answer_lang`` answer). ``box``, the region of interest on the
+    image's 0-1000 grid, grounds the description (:func:`ctscribe.data.grounding.ground_caption`:
+    plain text in the answer, so LLaMA-Factory reads the record unchanged). With ``dialogue``, the
+    description is followed by a clinician's follow-up questions and their answers from the caption
+    (and the box), and the record's ``dialogue`` describes each turn for evaluation.
     """
     prompt = choose_prompt(record_id, split, lang, answer_lang)
     messages = [
         {"role": "user", "content": f"{IMAGE_PLACEHOLDER}{prompt}"},
-        {"role": "assistant", "content": caption},
+        {"role": "assistant", "content": caption if box is None else ground_caption(caption, box)},
     ]
     record = {"id": record_id, "messages": messages, "images": [image]}
     if dialogue:
-        turns = followups(record_id, caption, prompt_language(record_id, lang))
+        turns = followups(record_id, caption, prompt_language(record_id, lang), box)
         for turn in turns:
             messages += [
                 {"role": "user", "content": turn.question},

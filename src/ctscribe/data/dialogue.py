@@ -15,6 +15,8 @@ affect, and closed (yes/no) questions. Nothing is invented:
   named nowhere in the caption, the opposite side when exactly one side is stated, and the opposite
   of a stated normal/abnormal result. A finding the caption merely does not mention is never asked
   about.
+- **A grounded row is asked where its region of interest is** ("Where is the region of interest?"),
+  answered with the box prepare stated in the description (:func:`ctscribe.data.grounding.roi_sentence`).
 - **Yes and no are balanced**: each attribute's question is asked in its yes form or its no form
   (normal/abnormal: "is there an abnormality?" or "does it look normal?"), chosen by a hash of the
   row key, so about half of the closed answers are "no" whatever the data set's share of abnormal
@@ -35,7 +37,9 @@ from dataclasses import dataclass
 
 from ctscribe.clinical.findings import analyse_sentence, key_terms, parse_findings, split_sentences
 from ctscribe.clinical.lexicons import REGIONS
+from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import fraction
+from ctscribe.data.grounding import roi_sentence
 from ctscribe.evaluate.text_metrics import is_chinese
 
 # Question pools per topic and language; {x} is filled from the slot tables below.
@@ -59,6 +63,14 @@ QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "location": {
         "en": ("Where is it?", "Where is the abnormality located?", "Where exactly is the finding?"),
         "zh": ("它在哪里？", "异常位于什么位置？", "病变具体在哪个位置？"),
+    },
+    "roi_box": {
+        "en": (
+            "Where is the region of interest?",
+            "Can you mark the region of interest?",
+            "Where exactly is the region of interest in the image?",
+        ),
+        "zh": ("感兴趣区域在哪里？", "请标出感兴趣区域。", "感兴趣区域在图像中的具体位置是哪里？"),
     },
     "effect": {
         "en": (
@@ -258,8 +270,11 @@ def _yes_or_no(key: str, topic: str) -> bool:
     return fraction(key, f"closed:{topic}") < 0.5
 
 
-def followups(key: str, caption: str, question_lang: str) -> list[Turn]:
-    """The follow-up turns a caption supports, in a clinician's order: open questions, then closed."""
+def followups(key: str, caption: str, question_lang: str, box: GridBox | None = None) -> list[Turn]:
+    """The follow-up turns a caption supports, in a clinician's order: open questions, then closed.
+
+    ``caption`` is the plain caption; ``box``, the region of interest's box of a grounded row, adds
+    the question where the region of interest is, after the location question."""
     facts = caption_facts(caption)
     answer_lang = facts.language
     turns: list[Turn] = []
@@ -274,6 +289,9 @@ def followups(key: str, caption: str, question_lang: str) -> list[Turn]:
     open_turn("abnormality", facts.finding)
     if facts.abnormal:
         open_turn("location", _location_answer(facts))
+    if box is not None:
+        open_turn("roi_box", roi_sentence(box, answer_lang))
+    if facts.abnormal:
         open_turn("effect", facts.effect)
 
     if facts.modality in MODALITY_WORDS:

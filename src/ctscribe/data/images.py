@@ -18,6 +18,9 @@ The steps, and why each exists:
    would cost image tokens.
 5. :func:`fit_pixel_budget` resizes to exactly the size Qwen2-VL's processor would pick, so the
    processor never resizes again and the token count is known before the model sees the image.
+6. :func:`roi_in_model_frame` carries the green box found in step 3 through the crop and the resize
+   onto Qwen2-VL's 0-1000 grid of the final image: the box a grounded answer states
+   (:mod:`ctscribe.conversation.boxes`).
 
 :attr:`PreparedImage.full_frame` keeps the image as it was before steps 4 and 5 (box removed, not
 cropped or resized): near-duplicate hashing looks at that, see :mod:`ctscribe.data.dedupe`.
@@ -37,6 +40,7 @@ from scipy import ndimage
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 # The default budget (and its reasons) is owned by the settings a model carries.
+from ctscribe.conversation.boxes import GridBox, PixelBox, to_grid
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
@@ -105,6 +109,9 @@ class PreparedImage:
     # Background crop applied, (left, upper, right, lower) in original pixels as Image.crop takes it.
     crop_box: tuple[int, int, int, int] | None
     image_tokens: int  # (width / 28) * (height / 28)
+    # The green box on the 0-1000 grid of ``image`` (after crop and resize), clipped where the crop
+    # cuts it; None without a box or when the crop leaves none of it (roi_in_model_frame).
+    roi_grid: GridBox | None
     # RGB at the original size, green box removed if the options say so, before the background crop
     # and the resize: what near-duplicate hashing looks at (ctscribe.data.dedupe explains why).
     full_frame: Image.Image
@@ -399,6 +406,26 @@ def count_image_tokens(
     return (new_width // PATCH) * (new_height // PATCH)
 
 
+def roi_in_model_frame(
+    box: PixelBox, crop_box: tuple[int, int, int, int] | None, size: tuple[int, int]
+) -> GridBox | None:
+    """The inclusive pixel ``box`` of a ``size`` (width, height) image on the 0-1000 grid of the model
+    image made from it by cropping to ``crop_box`` and resizing.
+
+    The resize scales the cropped frame as a whole, so a point's fraction of each side is the same
+    before and after it: the grid box is the crop-local box on the crop's grid, with no rounding to
+    resized pixels in between. The crop can cut the box (it keeps the body, and a box may reach into
+    the air around it): the part inside the crop is kept, and None returned when nothing is left.
+    """
+    left, upper, right, lower = crop_box if crop_box is not None else (0, 0, *size)
+    x0, y0, x1, y1 = box
+    x0, y0 = max(x0, left) - left, max(y0, upper) - upper
+    x1, y1 = min(x1, right - 1) - left, min(y1, lower - 1) - upper
+    if x0 > x1 or y0 > y1:
+        return None
+    return to_grid((x0, y0, x1, y1), right - left, lower - upper)
+
+
 def prepare_image(
     data_or_image: bytes | str | os.PathLike | Image.Image, options: ImageOptions = ImageOptions()
 ) -> PreparedImage:
@@ -423,5 +450,6 @@ def prepare_image(
         roi_box=roi_box,
         crop_box=crop_box,
         image_tokens=(final.width // PATCH) * (final.height // PATCH),
+        roi_grid=None if roi_box is None else roi_in_model_frame(roi_box, crop_box, rgb.size),
         full_frame=rgb,
     )

@@ -5,9 +5,11 @@ Two stages, so that one run, a resumed run and N merged shard runs give the same
 1. **Stage** (parallel, per unit): clean the caption, keep CT only, decode the image through the one
    image path, hash it, save it, and write one staging record per row to
    ``DIR/.staging/units/<unit>.jsonl`` (atomically, when the unit is done). A killed run resumes at
-   the first unit without a staging file.
+   the first unit without a staging file; staging written with other options, or in an older record
+   format (:data:`STAGING_FORMAT`), is refused with the reason rather than mixed in.
 2. **Finalize** (one pass over the staging records in source order): drop exact and near-duplicate
-   images after their first occurrence, assign splits, choose prompts, and write ``train.json``,
+   images after their first occurrence, assign splits, choose prompts, ground answers in the region
+   of interest's box (:mod:`ctscribe.data.grounding`), and write ``train.json``,
    ``val.json``, ``test.json``, ``dataset_info.json``, ``stats.json`` and the dataset card.
 
 Each skipped row has exactly one reason, checked in this order: empty caption, not CT, bad image,
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.records import dataset_info, sft_record
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.dedupe import NearDuplicateIndex, image_hash
@@ -41,6 +44,9 @@ from ctscribe.files import atomic_write, atomic_write_text
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
+# Version of the staging record layout; a resumed run refuses staging of another format. 2: ``roi_box``
+# (the green box on the 0-1000 grid of the saved image, or null), which grounded answers need.
+STAGING_FORMAT = 2
 # Staging records deduplicated together: the index walk is vectorised over a block, and a block's
 # rows are compared with each other directly (block^2 / 2 distances), so a few hundred.
 DEDUPE_BLOCK = 256
@@ -68,6 +74,22 @@ class FinalizeOptions:
     test_fraction: float = 0.02
     name: str = "mllm_med"
     dialogue: bool = False  # physician follow-up turns after the description (ctscribe.data.dialogue)
+    # The region of interest's box in the answer (ctscribe.data.grounding), where the image had one;
+    # never with --roi-box keep, where the box is still drawn in the image (see grounding_mode).
+    grounding: bool = True
+
+
+def grounding_mode(options: FinalizeOptions, roi_box: str) -> str:
+    """``on``, or why answers carry no boxes: stats.json's and the dataset card's ``grounding``.
+
+    With the green box left in the image the model could copy it instead of finding the region:
+    grounding then teaches nothing, so ``--roi-box keep`` turns it off.
+    """
+    if not options.grounding:
+        return "off (--no-grounding)"
+    if roi_box == "keep":
+        return "off (--roi-box keep: the box stays visible in the image)"
+    return "on"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +144,7 @@ def stage_row(row: SourceRow, out: Path, options: StageOptions) -> dict:
         "source": row.source,
         "file_name": row.file_name,
         "roi_box_found": prepared.roi_box is not None,
+        "roi_box": None if prepared.roi_grid is None else prepared.roi_grid.as_list(),
         "image_tokens": prepared.image_tokens,
     }
 
@@ -142,11 +165,23 @@ def _stage_unit_star(args: tuple[Unit, Path, StageOptions]) -> int:
     return stage_unit(*args)
 
 
+def _check_format(folder: Path, fingerprint: dict) -> None:
+    """Refuse staging records of an older layout: they lack what finalize now reads."""
+    found = fingerprint.get("format", 1)
+    if found != STAGING_FORMAT:
+        raise ValueError(
+            f"{folder} holds staging records of format {found}, and this ctscribe needs format "
+            f"{STAGING_FORMAT} (records with the ROI box); restage: delete {folder / STAGING} and rerun, "
+            "or choose a new --out"
+        )
+
+
 def _check_options(out: Path, fingerprint: dict) -> None:
-    """Refuse to mix staging records made with other options into one output."""
+    """Refuse to mix staging records made with other options (or another format) into one output."""
     path = out / STAGING / "options.json"
     if path.exists():
         previous = json.loads(path.read_text())
+        _check_format(out, previous)
         if previous != fingerprint:
             changed = sorted(
                 k for k in fingerprint.keys() | previous.keys() if previous.get(k) != fingerprint.get(k)
@@ -173,7 +208,12 @@ def stage(
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
-    fingerprint = {"source": source, "stage": _jsonable(asdict(options)), "shard": [index, count]}
+    fingerprint = {
+        "format": STAGING_FORMAT,
+        "source": source,
+        "stage": _jsonable(asdict(options)),
+        "shard": [index, count],
+    }
     _check_options(out, fingerprint)
     resumed = 0
 
@@ -279,9 +319,11 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     duplicate_kinds: Counter[str] = Counter()
     turn_counts: Counter[tuple[str, str]] = Counter()
     unreferenced_images: list[str] = []
-    read = kept = roi_found = token_sum = 0
+    read = kept = roi_found = grounded = token_sum = 0
     split_rules: Counter[tuple[str, str]] = Counter()
     example: dict | None = None
+    staging_options = json.loads((out / STAGING / "options.json").read_text())
+    grounding = grounding_mode(options, staging_options["stage"]["image"]["roi_box"])
 
     writers = {split: JsonArrayWriter(out / f"{split}.json") for split in SPLITS}
     try:
@@ -311,15 +353,22 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
                 key = split_key(record.get("file_name"), record.get("source"), record["id"])
                 split_rules[record.get("source") or "(none)", key.rule] += 1
                 split = assign_split(key.key, options.val_fraction, options.test_fraction)
-                lang, dialogue = options.lang, options.dialogue
+                box = GridBox(*record["roi_box"]) if grounding == "on" and record["roi_box"] else None
                 sft = sft_record(
-                    record["id"], record["image"], record["caption"], split, lang=lang, dialogue=dialogue
+                    record["id"],
+                    record["image"],
+                    record["caption"],
+                    split,
+                    lang=options.lang,
+                    dialogue=options.dialogue,
+                    box=box,
                 )
                 count_turns(sft, turn_counts)
                 writers[split].write(sft)
                 example = example or sft
                 kept += 1
                 roi_found += record["roi_box_found"]
+                grounded += box is not None
                 token_sum += record["image_tokens"]
         for writer in writers.values():
             writer.commit()
@@ -330,13 +379,14 @@ def finalize(out: Path, options: FinalizeOptions) -> dict:
     for relpath in unreferenced_images:
         (out / relpath).unlink(missing_ok=True)
 
-    staging_options = json.loads((out / STAGING / "options.json").read_text())
     stats = {
         "read": read,
         "kept": kept,
         "skipped": dict(skipped),
         "splits": {split: writers[split].count for split in SPLITS},
         "roi_box_found": roi_found,
+        "grounding": grounding,
+        "grounded": grounded,
         "mean_image_tokens": round(token_sum / kept, 2) if kept else 0.0,
         "modalities_seen": dict(modalities.most_common()),
         "bad_image_reasons": dict(bad_reasons.most_common()),
@@ -386,6 +436,8 @@ def dataset_card(stats: dict, example: dict | None) -> str:
         + ".",
         f"Green region-of-interest boxes found in kept images: {stats['roi_box_found']} "
         f"({'inpainted away' if options['image']['roi_box'] == 'remove' else 'kept'}).",
+        f"Grounded answers (the box, on the 0-1000 grid of the saved image, after the caption's "
+        f"region-of-interest phrase): {stats['grounded']}; grounding {stats['grounding']}.",
         f"Mean image tokens per kept image: {stats['mean_image_tokens']}.",
         "",
         "## Filters and processing",
@@ -467,6 +519,7 @@ def merge_shards(shard_dirs: list[Path], out: Path, options: FinalizeOptions) ->
                 f"{shard_dir} is not a finished prepare shard (rerun its prepare command to finish it)"
             )
         fingerprints.append(json.loads((shard_dir / STAGING / "options.json").read_text()))
+        _check_format(shard_dir, fingerprints[-1])
     counts = {tuple(f["shard"])[1] for f in fingerprints}
     indices = sorted(f["shard"][0] for f in fingerprints)
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):

@@ -16,8 +16,10 @@ The output is a prepared data set in the input's layout (``train.json``, ``val.j
 splits: ``zh`` answers every record in Chinese, ``both`` answers each record in Chinese or English
 (half each, by a hash of its id) so the model learns both and no image appears twice. Prompts ask
 for the answer's language (:data:`ctscribe.conversation.prompts.PROMPTS`); records prepared with
-``--dialogue`` get their follow-up turns rebuilt from the Chinese caption. A record without a
-Chinese caption is left out and counted.
+``--dialogue`` get their follow-up turns rebuilt from the Chinese caption. A grounded record's box
+(:mod:`ctscribe.data.grounding`) is taken out before its caption is translated and put back into
+the Chinese one, after its 感兴趣区域 phrase or as a closing sentence. A record without a Chinese
+caption is left out and counted.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import fraction
 from ctscribe.conversation.records import dataset_info, sft_record
 from ctscribe.data.captions import clean_caption
+from ctscribe.data.grounding import unground
 from ctscribe.data.prepare import (
     JsonArrayWriter,
     atomic_write_text,
@@ -217,9 +221,14 @@ def read_captions_zh(path: Path) -> dict[str, str]:
     return mapping
 
 
+def described(record: dict) -> tuple[str, GridBox | None]:
+    """The caption of a prepared record (its first answer) and the box that grounds it, if any."""
+    return unground(next(m["content"] for m in record["messages"] if m["role"] == "assistant"))
+
+
 def description(record: dict) -> str:
-    """The caption of a prepared record: its first answer."""
-    return next(m["content"] for m in record["messages"] if m["role"] == "assistant")
+    """The caption of a prepared record, without its grounding: what is translated."""
+    return described(record)[0]
 
 
 def write_translated(
@@ -238,7 +247,7 @@ def write_translated(
         for split, records in splits.items():
             for record in records:
                 answer_lang = options.answer_language(record["id"])
-                caption = description(record)
+                caption, box = described(record)
                 if answer_lang == "zh":
                     caption = clean_caption(chinese(record) or "")
                     if not caption:
@@ -254,6 +263,7 @@ def write_translated(
                     lang=options.lang,
                     answer_lang=answer_lang,
                     dialogue="dialogue" in record,
+                    box=box,
                 )
                 count_turns(sft, turns)
                 writers[split].write(sft)
