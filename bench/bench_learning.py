@@ -30,7 +30,7 @@ from pathlib import Path
 from ctscribe.data.images import ImageOptions
 from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.fixtures.learning import LEARNING_PIXELS as PIXELS
-from ctscribe.fixtures.learning import LEARNING_ROI_SHARE, GroundingEngine, PhantomScore, score_on_phantom
+from ctscribe.fixtures.learning import LEARNING_ROI_SHARE, PhantomScore, score_on_phantom
 from ctscribe.fixtures.phantom import ROI_SHARE, build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
@@ -56,7 +56,6 @@ def main() -> None:
     parser.add_argument("--grounding", action="store_true", help="box every lesion slice; score box IoU")
     parser.add_argument("--json", type=Path, default=Path("bench-learning.json"))
     args = parser.parse_args()
-    engine = GroundingEngine if args.grounding else TransformersEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -82,9 +81,11 @@ def main() -> None:
         start = time.perf_counter()
         train(recipe)
         train_s = time.perf_counter() - start
-        scores = [(0, score_on_phantom(engine(model, max_pixels=PIXELS), roi_share=roi_share))]
+        scores = [(0, score_on_phantom(TransformersEngine(model, max_pixels=PIXELS), roi_share=roi_share))]
         for step in range(args.every, args.steps + 1, args.every):
-            checkpoint = engine(root / "run" / f"checkpoint-{step}", max_pixels=PIXELS, processor=model)
+            checkpoint = TransformersEngine(
+                root / "run" / f"checkpoint-{step}", max_pixels=PIXELS, processor=model
+            )
             scores.append((step, score_on_phantom(checkpoint, roi_share=roi_share)))
 
     last = scores[-1][1]
