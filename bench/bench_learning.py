@@ -12,7 +12,14 @@ the region of interest: on the slices with a green box, the IoU of the model's b
 boxes' mean size, centred) and the mean truth box of the slice's region and side (what naming the
 region and side right, without finding the lesion, reaches). Generation keeps the grounding tokens.
 
-Usage: python bench/bench_learning.py [--steps 1500] [--every 100] [--rows 600] [--grounding]
+With --ask-where (and --grounding), the data is prepared with --dialogue, so each boxed row is also
+asked "Where is the region of interest?" and answers with its box; each checkpoint is then asked that
+question on the same boxed slices after the reference description (ctscribe.fixtures.learning.
+score_where): with the box left out of the description, the answer's box must come from the image
+(pointing, apart from deciding whether there is a lesion); with it kept, it can be repeated (copying,
+whether the follow-up was learned at all). Same baselines, same slices.
+
+Usage: python bench/bench_learning.py [--steps 1500] [--every 100] [--rows 600] [--grounding [--ask-where]]
        [--json bench-learning.json]
 """
 
@@ -30,7 +37,13 @@ from pathlib import Path
 from ctscribe.data.images import ImageOptions
 from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.fixtures.learning import LEARNING_PIXELS as PIXELS
-from ctscribe.fixtures.learning import LEARNING_ROI_SHARE, PhantomScore, score_on_phantom
+from ctscribe.fixtures.learning import (
+    LEARNING_ROI_SHARE,
+    PhantomScore,
+    WhereScore,
+    score_on_phantom,
+    score_where,
+)
 from ctscribe.fixtures.phantom import ROI_SHARE, build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
@@ -38,12 +51,16 @@ from ctscribe.recipe import load_recipe
 from ctscribe.train.native import train
 
 BOX_COLUMNS = ("box parsed", "mean IoU", "IoU>=0.5", "central IoU", "prior IoU")
+WHERE_COLUMNS = ("where parsed", "where IoU", "where>=0.5", "copy IoU")
 
 
-def curve_row(step: int, score: PhantomScore, grounding: bool) -> dict:
+def curve_row(step: int, score: PhantomScore, where: WhereScore | None, grounding: bool) -> dict:
     row = {"step": step, "region_accuracy": score.region_accuracy, "lesion_accuracy": score.lesion_accuracy}
     if grounding:
         row.update({f"box_{key}": value for key, value in asdict(score.box).items()})
+    if where is not None:
+        row.update({f"where_{key}": value for key, value in asdict(where.pointing).items()})
+        row.update({f"copy_{key}": value for key, value in asdict(where.copying).items()})
     return row
 
 
@@ -54,8 +71,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--grounding", action="store_true", help="box every lesion slice; score box IoU")
+    parser.add_argument(
+        "--ask-where",
+        action="store_true",
+        help="with --grounding: prepare --dialogue; score the where follow-up",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-learning.json"))
     args = parser.parse_args()
+    if args.ask_where and not args.grounding:
+        parser.error("--ask-where needs --grounding")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -63,12 +87,16 @@ def main() -> None:
         roi_share = LEARNING_ROI_SHARE if args.grounding else ROI_SHARE
         build_phantom(root / "phantom", rows=args.rows, seed=1, short_captions=True, roi_share=roi_share)
         stage = StageOptions(image=ImageOptions(max_pixels=PIXELS))
+        finalize = FinalizeOptions(dialogue=args.ask_where)
         stats = run_prepare(
-            str(root / "phantom"), root / "data", stage, FinalizeOptions(), workers=2, show_progress=False
+            str(root / "phantom"), root / "data", stage, finalize, workers=2, show_progress=False
         )
+        # A dialogue record (description and 6-8 follow-ups) is longer than tiny-cpu's cutoff_len.
+        longer = ["cutoff_len=512"] if args.ask_where else []
         recipe = load_recipe(
             "tiny-cpu",
             [
+                *longer,
                 f"max_steps={args.steps}",
                 f"save_steps={args.every}",
                 f"eval_steps={args.every}",
@@ -81,25 +109,34 @@ def main() -> None:
         start = time.perf_counter()
         train(recipe)
         train_s = time.perf_counter() - start
-        scores = [(0, score_on_phantom(TransformersEngine(model, max_pixels=PIXELS), roi_share=roi_share))]
-        for step in range(args.every, args.steps + 1, args.every):
-            checkpoint = TransformersEngine(
-                root / "run" / f"checkpoint-{step}", max_pixels=PIXELS, processor=model
-            )
-            scores.append((step, score_on_phantom(checkpoint, roi_share=roi_share)))
+        scores = []
+        for step in range(0, args.steps + 1, args.every):
+            folder = root / "run" / f"checkpoint-{step}" if step else model
+            checkpoint = TransformersEngine(folder, max_pixels=PIXELS, processor=model)
+            where = score_where(checkpoint, roi_share=roi_share) if args.ask_where else None
+            scores.append((step, score_on_phantom(checkpoint, roi_share=roi_share), where))
 
-    last = scores[-1][1]
-    columns = ("region acc", "lesion acc", *(BOX_COLUMNS if args.grounding else ()))
+    _, last, last_where = scores[-1]
+    columns = (
+        "region acc",
+        "lesion acc",
+        *(BOX_COLUMNS if args.grounding else ()),
+        *(WHERE_COLUMNS if args.ask_where else ()),
+    )
     boxed = f", {last.box.n} with a green box" if args.grounding else ""
     print(f"n={last.n} fresh phantom CT slices{boxed}; machine shared with other jobs")
     print(f"{'step':>6} | " + " | ".join(f"{column:>11}" for column in columns))
-    for step, score in scores:
+    for step, score, where in scores:
         values = [score.region_accuracy, score.lesion_accuracy]
         if args.grounding:
             box = score.box
             values += [box.parsed, box.iou, box.hit_rate, box.central_iou, box.prior_iou]
+        if where is not None:
+            values += [where.pointing.parsed, where.pointing.iou, where.pointing.hit_rate, where.copying.iou]
         print(f"{step:>6} | " + " | ".join(f"{value:>11.3f}" for value in values))
     print("example answers at the last step:", *last.examples, sep="\n  ")
+    if last_where is not None:
+        print("where answers at the last step (truth, answer):", *last_where.examples, sep="\n  ")
     result = {
         "size": args.size,
         "rows": args.rows,
@@ -109,8 +146,10 @@ def main() -> None:
         "train_s": round(train_s, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "n": last.n,
-        "curve": [curve_row(step, score, args.grounding) for step, score in scores],
+        "dialogue": args.ask_where,
+        "curve": [curve_row(step, score, where, args.grounding) for step, score, where in scores],
         "examples": last.examples,
+        "where_examples": last_where.examples if last_where else None,
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"training took {train_s:.0f} s; wrote {args.json}")
