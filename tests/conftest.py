@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-import httpx
 import pytest
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_ROI_SHARE, LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
-from ctscribe.fixtures.servers import free_port, stop_group
+from ctscribe.fixtures.servers import free_port, stop_group, wait_healthy
 from ctscribe.fixtures.tiny_model import build_tiny_model
 
 
@@ -179,17 +177,13 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("server did not start in time")
+        try:
+            wait_healthy(
+                self.url, lambda: self.process.poll() is not None, 180, lambda: log.read_text()[-2000:]
+            )
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         stop_group(self.process)
