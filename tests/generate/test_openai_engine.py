@@ -3,8 +3,6 @@
 import socket
 import subprocess
 import sys
-import threading
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -95,30 +93,16 @@ class _Writes:
 def test_ctscribe_serve_takes_the_request_and_returns_the_markers_whole_and_streamed():
     """ctscribe -> ctscribe (predict or serve --upstream against ctscribe serve): the extra fields are
     accepted and the box arrives with its markers, whole and streamed."""
-    import uvicorn
-
-    from ctscribe.fixtures.servers import free_port
+    from ctscribe.fixtures.servers import app_in_thread
     from ctscribe.serve.api import create_app
 
-    port = free_port()
-    app = create_app(_Writes(), model_name="ct")
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # up in well under a second; the client would retry anyway
-            if server.started:
-                break
-            time.sleep(0.05)
-        engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "ct")
-        pieces = []
+    pieces = []
+    with app_in_thread(create_app(_Writes(), model_name="ct")) as url:
+        engine = OpenAIEngine(f"{url}/v1", "ct")
         whole, streamed = engine.generate(
             [
                 GenerationRequest([user_message("Where?", images=0)]),
                 GenerationRequest([user_message("Where?", images=0)], on_text=pieces.append),
             ]
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert whole.text == streamed.text == "".join(pieces) == GROUNDED

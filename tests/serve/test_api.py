@@ -362,3 +362,34 @@ def test_boxes_come_as_a_field_whole_and_at_the_end_of_a_stream():
             assert text_only["boxes"] == []
     finally:
         app.state.batcher.close()
+
+
+def test_serve_upstream_maps_the_upstreams_box_to_the_clients_pixels():
+    """``serve --upstream`` in front of a server that answers with a box (the stand-in of the test
+    above, behind ctscribe's own API): the front asks for the markup (skip_special_tokens false),
+    sends the image fitted to its budget and maps the box back through its own crop and resize, so
+    the field lands on the spot in the client's pixels, as without the upstream."""
+    from fastapi.testclient import TestClient
+
+    from ctscribe.fixtures.pointing import BrightSpotEngine
+    from ctscribe.fixtures.servers import app_in_thread
+    from ctscribe.generate.openai_engine import OpenAIEngine
+    from ctscribe.serve.app import build_server
+
+    upstream_app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    url, spot = _spot_scan()
+    try:
+        with app_in_thread(upstream_app) as upstream:
+            engine = OpenAIEngine(f"{upstream}/v1", max_pixels=LEARNING_PIXELS)
+            front = build_server(engine, web=False, forward=True)
+            try:
+                with TestClient(front) as http:
+                    reply = http.post("/v1/chat/completions", json=_chat("", url, max_tokens=64)).json()
+            finally:
+                front.state.batcher.close()
+    finally:
+        upstream_app.state.batcher.close()
+    assert reply["choices"][0]["message"]["content"] == "CT of the phantom. the bright spot [box 1] is dense."
+    (box,) = reply["boxes"]
+    assert box["phrase"] == "the bright spot"
+    assert max(abs(a - b) for a, b in zip(box["box_pixels"], spot, strict=True)) <= 2, box
