@@ -25,6 +25,7 @@ from ctscribe.data.translate import (
     description,
     read_captions_zh,
     run_translate,
+    write_translated,
 )
 
 # (caption, its Chinese version); the first appears twice, so 3 distinct captions in 9 records
@@ -90,6 +91,22 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     assert reread.get("a") == "甲" and reread.get("b") == "乙" and "c" not in reread
     reread.add([("c", "丙")], "m")  # starts on a line of its own, after the torn one
     assert TranslationCache(tmp_path / CACHE).get("c") == "丙"
+
+
+def test_a_record_without_an_answer_is_skipped_and_counted(tmp_path):
+    answered = sft_record("r0", "images/r0.png", CAPTIONS[0][0], "train")
+    unanswered = {**answered, "id": "r1", "messages": answered["messages"][:1]}  # hand-edited
+    (tmp_path / "images").mkdir()
+    (tmp_path / "out" / "images").mkdir(parents=True)  # run_translate makes them
+    Image.new("L", (8, 8)).save(tmp_path / "images" / "r0.png")
+    stats = write_translated(
+        tmp_path,
+        tmp_path / "out",
+        {"train": [answered, unanswered]},
+        lambda _: CAPTIONS[0][1],
+        TranslateOptions(),
+    )
+    assert stats["kept"] == 1 and stats["skipped"] == {"no_answer": 1}
 
 
 def test_captions_zh_reads_jsonl_and_csv_and_names_a_missing_field(tmp_path):

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import fraction
-from ctscribe.conversation.records import dataset_info, sft_record
+from ctscribe.conversation.records import dataset_info, record_text, sft_record
 from ctscribe.data.captions import clean_caption
 from ctscribe.data.grounding import unground
 from ctscribe.data.prepare import (
@@ -223,7 +223,7 @@ def read_captions_zh(path: Path) -> dict[str, str]:
 
 def described(record: dict) -> tuple[str, GridBox | None]:
     """The caption of a prepared record (its first answer) and the box that grounds it, if any."""
-    return unground(next(m["content"] for m in record["messages"] if m["role"] == "assistant"))
+    return unground(record_text(record, "assistant") or "")
 
 
 def description(record: dict) -> str:
@@ -248,6 +248,9 @@ def write_translated(
             for record in records:
                 answer_lang = options.answer_language(record["id"])
                 caption, box = described(record)
+                if not caption:  # a hand-edited record without an answer: nothing to translate
+                    skipped["no_answer"] += 1
+                    continue
                 if answer_lang == "zh":
                     caption = clean_caption(chinese(record) or "")
                     if not caption:
