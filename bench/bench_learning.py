@@ -5,12 +5,13 @@ and scores every checkpoint on fresh phantom slices against their known facts. S
 is the baseline of the same run. The body region is a global property and is learned quickly; lesion
 presence is a small local finding and is the harder benchmark.
 
-With --grounding, every lesion slice has its green box (as in the test suite's learning set), so
-every "A lesion is present" answer is grounded, and each checkpoint is also scored on where it puts
-the region of interest: on the slices with a green box, the IoU of the model's box with the drawn one
-(0 where it writes none), against two baselines on the same slices: a fixed central box (the truth
-boxes' mean size, centred) and the mean truth box of the slice's region and side (what naming the
-region and side right, without finding the lesion, reaches). Generation keeps the grounding tokens.
+Without --grounding, answers are plain text (prepare --no-grounding). With --grounding, every
+lesion slice has its green box (as in the test suite's learning set), so every "A lesion is present"
+answer is grounded, and each checkpoint is also scored on where it puts the region of interest: on
+the slices with a green box, the IoU of the model's box with the drawn one (0 where it writes none),
+against two baselines on the same slices: a fixed central box (the truth boxes' mean size, centred)
+and the mean truth box of the slice's region and side (what naming the region and side right,
+without finding the lesion, reaches). Generation keeps the grounding tokens.
 
 With --ask-where (and --grounding), the data is prepared with --dialogue, so each boxed row is also
 asked "Where is the region of interest?" and answers with its box; each checkpoint is then asked that
@@ -87,7 +88,8 @@ def main() -> None:
         roi_share = LEARNING_ROI_SHARE if args.grounding else ROI_SHARE
         build_phantom(root / "phantom", rows=args.rows, seed=1, short_captions=True, roi_share=roi_share)
         stage = StageOptions(image=ImageOptions(max_pixels=PIXELS))
-        finalize = FinalizeOptions(dialogue=args.ask_where)
+        # Without --grounding the answers carry no box (the plain curve, as before issue 20).
+        finalize = FinalizeOptions(dialogue=args.ask_where, grounding=args.grounding)
         stats = run_prepare(
             str(root / "phantom"), root / "data", stage, finalize, workers=2, show_progress=False
         )
