@@ -51,7 +51,7 @@ from ctscribe.generate.engine import TransformersEngine
 from ctscribe.recipe import load_recipe
 from ctscribe.train.native import train
 
-BOX_COLUMNS = ("box parsed", "mean IoU", "IoU>=0.5", "central IoU", "prior IoU")
+BOX_COLUMNS = ("box parsed", "mean IoU", "IoU>=0.5", "central IoU", "side-blind", "prior IoU", "unasked box")
 WHERE_COLUMNS = ("where parsed", "where IoU", "where>=0.5", "copy IoU")
 
 
@@ -132,7 +132,16 @@ def main() -> None:
         values = [score.region_accuracy, score.lesion_accuracy]
         if args.grounding:
             box = score.box
-            values += [box.parsed, box.iou, box.hit_rate, box.central_iou, box.prior_iou]
+            unasked = box.unasked / (score.n - box.n)  # share of the slices without a green box
+            values += [
+                box.parsed,
+                box.iou,
+                box.hit_rate,
+                box.central_iou,
+                box.side_blind_iou,
+                box.prior_iou,
+                unasked,
+            ]
         if where is not None:
             values += [where.pointing.parsed, where.pointing.iou, where.pointing.hit_rate, where.copying.iou]
         print(f"{step:>6} | " + " | ".join(f"{value:>11.3f}" for value in values))
