@@ -9,9 +9,11 @@ Without --grounding, answers are plain text (prepare --no-grounding). With --gro
 lesion slice has its green box (as in the test suite's learning set), so every "A lesion is present"
 answer is grounded, and each checkpoint is also scored on where it puts the region of interest: on
 the slices with a green box, the IoU of the model's box with the drawn one (0 where it writes none),
-against two baselines on the same slices: a fixed central box (the truth boxes' mean size, centred)
-and the mean truth box of the slice's region and side (what naming the region and side right,
-without finding the lesion, reaches). Generation keeps the grounding tokens.
+against three baselines on the same slices: a fixed central box (the truth boxes' mean size,
+centred), the region's typical box for a side guessed at random (side-blind: seeing the organ, not
+the lesion) and the mean truth box of the slice's region and side (what naming the region and side
+right, without finding the lesion's exact place, reaches). "unasked box": the share of slices without
+a green box whose answer holds a box anyway. Generation keeps the grounding tokens.
 
 With --ask-where (and --grounding), the data is prepared with --dialogue, so each boxed row is also
 asked "Where is the region of interest?" and answers with its box; each checkpoint is then asked that
