@@ -64,7 +64,7 @@ def test_the_merged_model_reproduces_the_adapters_greedy_generations(merged, tra
     merged_engine = TransformersEngine(out, max_pixels=LEARNING_PIXELS)
     images = [data for _, data in clean_ct_rows(30, seed=11)[:8]]
     requests = [
-        GenerationRequest([user_message("Describe this CT image.")], [with_adapter.prepare(d)], 24)
+        GenerationRequest([user_message("Describe this CT image.")], [with_adapter.prepare(d).image], 24)
         for d in images
     ]
     expected = [r.text for r in with_adapter.generate(requests)]

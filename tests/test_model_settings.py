@@ -92,7 +92,7 @@ def test_over_openai_images_leave_already_fitted_to_the_flags_budget(saved_proce
     settings = inference_settings(saved_processor, max_pixels=BUDGET_224, remote=True)
     # verify=False: no request is made, so no server is needed
     engine = OpenAIEngine("http://127.0.0.1:9/v1", "served", max_pixels=settings.max_pixels, verify=False)
-    assert engine.prepare(_noise(1024)).size == (224, 224)
+    assert engine.prepare(_noise(1024)).image.size == (224, 224)
 
 
 def test_the_adapter_record_wins_over_the_base_models(saved_processor, tmp_path):

@@ -32,7 +32,7 @@ from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.boxes import ImageFrame, locate, reader_text
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
-from ctscribe.data.images import BadImageError, prepare_image
+from ctscribe.data.images import BadImageError
 from ctscribe.files import atomic_write, atomic_write_text
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
 from ctscribe.generate.input_files import InputItem, iter_inputs
@@ -166,8 +166,7 @@ def predict(
                 try:
                     if item.error is not None:
                         raise BadImageError(item.error)
-                    # The engine's own image path, keeping the crop so boxes map back to the input.
-                    prepared = prepare_image(item.image, engine.image_options)
+                    prepared = engine.prepare(item.image)  # with its crop, for the boxes
                 except BadImageError as exc:
                     records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
                     continue

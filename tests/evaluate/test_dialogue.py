@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -101,7 +102,9 @@ class EchoEngine:
         self.requests = []
 
     def prepare(self, image):
-        return Image.open(image).convert("RGB")
+        """The image as it is, where the engine's ``prepare`` gives a PreparedImage: only ``.image``
+        is read by the dialogue."""
+        return SimpleNamespace(image=Image.open(image).convert("RGB"))
 
     def generate(self, requests):
         self.requests += requests

@@ -14,7 +14,7 @@ def engine(trained_run):
 
 
 def _requests(engine, n):
-    images = [engine.prepare(data) for _, data in clean_ct_rows(40, seed=5)[:n]]
+    images = [engine.prepare(data).image for _, data in clean_ct_rows(40, seed=5)[:n]]
     prompts = ["Describe this CT image.", "What does this CT scan show? Describe the findings."]
     return [
         GenerationRequest([user_message(prompts[i % 2])], [image], max_new_tokens=12 + i % 3)

@@ -103,7 +103,7 @@ def answer_followups(
             batch = []
             for record in todo[start : start + batch_size]:
                 try:
-                    image = engine.prepare(data.parent / record["images"][0])
+                    image = engine.prepare(data.parent / record["images"][0]).image
                 except BadImageError:
                     continue  # its description failed too; predictions.jsonl names the reason
                 history = [

@@ -22,7 +22,13 @@ from typing import Protocol
 
 from PIL import Image
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions, prepare_image
+from ctscribe.data.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    ImageOptions,
+    PreparedImage,
+    prepare_image,
+)
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.model_settings import set_processor_budget
 
@@ -35,8 +41,8 @@ class GenerationRequest:
 
     ``messages`` are chat messages whose ``content`` is a string or a list of parts
     ``{"type": "text", "text": ...}`` / ``{"type": "image"}``; ``images`` holds one PIL image per
-    image part, in order, already through :func:`ctscribe.data.images.prepare_image` (use
-    :meth:`TransformersEngine.prepare` for raw images).
+    image part, in order, already through :func:`ctscribe.data.images.prepare_image` (an engine's
+    ``prepare(raw).image`` for raw images).
     """
 
     messages: list[dict]
@@ -65,7 +71,7 @@ class GenerationBackend(Protocol):
     name: str  # the model's name, written next to every output
     image_options: ImageOptions
 
-    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image: ...
+    def prepare(self, image: Image.Image | bytes | str | Path) -> PreparedImage: ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
@@ -75,9 +81,10 @@ class ImagePathMixin:
 
     image_options: ImageOptions
 
-    def prepare(self, image: Image.Image | bytes | str | Path) -> Image.Image:
-        """Any image through the one image path, at this engine's pixel budget."""
-        return prepare_image(image, self.image_options).image
+    def prepare(self, image: Image.Image | bytes | str | Path) -> PreparedImage:
+        """Any image through the one image path, at this engine's pixel budget: the model's image
+        (``.image``) with the crop it was cut from, so that boxes map back to the image given."""
+        return prepare_image(image, self.image_options)
 
 
 def engine_name(model: str | Path, adapter_dir: Path | None) -> str:

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.boxes import ImageFrame, locate, reader_text, settled
-from ctscribe.data.images import BadImageError, PreparedImage, prepare_image
+from ctscribe.data.images import BadImageError, PreparedImage
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import ServerError
 from ctscribe.serve.batcher import Batcher, QueueFullError
@@ -151,10 +151,6 @@ def create_app(
     max_bytes = int(max_image_mb * 2**20)
     engine = batcher.engine
 
-    def prepare(data: bytes) -> PreparedImage:
-        """The engine's image path, keeping the crop so that boxes map back to the image sent."""
-        return prepare_image(data, engine.image_options)
-
     @app.middleware("http")
     async def authorise(request: Request, call_next):
         """Every /v1 route needs the key when one is set; /health and the page stay reachable."""
@@ -191,7 +187,7 @@ def create_app(
         try:
             # Decoding and resizing images is CPU work: keep it off the event loop.
             messages, prepared = await asyncio.to_thread(
-                parse_messages, body.get("messages"), prepare, max_bytes
+                parse_messages, body.get("messages"), engine.prepare, max_bytes
             )
             sampling = _sampling(body)
         except RequestError as error:
