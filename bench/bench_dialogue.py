@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ctscribe.data.images import ImageOptions
-from ctscribe.data.prepare import StageOptions, run_prepare
+from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.run import run_evaluation
 from ctscribe.evaluate.scores import read_predictions
 from ctscribe.fixtures.learning import LEARNING_PIXELS as PIXELS
@@ -29,6 +28,7 @@ from ctscribe.fixtures.learning import LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
+from ctscribe.prepare.run import StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.train.native import train
 

@@ -37,8 +37,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ctscribe.data.images import ImageOptions
-from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+from ctscribe.ct.images import ImageOptions
 from ctscribe.fixtures.learning import LEARNING_PIXELS as PIXELS
 from ctscribe.fixtures.learning import (
     LEARNING_ROI_SHARE,
@@ -50,6 +49,7 @@ from ctscribe.fixtures.learning import (
 from ctscribe.fixtures.phantom import ROI_SHARE, build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
+from ctscribe.prepare.run import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.train.native import train
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
+from ctscribe.prepare.run import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.train import llamafactory, native
 

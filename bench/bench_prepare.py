@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.fixtures.phantom import build_phantom
+from ctscribe.prepare.run import FinalizeOptions, StageOptions, run_prepare
 
 
 def bare_loop(files: list[Path]) -> int:

@@ -2,7 +2,7 @@
 
 Air around the body costs image tokens without telling the model anything. This measures the mean
 image tokens per image at the recipe's pixel budget with ``crop_background`` off and on, everything
-else equal (``ctscribe.data.images.prepare_image``), on two sets:
+else equal (``ctscribe.ct.images.prepare_image``), on two sets:
 
 - phantom CT: the clean CT rows of the phantom MedTrinity set (``ctscribe.fixtures.phantom``), at
   their own sizes (256-320 pixels) and resized to 512x512 as most MedTrinity CT images are;
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, ImageOptions, prepare_image
+from ctscribe.ct.images import DEFAULT_MAX_PIXELS, ImageOptions, prepare_image
+from ctscribe.ct.inputs import iter_inputs
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import clean_ct_rows
-from ctscribe.generate.input_files import iter_inputs
 
 
 def mean_tokens(images: list[Image.Image], max_pixels: int) -> dict:

@@ -79,10 +79,10 @@ def _uuid(rng: random.Random) -> str:
 
 def step_stage(work: Path, size: int) -> dict:
     """Stage an N-row parquet source (built here, untimed) and time the stage alone."""
-    from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import StageOptions, stage
-    from ctscribe.data.sources import ParquetSource
+    from ctscribe.ct.images import ImageOptions
     from ctscribe.fixtures.phantom import _write_shard
+    from ctscribe.prepare.run import StageOptions, stage
+    from ctscribe.prepare.sources import ParquetSource
 
     images, captions = _pool(work)
     source_dir = work / f"source-{size}" / "25M_demo"
@@ -113,9 +113,9 @@ def step_stage(work: Path, size: int) -> dict:
 
 def synthesise_staging(work: Path, size: int) -> Path:
     """DIR/.staging as `prepare`'s stage would leave it for N rows, pointing at the pool's files."""
-    from ctscribe.data.dedupe import HASH_BITS
-    from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import STAGING, STAGING_FORMAT, StageOptions
+    from ctscribe.ct.images import ImageOptions
+    from ctscribe.prepare.dedupe import HASH_BITS
+    from ctscribe.prepare.run import STAGING, STAGING_FORMAT, StageOptions
 
     images, captions = _pool(work)
     out = work / f"data-{size}"
@@ -171,7 +171,7 @@ def synthesise_staging(work: Path, size: int) -> Path:
 
 
 def step_finalize(work: Path, size: int) -> dict:
-    from ctscribe.data.prepare import FinalizeOptions, finalize
+    from ctscribe.prepare.run import FinalizeOptions, finalize
 
     out = work / f"data-{size}"
     started = time.perf_counter()
@@ -222,7 +222,7 @@ def step_train(work: Path, size: int, run: str, launched: float) -> dict:
 def step_merge(work: Path, size: int, shards: int = 4) -> dict:
     """`prepare-merge` of N synthesised staging records dealt to ``shards`` shard folders, one image
     file per row (as a real stage writes): the links and the finalize, timed apart."""
-    from ctscribe.data import prepare
+    from ctscribe.prepare import run as prepare
 
     base = synthesise_staging(work, size)
     folders = [work / f"shard-{k}" for k in range(shards)]

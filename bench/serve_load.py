@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from ctscribe.data.images import ImageOptions, prepare_image
+from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.fixtures.learning import clean_ct_rows
 from ctscribe.fixtures.servers import free_port, running_server, vllm_command
 from ctscribe.fixtures.tiny_model import build_tiny_model

@@ -50,17 +50,17 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, TrainerCallback
 
-from ctscribe.conversation.records import sft_record
 from ctscribe.fixtures.learning import usable_ct
 from ctscribe.fixtures.phantom import generate_rows
 from ctscribe.fixtures.tiny_model import build_tiny_model
+from ctscribe.prepare.records import sft_record
 from ctscribe.recipe import load_recipe
-from ctscribe.train.data import IGNORE_INDEX, SFTDataset, load_records
 from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
 from ctscribe.train.loss import liger_active
 from ctscribe.train.model import build_model
 from ctscribe.train.model_inputs import qwen_core
 from ctscribe.train.native import train, training_image_options
+from ctscribe.train.samples import IGNORE_INDEX, SFTDataset, load_records
 
 # Rows of MedTrinity-25M's 25M_demo (docs: facts.md). Its CT share is measured by `ctscribe prepare`
 # and not known here, so the default estimate covers every row: an upper bound.

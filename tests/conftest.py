@@ -66,8 +66,8 @@ def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 phantom rows with short captions, prepared at the tiny-cpu recipe's pixel budget; every
     lesion slice has its green box, so every "A lesion is present" answer is grounded (with the
     phantom's default share, one run's region accuracy fell to 0.73 at 400 steps: see LEARNING_ROI_SHARE)."""
-    from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import StageOptions, run_prepare
+    from ctscribe.ct.images import ImageOptions
+    from ctscribe.prepare.run import StageOptions, run_prepare
 
     root = tmp_path_factory.mktemp("learning")
     build_phantom(root / "phantom", rows=400, seed=1, short_captions=True, roi_share=LEARNING_ROI_SHARE)
@@ -80,7 +80,7 @@ def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 phantom rows prepared with prepare's defaults (262,144-pixel budget): what the shipped
     recipes train on unchanged."""
-    from ctscribe.data.prepare import FinalizeOptions, StageOptions, run_prepare
+    from ctscribe.prepare.run import FinalizeOptions, StageOptions, run_prepare
 
     root = tmp_path_factory.mktemp("default-data")
     build_phantom(root / "phantom", rows=40, seed=3)

@@ -24,6 +24,7 @@ from ctscribe.model_settings import (
     inference_settings,
     read_settings,
     record_settings,
+    resolve_adapter,
 )
 
 BUDGET_224 = 224 * 224  # 64 image tokens for a square image
@@ -198,3 +199,12 @@ def test_train_at_224_export_and_the_budget_reaches_transformers_predict_and_ser
               "--max-new-tokens", "2")  # fmt: skip
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["prompt"] == prompt
+
+
+def test_resolve_adapter_accepts_the_run_dir_or_the_adapter(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert resolve_adapter(tmp_path) == tmp_path / "adapter"
+    assert resolve_adapter(tmp_path / "adapter") == tmp_path / "adapter"
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+        resolve_adapter(tmp_path / "nothing")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ctscribe
-from ctscribe import files
+from ctscribe import atomic
 from ctscribe.run_folder import (
     COMPLETE_MARKER,
     RunSummary,
@@ -110,11 +110,11 @@ def test_only_marked_checkpoints_count(tmp_path):
 
 
 def test_run_files_are_written_atomically(tmp_path, monkeypatch):
-    """The summary, log, plot and evaluation go through ctscribe.files (temporary file + rename)."""
+    """The summary, log, plot and evaluation go through ctscribe.atomic (temporary file + rename)."""
     written = []
-    atomic = files.atomic_write
+    real_write = atomic.atomic_write
     monkeypatch.setattr(
-        files, "atomic_write", lambda path, write: written.append(path.name) or atomic(path, write)
+        atomic, "atomic_write", lambda path, write: written.append(path.name) or real_write(path, write)
     )
     summary = RunSummary("native", "adapter", 4, 1.5, "checkpoint-4", 1.2, 3.0, 10.0, 0.5)
     summary.write(tmp_path)

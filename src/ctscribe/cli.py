@@ -19,7 +19,7 @@ from ctscribe.generate.backends import Backend
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 if TYPE_CHECKING:
-    from ctscribe.data.prepare import FinalizeOptions
+    from ctscribe.prepare.run import FinalizeOptions
 
 app = typer.Typer(
     help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
@@ -179,7 +179,7 @@ def _finalize_options(
     lang: Lang, val_fraction: float, test_fraction: float, name: str, dialogue: bool, grounding: bool
 ) -> FinalizeOptions:
     """prepare's and prepare-merge's finalize options, from the flags they share."""
-    from ctscribe.data.prepare import FinalizeOptions
+    from ctscribe.prepare.run import FinalizeOptions
 
     return FinalizeOptions(
         lang=lang.value,
@@ -245,8 +245,8 @@ def prepare(
 
     Example: ctscribe prepare --source data/MedTrinity-25M/25M_demo --out data/ct
     """
-    from ctscribe.data.images import ImageOptions
-    from ctscribe.data.prepare import StageOptions, run_prepare
+    from ctscribe.ct.images import ImageOptions
+    from ctscribe.prepare.run import StageOptions, run_prepare
 
     shard_spec = _parse_shard(shard) if shard else (0, 1)
     stage_options = StageOptions(
@@ -290,7 +290,7 @@ def prepare_merge(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
 ) -> None:
     """Join the outputs of `prepare --shard I/N` runs into one data set, identical to a single run."""
-    from ctscribe.data.prepare import merge_shards
+    from ctscribe.prepare.run import merge_shards
 
     options = _finalize_options(lang, val_fraction, test_fraction, name, dialogue, grounding)
     _print_stats(merge_shards(shards, out, options))
@@ -348,7 +348,7 @@ def translate(
 
     Example: ctscribe translate --data data/ct --out data/ct-zh --base-url http://127.0.0.1:8000
     """
-    from ctscribe.data.translate import TranslateOptions, run_translate
+    from ctscribe.prepare.translate import TranslateOptions, run_translate
 
     stats = run_translate(
         data,

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ctscribe import CLINICAL_NOTICE
-from ctscribe.data.images import ImageOptions
-from ctscribe.data.prepare import StageOptions, run_prepare
+from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.report import comparison_rows
 from ctscribe.evaluate.run import run_evaluation
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS, PhantomScore, score_on_phantom
 from ctscribe.fixtures.phantom import TruthRow, build_phantom, read_truth
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
+from ctscribe.prepare.run import StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, read_log
 from ctscribe.train.native import train

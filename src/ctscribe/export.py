@@ -34,8 +34,8 @@ from PIL import Image
 from ctscribe import CLINICAL_NOTICE, __version__
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
-from ctscribe.generate.engine import check_model_reference, resolve_adapter
-from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings
+from ctscribe.generate.engine import check_model_reference
+from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings, resolve_adapter
 from ctscribe.run_folder import RECIPE, RunSummary, read_data_stats, read_evaluation
 
 log = logging.getLogger(__name__)

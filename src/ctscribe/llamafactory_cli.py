@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ctscribe.files import atomic_write_text
+from ctscribe.atomic import atomic_write_text
 
 CLI_NAME = "llamafactory-cli"
 ENV_DIR = ".venv-lf"

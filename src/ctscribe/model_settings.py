@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ctscribe import __version__
+from ctscribe.atomic import atomic_write_text
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS, description_prompt
-from ctscribe.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,18 @@ def read_settings(folder: str | Path) -> ModelSettings | None:
         raise ValueError(f"{path} is damaged ({error}); export or train the model again") from None
 
 
+def resolve_adapter(path: str | Path) -> Path:
+    """An adapter folder, given either the folder itself or the run dir that holds ``adapter/``."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    if (path / "adapter" / "adapter_config.json").is_file():
+        return path / "adapter"
+    raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {path} or {path / 'adapter'}")
+
+
 def recorded_settings(model: str | Path, adapter: str | Path | None = None) -> ModelSettings | None:
     """What the adapter recorded (it was trained last), else what the model folder recorded, else None."""
-    from ctscribe.generate.engine import resolve_adapter
-
     if adapter is not None:
         found = read_settings(resolve_adapter(adapter))
         if found is not None:

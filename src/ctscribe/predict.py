@@ -29,13 +29,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.atomic import atomic_write, atomic_write_text
 from ctscribe.conversation.boxes import ImageFrame, locate, reader_text
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
-from ctscribe.data.images import BadImageError
-from ctscribe.files import atomic_write, atomic_write_text
+from ctscribe.ct.images import BadImageError
+from ctscribe.ct.inputs import InputItem, iter_inputs
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
-from ctscribe.generate.input_files import InputItem, iter_inputs
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def predict(
                     records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
                     continue
                 request = GenerationRequest([user_message(text_prompt)], [prepared.image], max_new_tokens)
-                runnable.append((slot, text_prompt, ImageFrame.of(prepared), request))
+                runnable.append((slot, text_prompt, prepared.frame, request))
             if runnable:
                 start = time.perf_counter()
                 results = engine.generate([request for *_, request in runnable])

@@ -13,7 +13,7 @@ transformers (matplotlib only inside :func:`plot_loss`). RUN_DIR, as both engine
     eval/metrics.json     the latest ``ctscribe evaluate --run-dir RUN_DIR`` results; the export's
                           model card reads them
 
-Every file here is written through :mod:`ctscribe.files` (a reader sees the old file or the new
+Every file here is written through :mod:`ctscribe.atomic` (a reader sees the old file or the new
 one), except that train_log.jsonl grows by appended lines during training: :func:`read_log` skips a
 last line a killed process left half-written, and the rewrites (resume, conversion) are atomic.
 """
@@ -27,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ctscribe.files import atomic_write_bytes, atomic_write_text
+from ctscribe.atomic import atomic_write_bytes, atomic_write_text
 from ctscribe.recipe import Recipe, RecipeError
 
 RECIPE = "recipe.yaml"

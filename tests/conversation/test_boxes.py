@@ -22,7 +22,7 @@ from ctscribe.conversation.boxes import (
     to_grid,
     to_pixels,
 )
-from ctscribe.data.images import ImageOptions, find_roi_box, prepare_image
+from ctscribe.ct.images import ImageOptions, find_roi_box, prepare_image
 
 
 def test_the_format_is_qwen2_vls_own():
@@ -105,7 +105,7 @@ def test_a_box_in_the_model_frame_maps_back_through_crop_and_resize_to_the_users
     # What a model that points at the box exactly would write: the box as it appears to the model.
     seen = find_roi_box(prepared.image)
     grid = to_grid(seen, *prepared.image.size)
-    back = ImageFrame.of(prepared).to_pixels(grid)
+    back = prepared.frame.to_pixels(grid)
     assert np.abs(np.subtract(back, drawn)).max() <= 2, (back, drawn)
     # Control: the same grid box read as a box of the whole image misses by the crop offset.
     whole = ImageFrame(*prepared.full_frame.size).to_pixels(grid)

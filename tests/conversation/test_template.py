@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from ctscribe.conversation.records import record_prompt, sft_record, user_message
+from ctscribe.conversation.records import record_prompt, user_message
 from ctscribe.conversation.template import DEFAULT_SYSTEM, TokenIds, render_conversation
 from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
+from ctscribe.prepare.records import sft_record
 
 
 def _inference_form(messages):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ctscribe.conversation.boxes import GridBox, format_box
-from ctscribe.data.images import ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.grounding import first_box, score_boxes
 from ctscribe.evaluate.report import BOX_COLOURS, build_report, comparison_rows
 from ctscribe.evaluate.scores import score_records

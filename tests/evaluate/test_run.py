@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ctscribe.data.images import ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.report import build_report, comparison_rows
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
@@ -118,8 +118,8 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
     from PIL import Image
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    from ctscribe.conversation.records import sft_record
     from ctscribe.evaluate.run import run_evaluation
+    from ctscribe.prepare.records import sft_record
 
     records = []
     for index, caption in enumerate(
@@ -155,9 +155,9 @@ def test_a_dialogue_split_adds_closed_accuracy_and_open_recall_to_the_report(tmp
 def test_evaluate_with_a_run_dir_keeps_the_results_where_the_model_card_reads_them(tmp_path):
     from PIL import Image
 
-    from ctscribe.conversation.records import sft_record
     from ctscribe.evaluate.run import run_evaluation
     from ctscribe.export import ExportCheck, model_card
+    from ctscribe.prepare.records import sft_record
 
     Image.new("L", (64, 64), 30).save(tmp_path / "0.png")
     record = sft_record("r0", "0.png", "CT of the chest. No lesion is seen.", "test")

@@ -5,7 +5,7 @@ import pytest
 from ctscribe.conversation.boxes import GridBox, format_box
 from ctscribe.conversation.records import user_message
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
-from ctscribe.generate.engine import GenerationRequest, TransformersEngine, resolve_adapter
+from ctscribe.generate.engine import GenerationRequest, TransformersEngine
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +83,3 @@ def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_marke
     (result,) = engine.generate([request])
     assert result.text == grounded and "".join(pieces) == grounded
     assert result.finish_reason == "stop"
-
-
-def test_resolve_adapter_accepts_the_run_dir_or_the_adapter(tmp_path):
-    (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    assert resolve_adapter(tmp_path) == tmp_path / "adapter"
-    assert resolve_adapter(tmp_path / "adapter") == tmp_path / "adapter"
-    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
-        resolve_adapter(tmp_path / "nothing")

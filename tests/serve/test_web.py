@@ -204,14 +204,14 @@ def _api_boxes(upload: Upload) -> list[dict]:
     import base64
     import io
 
-    from ctscribe.conversation.boxes import ImageFrame, locate
-    from ctscribe.data.images import ImageOptions, prepare_image
+    from ctscribe.conversation.boxes import locate
+    from ctscribe.ct.images import ImageOptions, prepare_image
     from ctscribe.fixtures.pointing import answer_for
 
     sent = base64.b64decode(upload.data_url.partition(",")[2])
     prepared = prepare_image(sent, ImageOptions(max_pixels=LEARNING_PIXELS))
     assert Image.open(io.BytesIO(sent)).size == upload.sent_size
-    return [box.as_dict() for box in locate(answer_for(prepared.image), ImageFrame.of(prepared))]
+    return [box.as_dict() for box in locate(answer_for(prepared.image), prepared.frame)]
 
 
 def test_a_volume_keeps_every_slice_and_the_slider_position_picks_the_one_described(tmp_path):

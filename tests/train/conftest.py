@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from transformers import Qwen2VLForConditionalGeneration
 
-from ctscribe.data.images import ImageOptions
-from ctscribe.train.data import SFTDataset
+from ctscribe.ct.images import ImageOptions
+from ctscribe.train.samples import SFTDataset
 
 # Image sizes and answers that differ, so samples differ in length and packing has borders to keep.
 SAMPLES = [

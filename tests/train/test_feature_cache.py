@@ -5,9 +5,9 @@ import torch
 
 from ctscribe.recipe import Recipe, RecipeError, validate
 from ctscribe.train import feature_cache
-from ctscribe.train.data import collate
 from ctscribe.train.feature_cache import INDEX, FeatureCache, build_feature_cache, cache_wanted
 from ctscribe.train.model_inputs import model_inputs, qwen_core
+from ctscribe.train.samples import collate
 
 
 def _build(root, model, processor, dataset):

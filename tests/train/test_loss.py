@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ctscribe.recipe import Recipe
-from ctscribe.train.data import IGNORE_INDEX, collate
 from ctscribe.train.loss import labelled_only_loss, liger_active, predicting_positions
+from ctscribe.train.samples import IGNORE_INDEX, collate
 
 
 def test_predicting_positions_are_those_before_a_label():

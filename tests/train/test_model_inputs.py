@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID, VIDEO_PAD_ID
-from ctscribe.train.data import collate, mm_token_types
 from ctscribe.train.model_inputs import model_inputs, qwen_core, rope_positions, with_image_features
+from ctscribe.train.samples import collate, mm_token_types
 
 
 def test_unpacked_plain_batches_pass_through(make_dataset):

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
-from ctscribe.train.data import collate
 from ctscribe.train.model_inputs import model_inputs, qwen_core
 from ctscribe.train.packing import count_images, pack_rows
+from ctscribe.train.samples import collate
 
 
 def test_pack_rows_keeps_order_and_capacity():

@@ -7,9 +7,9 @@ import multiprocessing
 
 import pytest
 
-from ctscribe.data.images import ImageOptions
-from ctscribe.data.prepare import JsonArrayWriter
-from ctscribe.train.data import SFTDataset
+from ctscribe.ct.images import ImageOptions
+from ctscribe.prepare.run import JsonArrayWriter
+from ctscribe.train.samples import SFTDataset
 from ctscribe.train.split_index import INDEX_DIR, line_offsets, load_split
 
 OPTIONS = ImageOptions(max_pixels=262144, roi_box="keep", crop_background=False)

@@ -9,7 +9,7 @@ decodes keeping them and strips the markup here instead.
 
 This module is the one place that writes, reads and removes the format. A box on the grid is a
 :class:`GridBox`; pixel boxes are ``(x0, y0, x1, y1)`` *inclusive* pixel indices of the drawn
-outline's outer edge, as ``ctscribe.data.images.find_roi_box`` returns them, so the outer edge on the
+outline's outer edge, as ``ctscribe.ct.images.find_roi_box`` returns them, so the outer edge on the
 right/bottom is ``x1 + 1`` / ``y1 + 1``.
 """
 
@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ctscribe.data.images import PreparedImage
 
 OBJECT_REF_START = "<|object_ref_start|>"
 OBJECT_REF_END = "<|object_ref_end|>"
@@ -157,21 +153,16 @@ def box_iou(a: GridBox, b: GridBox) -> float:
 class ImageFrame:
     """Where the image the model saw lies in the image the user gave (``width`` x ``height``).
 
-    :func:`ctscribe.data.images.prepare_image` cuts ``crop`` (left, upper, right, lower, as
-    ``Image.crop`` takes it; None when nothing was cut) out of the user's image and resizes that crop
-    to the model's frame. A grid box is a fraction of the model's frame, which is exactly the crop,
-    so it maps to the user's pixels through the crop alone: the resize drops out, and no rounding to
-    the model's smaller pixels is added on the way.
+    :func:`ctscribe.ct.images.prepare_image` (whose ``PreparedImage.frame`` is this) cuts ``crop``
+    (left, upper, right, lower, as ``Image.crop`` takes it; None when nothing was cut) out of the
+    user's image and resizes that crop to the model's frame. A grid box is a fraction of the model's
+    frame, which is exactly the crop, so it maps to the user's pixels through the crop alone: the
+    resize drops out, and no rounding to the model's smaller pixels is added on the way.
     """
 
     width: int
     height: int
     crop: tuple[int, int, int, int] | None = None
-
-    @classmethod
-    def of(cls, prepared: PreparedImage) -> ImageFrame:
-        """The frame of an image as ``prepare_image`` prepared it."""
-        return cls(*prepared.full_frame.size, prepared.crop_box)
 
     def to_pixels(self, box: GridBox) -> PixelBox:
         """The inclusive pixel box, in the user's image, of a box on the model's 0-1000 grid."""

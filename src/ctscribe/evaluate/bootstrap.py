@@ -22,6 +22,7 @@ the same draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -116,3 +117,8 @@ def bootstrap_ci(
         return (float("nan"), float("nan"))
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return (float(low), float(high))
+
+
+def json_number(value: float) -> float | None:
+    """JSON has no NaN: a metric with nothing to count is null."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)

@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ctscribe.atomic import atomic_write_text
 from ctscribe.clinical.findings import key_terms
 from ctscribe.conversation.boxes import strip_grounding
 from ctscribe.conversation.records import record_prompt, user_message
-from ctscribe.data.images import BadImageError
-from ctscribe.data.splits import read_split
-from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.ct.images import BadImageError
+from ctscribe.evaluate.bootstrap import bootstrap_ci, json_number
 from ctscribe.evaluate.grounding import score_boxes
-from ctscribe.evaluate.scores import json_number, model_text, read_predictions
-from ctscribe.files import atomic_write_text
+from ctscribe.evaluate.scores import model_text, read_predictions
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
+from ctscribe.prepare.splits import read_split
 
 _YES = re.compile(r"^(?:yes|yeah|correct|true)\b|^(?:是|对|有|正确)", re.IGNORECASE)
 _NO = re.compile(r"^(?:no|not|false|incorrect)\b|^(?:不是|否|没有|无|不|未|非)", re.IGNORECASE)

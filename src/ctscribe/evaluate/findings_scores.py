@@ -13,7 +13,7 @@ import numpy as np
 
 from ctscribe.clinical.findings import Findings, analyse_sentence, split_sentences
 from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.text_metrics import is_chinese
+from ctscribe.text import is_chinese
 
 
 def findings_sentence(text: str) -> str:

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ctscribe.conversation.boxes import GridBox, box_iou, parse_boxes
-from ctscribe.evaluate.bootstrap import bootstrap_ci
-from ctscribe.evaluate.scores import json_number
+from ctscribe.evaluate.bootstrap import bootstrap_ci, json_number
 
 IOU_HIT = 0.5  # PASCAL VOC's threshold, the one grounding papers (RefCOCO) report
 BOX_METRICS = ("mean_iou", "iou50", "parseable")

@@ -15,12 +15,12 @@ from pathlib import Path
 from PIL import ImageDraw
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.atomic import atomic_write_text
 from ctscribe.clinical.findings import Findings, parse_findings
 from ctscribe.conversation.boxes import GridBox, box_iou, strip_grounding, to_pixels
-from ctscribe.data.images import BadImageError, open_image
+from ctscribe.ct.images import BadImageError, open_image
 from ctscribe.evaluate.grounding import first_box
 from ctscribe.evaluate.scores import FINDINGS_METRICS, model_text
-from ctscribe.files import atomic_write_text
 from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, plot_loss
 
 # (label, where in a metrics block): the rows of the comparison table and plot.

@@ -10,7 +10,6 @@ scored on their own (:mod:`ctscribe.evaluate.grounding`).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import numpy as np
 
 from ctscribe.clinical.findings import parse_findings
 from ctscribe.conversation.boxes import strip_grounding
+from ctscribe.evaluate.bootstrap import json_number
 from ctscribe.evaluate.findings_scores import findings_intervals, findings_sentence, score_findings
+from ctscribe.evaluate.grounding import score_boxes
 from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
 
 FINDINGS_METRICS = (
@@ -42,11 +43,6 @@ def read_predictions(path: Path) -> list[dict]:
         except ValueError:
             continue
     return records
-
-
-def json_number(value: float) -> float | None:
-    """JSON has no NaN: a metric with nothing to count is null."""
-    return None if value is None or not math.isfinite(value) else round(float(value), 6)
 
 
 def _text_block(
@@ -110,8 +106,6 @@ def score_records(
     ``ptb``: :func:`ptb_tokenize` of :func:`scored_texts` (an evaluation tokenises model and baseline
     together, in one JVM start); without it the texts are tokenised here.
     """
-    from ctscribe.evaluate.grounding import score_boxes  # here: grounding uses json_number
-
     scored = _scored(records)
     failed = sum(1 for r in records if r.get("status") != "ok")
     predictions, references = plain_texts(records)

@@ -54,27 +54,11 @@ import numpy as np
 from rouge_score import tokenizers as rouge_tokenizers
 
 from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.text import CJK_RANGES, is_chinese
 
 log = logging.getLogger(__name__)
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-_LATIN_LETTER = re.compile("[A-Za-z]")
-_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9]+(?:[.'\-][a-z0-9]+)*")
-
-# Share of Chinese characters among Chinese characters and Latin letters from which a text is Chinese.
-# A Chinese caption keeps "CT" and the odd English term; one Chinese character carries about as much
-# as a whole English word, so a low threshold is right.
-CHINESE_SHARE = 0.2
-
-
-def is_chinese(text: str) -> bool:
-    """True when Chinese characters make up at least 20% of the text's Chinese characters and Latin
-    letters ("这是一张颅脑CT图像" is Chinese, an English caption with one Chinese word is not)."""
-    cjk = len(_CJK_CHAR.findall(text))
-    if cjk == 0:
-        return False
-    return cjk / (cjk + len(_LATIN_LETTER.findall(text))) >= CHINESE_SHARE
+_TOKEN = re.compile(rf"[{CJK_RANGES}]|[a-z0-9]+(?:[.'\-][a-z0-9]+)*")
 
 
 def tokenize(text: str) -> list[str]:

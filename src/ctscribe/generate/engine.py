@@ -22,7 +22,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from ctscribe.data.images import (
+from ctscribe.ct.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     ImageOptions,
@@ -30,7 +30,7 @@ from ctscribe.data.images import (
     prepare_image,
 )
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
-from ctscribe.model_settings import set_processor_budget
+from ctscribe.model_settings import resolve_adapter, set_processor_budget
 
 DEFAULT_MAX_NEW_TOKENS = 256  # MedTrinity CT captions average ~150 tokens; room for the longest
 
@@ -41,7 +41,7 @@ class GenerationRequest:
 
     ``messages`` are chat messages whose ``content`` is a string or a list of parts
     ``{"type": "text", "text": ...}`` / ``{"type": "image"}``; ``images`` holds one PIL image per
-    image part, in order, already through :func:`ctscribe.data.images.prepare_image` (an engine's
+    image part, in order, already through :func:`ctscribe.ct.images.prepare_image` (an engine's
     ``prepare(raw).image`` for raw images).
     """
 
@@ -90,16 +90,6 @@ class ImagePathMixin:
 def engine_name(model: str | Path, adapter_dir: Path | None) -> str:
     """The name written next to outputs: the model as given, plus the adapter when one is applied."""
     return str(model) + (f"+{adapter_dir}" if adapter_dir else "")
-
-
-def resolve_adapter(path: str | Path) -> Path:
-    """An adapter folder, given either the folder itself or the run dir that holds ``adapter/``."""
-    path = Path(path)
-    if (path / "adapter_config.json").is_file():
-        return path
-    if (path / "adapter" / "adapter_config.json").is_file():
-        return path / "adapter"
-    raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {path} or {path / 'adapter'}")
 
 
 def check_model_reference(model: str | Path) -> None:

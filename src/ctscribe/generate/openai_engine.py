@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.ct.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
 from ctscribe.generate.decoding import KEEP_SPECIAL_TOKENS, drop_control_tokens
 from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePathMixin
 

@@ -4,7 +4,7 @@ vLLM batches continuously and pages its KV cache, so on a GPU it generates sever
 ``transformers.generate``. Prompts are rendered with the model's own chat template and images go
 through ctscribe's image path first, exactly as in :class:`~ctscribe.generate.engine.TransformersEngine`,
 so both backends see the same tokens and pixels. The pixel budget is applied there, by ctscribe:
-:func:`~ctscribe.data.images.fit_pixel_budget` gives each image the size Qwen2-VL's processor would
+:func:`~ctscribe.ct.images.fit_pixel_budget` gives each image the size Qwen2-VL's processor would
 pick, so vLLM's processor keeps it as it is and needs no budget of its own (the ``min_pixels`` /
 ``max_pixels`` processor arguments are deprecated in current transformers).
 
@@ -19,15 +19,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.ct.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.generate.engine import (
     GenerationRequest,
     GenerationResult,
     ImagePathMixin,
     engine_name,
-    resolve_adapter,
 )
+from ctscribe.model_settings import resolve_adapter
 
 # Room for the ~324 image tokens of DEFAULT_MAX_PIXELS, the prompt and the longest description (2,048 tokens,
 # serve's limit), with margin. vLLM's default is the checkpoint's 32,768, whose KV cache a small GPU (or

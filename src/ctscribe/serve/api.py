@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.boxes import ImageFrame, locate, reader_text, settled
-from ctscribe.data.images import BadImageError, PreparedImage
+from ctscribe.ct.images import BadImageError, PreparedImage
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import ServerError
 from ctscribe.serve.batcher import Batcher, QueueFullError
@@ -194,9 +194,7 @@ def create_app(
             log.info("%s refused: %s", request_id, error)
             return _error(400, str(error), "invalid_request_error")
         images = [image.image for image in prepared]
-        answer = _Answer(
-            ImageFrame.of(prepared[0]) if prepared else None, body.get("skip_special_tokens") is False
-        )
+        answer = _Answer(prepared[0].frame if prepared else None, body.get("skip_special_tokens") is False)
         stream = bool(body.get("stream", False))
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str] = asyncio.Queue()

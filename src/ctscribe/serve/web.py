@@ -7,10 +7,10 @@ and ``/v1/models`` to find the model when run on its own), so the same page work
     python -m ctscribe.serve.web --base-url http://gpu-host:8000/v1 --port 7860
 
 What stays on the page server: reading uploads. DICOM and NIfTI go through the same reader and CT
-windowing as ``ctscribe predict`` (:func:`ctscribe.generate.input_files.iter_inputs`: every slice of a
+windowing as ``ctscribe predict`` (:func:`ctscribe.ct.inputs.iter_inputs`: every slice of a
 multi-frame file, series or volume in position order, ``auto`` or a chosen window), and the slice the
 clinician picks with the slice slider (the middle one first) through the one image path
-(:func:`ctscribe.data.images.prepare_image`), so the API receives the pixels the model was trained on,
+(:func:`ctscribe.ct.images.prepare_image`), so the API receives the pixels the model was trained on,
 as a lossless PNG data URL. The slice described is named on the page and in the report, and the boxes
 of an answer (the API's ``boxes``, in the pixels of the image sent) are mapped back through the
 crop and resize onto that slice and drawn on it, numbered as the text numbers them ("[box 1]").
@@ -42,10 +42,10 @@ from PIL import Image, ImageDraw, ImageFont
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.boxes import GridBox, ImageFrame, Located, to_grid
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
+from ctscribe.ct.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
+from ctscribe.ct.inputs import iter_inputs
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS, parse_window
-from ctscribe.data.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS
-from ctscribe.generate.input_files import iter_inputs
 from ctscribe.generate.openai_engine import choose_model, image_data_url, server_error_message
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Volume:
             self.window,
             self.note,
             number,
-            ImageFrame.of(prepared),
+            prepared.frame,
             prepared.image.size,
         )
 

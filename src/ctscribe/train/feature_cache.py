@@ -32,8 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ctscribe.data.images import ImageOptions, prepare_image
-from ctscribe.files import atomic_write, atomic_write_bytes
+from ctscribe.atomic import atomic_write, atomic_write_bytes
+from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.recipe import Recipe, parameter_sharding
 
 INDEX = "index.json"

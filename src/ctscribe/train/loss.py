@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ctscribe.recipe import Recipe
-from ctscribe.train.data import IGNORE_INDEX
+from ctscribe.train.samples import IGNORE_INDEX
 
 
 def liger_active(recipe: Recipe) -> bool:

@@ -12,8 +12,8 @@ import itertools
 
 import torch
 
-from ctscribe.train.data import mm_token_types, model_takes_token_types
 from ctscribe.train.packing import count_images
+from ctscribe.train.samples import mm_token_types, model_takes_token_types
 
 
 def qwen_core(model: torch.nn.Module) -> torch.nn.Module:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from ctscribe.data.images import ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.model_settings import (
     check_data_budget,
     record_settings,
@@ -54,7 +54,6 @@ from ctscribe.run_folder import (
     write_data_stats,
     write_recipe,
 )
-from ctscribe.train.data import SFTDataset, collate
 from ctscribe.train.feature_cache import (
     FeatureCache,
     build_feature_cache,
@@ -66,6 +65,7 @@ from ctscribe.train.feature_cache import (
 from ctscribe.train.loss import labelled_only_loss, liger_active
 from ctscribe.train.model import build_model, use_bf16
 from ctscribe.train.model_inputs import model_inputs, qwen_core
+from ctscribe.train.samples import SFTDataset, collate
 
 log = logging.getLogger(__name__)
 

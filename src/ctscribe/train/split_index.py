@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ctscribe.data.splits import read_split
+from ctscribe.prepare.splits import read_split
 
 INDEX_DIR = ".index"
 FORMAT = 1  # bump when the table's meaning changes: older folders are then measured again

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ctscribe.files import atomic_write_bytes
+from ctscribe.atomic import atomic_write_bytes
 
 DEMO_COLUMNS = ("image", "id", "caption")
 FULL_COLUMNS = ("file_name", "caption", "source")

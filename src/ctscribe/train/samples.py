@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from ctscribe.conversation.template import TokenIds, render_conversation
-from ctscribe.data.images import ImageOptions, count_image_tokens, prepare_image
-from ctscribe.data.splits import read_split
+from ctscribe.ct.images import ImageOptions, count_image_tokens, prepare_image
+from ctscribe.prepare.splits import read_split
 from ctscribe.train.packing import pack_rows
 from ctscribe.train.split_index import SampleTable, load_split, measure, tokenizer_fingerprint
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctscribe.data.captions import clean_caption
+from ctscribe.prepare.captions import clean_caption
 
 CLEAN = (
     "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral "

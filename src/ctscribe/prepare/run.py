@@ -9,7 +9,7 @@ Two stages, so that one run, a resumed run and N merged shard runs give the same
    format (:data:`STAGING_FORMAT`), is refused with the reason rather than mixed in.
 2. **Finalize** (one pass over the staging records in source order): drop exact and near-duplicate
    images after their first occurrence, assign splits, choose prompts, ground answers in the region
-   of interest's box (:mod:`ctscribe.data.grounding`), and write ``train.json``,
+   of interest's box (:mod:`ctscribe.prepare.grounding`), and write ``train.json``,
    ``val.json``, ``test.json``, ``dataset_info.json``, ``stats.json`` and the dataset card.
 
 Each skipped row has exactly one reason, checked in this order: empty caption, not CT, bad image,
@@ -32,15 +32,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ctscribe.atomic import atomic_write, atomic_write_text
 from ctscribe.conversation.boxes import GridBox
-from ctscribe.conversation.records import dataset_info, sft_record
-from ctscribe.data.captions import clean_caption
-from ctscribe.data.dedupe import NearDuplicateIndex, image_hash
-from ctscribe.data.images import BadImageError, ImageOptions, prepare_image
-from ctscribe.data.modality import classify_modality
-from ctscribe.data.sources import ParquetSource, SourceRow, Unit
-from ctscribe.data.splits import SPLITS, assign_split, split_key
-from ctscribe.files import atomic_write, atomic_write_text
+from ctscribe.ct.images import BadImageError, ImageOptions, prepare_image
+from ctscribe.prepare.captions import clean_caption
+from ctscribe.prepare.dedupe import NearDuplicateIndex, image_hash
+from ctscribe.prepare.modality import classify_modality
+from ctscribe.prepare.records import dataset_info, sft_record
+from ctscribe.prepare.sources import ParquetSource, SourceRow, Unit
+from ctscribe.prepare.splits import SPLITS, assign_split, split_key
 
 SKIP_REASONS = ("empty_caption", "not_ct", "bad_image", "duplicate")
 STAGING = ".staging"
@@ -73,8 +73,8 @@ class FinalizeOptions:
     val_fraction: float = 0.02
     test_fraction: float = 0.02
     name: str = "mllm_med"
-    dialogue: bool = False  # physician follow-up turns after the description (ctscribe.data.dialogue)
-    # The region of interest's box in the answer (ctscribe.data.grounding), where the image had one;
+    dialogue: bool = False  # physician follow-up turns after the description (ctscribe.prepare.dialogue)
+    # The region of interest's box in the answer (ctscribe.prepare.grounding), where the image had one;
     # never with --roi-box keep, where the box is still drawn in the image (see grounding_mode).
     grounding: bool = True
 
@@ -562,7 +562,7 @@ def open_source(
 ):
     """A source for ``--source``: local parquet (25M_demo layout), the Hub (streamed), or the full
     release (metadata parquet + an image folder or ``.tar.zst`` archives, extracted under ``out``)."""
-    from ctscribe.data.sources import (
+    from ctscribe.prepare.sources import (
         StreamingSource,
         extract_archives,
         find_archives,

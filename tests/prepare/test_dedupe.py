@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ctscribe.data.dedupe import DEFAULT_MAX_DISTANCE, HASH_BITS, NearDuplicateIndex, image_hash
-from ctscribe.data.images import ImageOptions, prepare_image
+from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.fixtures.phantom import ROI_GREEN, TruthRow, generate_rows
+from ctscribe.prepare.dedupe import DEFAULT_MAX_DISTANCE, HASH_BITS, NearDuplicateIndex, image_hash
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from ctscribe.conversation.template import render_conversation
-from ctscribe.data.images import ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.fixtures.tiny_model import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID
-from ctscribe.train.data import (
+from ctscribe.train.samples import (
     IGNORE_INDEX,
     Encoded,
     SFTDataset,
@@ -156,7 +156,7 @@ def test_mm_token_types_mark_image_tokens():
 
 
 def test_load_records_errors_are_clear(tmp_path):
-    from ctscribe.train.data import load_records
+    from ctscribe.train.samples import load_records
 
     with pytest.raises(FileNotFoundError, match="ctscribe prepare"):
         load_records(tmp_path / "train.json")

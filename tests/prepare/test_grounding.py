@@ -3,7 +3,7 @@
 import pytest
 
 from ctscribe.conversation.boxes import GridBox, format_box, parse_boxes, strip_grounding
-from ctscribe.data.grounding import ground_caption, roi_sentence, unground
+from ctscribe.prepare.grounding import ground_caption, roi_sentence, unground
 
 BOX = GridBox(120, 340, 560, 780)
 

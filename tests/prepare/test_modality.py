@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctscribe.data.modality import CT_SOURCES, MODALITIES, NON_CT_SOURCES, classify_modality, is_ct
+from ctscribe.prepare.modality import CT_SOURCES, MODALITIES, NON_CT_SOURCES, classify_modality, is_ct
 
 # (caption, source, expected modality), labelled by hand.
 LABELLED: list[tuple[str, str | None, str]] = [

@@ -17,7 +17,7 @@ splits: ``zh`` answers every record in Chinese, ``both`` answers each record in 
 (half each, by a hash of its id) so the model learns both and no image appears twice. Prompts ask
 for the answer's language (:data:`ctscribe.conversation.prompts.PROMPTS`); records prepared with
 ``--dialogue`` get their follow-up turns rebuilt from the Chinese caption. A grounded record's box
-(:mod:`ctscribe.data.grounding`) is taken out before its caption is translated and put back into
+(:mod:`ctscribe.prepare.grounding`) is taken out before its caption is translated and put back into
 the Chinese one, after its 感兴趣区域 phrase or as a closing sentence. A record without a Chinese
 caption is left out and counted.
 """
@@ -38,18 +38,19 @@ from tqdm import tqdm
 
 from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import fraction
-from ctscribe.conversation.records import dataset_info, record_text, sft_record
-from ctscribe.data.captions import clean_caption
-from ctscribe.data.grounding import unground
-from ctscribe.data.prepare import (
+from ctscribe.conversation.records import record_text
+from ctscribe.prepare.captions import clean_caption
+from ctscribe.prepare.grounding import unground
+from ctscribe.prepare.records import dataset_info, sft_record
+from ctscribe.prepare.run import (
     JsonArrayWriter,
     atomic_write_text,
     count_turns,
     dialogue_stats,
     link_or_copy,
 )
-from ctscribe.data.splits import SPLITS, read_split
-from ctscribe.evaluate.text_metrics import is_chinese
+from ctscribe.prepare.splits import SPLITS, read_split
+from ctscribe.text import is_chinese
 
 CACHE = "translations.jsonl"
 SYSTEM_PROMPT = "You are a careful medical translator from English to Simplified Chinese."

@@ -4,7 +4,7 @@ MedTrinity-25M holds the same image several times under different ids: re-encode
 and without its green region-of-interest box. A copy that lands in train while its twin lands in
 test leaks the test answer into training, so every copy after the first is dropped.
 
-What is hashed: :attr:`ctscribe.data.images.PreparedImage.full_frame`, the decoded RGB image at its
+What is hashed: :attr:`ctscribe.ct.images.PreparedImage.full_frame`, the decoded RGB image at its
 own size with the green box painted out, *before* the background crop and the 28-px resize. A
 resized copy is then an exact rescale of its source, which a perceptual hash ignores. After the crop
 it is not: the crop box lands a pixel or two differently on a rescaled copy, and rounding each side
@@ -41,7 +41,7 @@ MAX_BUCKET_BITS = 18  # buckets per chunk: 2**18, so the default's 18-bit chunks
 def image_hash(rgb: Image.Image) -> str:
     """A 1024-bit perceptual hash (hex) of ``rgb``, robust to re-encoding and resizing.
 
-    Pass :attr:`~ctscribe.data.images.PreparedImage.full_frame`, not the cropped, resized model
+    Pass :attr:`~ctscribe.ct.images.PreparedImage.full_frame`, not the cropped, resized model
     input (see the module docstring for why).
     """
     return str(imagehash.phash(rgb.convert("L"), hash_size=HASH_SIZE))

@@ -14,9 +14,9 @@ from PIL import Image
 
 from ctscribe.conversation.boxes import GridBox, parse_boxes
 from ctscribe.conversation.prompts import PROMPTS
-from ctscribe.conversation.records import dataset_info, sft_record
-from ctscribe.data.grounding import roi_sentence
-from ctscribe.data.translate import (
+from ctscribe.prepare.grounding import roi_sentence
+from ctscribe.prepare.records import dataset_info, sft_record
+from ctscribe.prepare.translate import (
     CACHE,
     TranslateOptions,
     TranslationCache,

@@ -16,7 +16,7 @@ affect, and closed (yes/no) questions. Nothing is invented:
   of a stated normal/abnormal result. A finding the caption merely does not mention is never asked
   about.
 - **A grounded row is asked where its region of interest is** ("Where is the region of interest?"),
-  answered with the box prepare stated in the description (:func:`ctscribe.data.grounding.roi_sentence`).
+  answered with the box prepare stated in the description (:func:`ctscribe.prepare.grounding.roi_sentence`).
 - **Yes and no are balanced**: each attribute's question is asked in its yes form or its no form
   (normal/abnormal: "is there an abnormality?" or "does it look normal?"), chosen by a hash of the
   row key, so about half of the closed answers are "no" whatever the data set's share of abnormal
@@ -39,8 +39,8 @@ from ctscribe.clinical.findings import analyse_sentence, key_terms, parse_findin
 from ctscribe.clinical.lexicons import REGIONS
 from ctscribe.conversation.boxes import GridBox
 from ctscribe.conversation.prompts import fraction
-from ctscribe.data.grounding import roi_sentence
-from ctscribe.evaluate.text_metrics import is_chinese
+from ctscribe.prepare.grounding import roi_sentence
+from ctscribe.text import is_chinese
 
 # Question pools per topic and language; {x} is filled from the slot tables below.
 QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {

@@ -16,12 +16,12 @@ from PIL import Image
 
 from ctscribe.conversation.boxes import GRID, GridBox, parse_boxes, to_grid
 from ctscribe.conversation.prompts import HELD_OUT, PROMPTS
-from ctscribe.data import prepare as prepare_module
-from ctscribe.data.dialogue import QUESTIONS
-from ctscribe.data.grounding import roi_sentence, unground
-from ctscribe.data.images import ImageOptions, prepare_image, roi_in_model_frame
-from ctscribe.data.prepare import FinalizeOptions, StageOptions, merge_shards, run_prepare
+from ctscribe.ct.images import ImageOptions, prepare_image, roi_in_model_frame
 from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, generate_rows, read_truth
+from ctscribe.prepare import run as prepare_module
+from ctscribe.prepare.dialogue import QUESTIONS
+from ctscribe.prepare.grounding import roi_sentence, unground
+from ctscribe.prepare.run import FinalizeOptions, StageOptions, merge_shards, run_prepare
 
 OUTPUTS = ("train.json", "val.json", "test.json", "dataset_info.json", "stats.json")
 # Larger fractions than the defaults, so 100 rows give every split some rows.

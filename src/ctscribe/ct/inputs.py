@@ -4,7 +4,7 @@
 slice, in a fixed order, so a run can be resumed by :attr:`InputItem.key`:
 
 - image files (``.png .jpg .jpeg .bmp .tif .tiff .webp``): decoded by
-  :func:`ctscribe.data.images.open_image`, the one image path, and not windowed (their pixels are
+  :func:`ctscribe.ct.images.open_image`, the one image path, and not windowed (their pixels are
   already display greys); ``window`` is None;
 - DICOM files (``.dcm`` or the ``DICM`` preamble) and NIfTI volumes (``.nii``, ``.nii.gz``): read as
   HU, slices chosen by ``slices``, windowed by ``window``;
@@ -45,9 +45,9 @@ from ctscribe.ct.dicom import (
     read_dicom,
     read_dicom_headers,
 )
+from ctscribe.ct.images import BadImageError, open_image, to_rgb
 from ctscribe.ct.nifti import read_nifti
 from ctscribe.ct.windows import WindowSpec, apply_window, choose_auto_window, parse_window
-from ctscribe.data.images import BadImageError, open_image, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -86,7 +86,7 @@ def parse_slices(spec: str) -> SliceSelection:
 class InputItem:
     """One image for the model, or the reason an input could not become one.
 
-    ``image`` is 8-bit RGB, windowed, before :func:`ctscribe.data.images.prepare_image` (the caller
+    ``image`` is 8-bit RGB, windowed, before :func:`ctscribe.ct.images.prepare_image` (the caller
     runs it). ``slice_index`` is the slice's place in its sorted series or volume (None for plain
     images). ``prompt``, ``reference`` and ``record_id`` come from split JSON records only.
     """

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from ctscribe.ct.inputs import InputItem, SliceSelection, iter_inputs, parse_slices
 from ctscribe.ct.windows import apply_window
 from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
-from ctscribe.generate.input_files import InputItem, SliceSelection, iter_inputs, parse_slices
 
 
 def _testfile(name: str) -> Path:

@@ -6,9 +6,9 @@ import pytest
 
 from ctscribe.clinical.findings import key_terms
 from ctscribe.conversation.boxes import GridBox, parse_boxes
-from ctscribe.data.captions import clean_caption
-from ctscribe.data.dialogue import QUESTIONS, caption_facts, dialogue_meta, followups
 from ctscribe.fixtures.phantom import OTHER_CAPTIONS, generate_rows
+from ctscribe.prepare.captions import clean_caption
+from ctscribe.prepare.dialogue import QUESTIONS, caption_facts, dialogue_meta, followups
 
 LOCATION_PREFIXES = ("It is located ", "位于")
 

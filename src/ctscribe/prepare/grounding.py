@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from ctscribe.conversation.boxes import GridBox, format_box, parse_boxes
-from ctscribe.evaluate.text_metrics import is_chinese
+from ctscribe.text import is_chinese
 
 # The phrase MedTrinity uses for its box ("The region of interest", "the area of interest") and its
 # Chinese forms (感兴趣区域, 感兴趣区, 感兴趣的区域).

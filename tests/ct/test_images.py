@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from ctscribe.conversation.boxes import GridBox, to_grid
-from ctscribe.data.images import (
+from ctscribe.ct.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     BadImageError,

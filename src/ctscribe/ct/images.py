@@ -23,7 +23,7 @@ The steps, and why each exists:
    (:mod:`ctscribe.conversation.boxes`).
 
 :attr:`PreparedImage.full_frame` keeps the image as it was before steps 4 and 5 (box removed, not
-cropped or resized): near-duplicate hashing looks at that, see :mod:`ctscribe.data.dedupe`.
+cropped or resized): near-duplicate hashing looks at that, see :mod:`ctscribe.prepare.dedupe`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from scipy import ndimage
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 # The default budget (and its reasons) is owned by the settings a model carries.
-from ctscribe.conversation.boxes import GridBox, PixelBox, to_grid
+from ctscribe.conversation.boxes import GridBox, ImageFrame, PixelBox, to_grid
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
@@ -113,8 +113,13 @@ class PreparedImage:
     # cuts it; None without a box or when the crop leaves none of it (roi_in_model_frame).
     roi_grid: GridBox | None
     # RGB at the original size, green box removed if the options say so, before the background crop
-    # and the resize: what near-duplicate hashing looks at (ctscribe.data.dedupe explains why).
+    # and the resize: what near-duplicate hashing looks at (ctscribe.prepare.dedupe explains why).
     full_frame: Image.Image
+
+    @property
+    def frame(self) -> ImageFrame:
+        """Where the model's image lies in the user's image: how its grid boxes map back to pixels."""
+        return ImageFrame(*self.full_frame.size, self.crop_box)
 
 
 # ---------------------------------------------------------------------------------------------

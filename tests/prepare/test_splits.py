@@ -1,6 +1,6 @@
 import pytest
 
-from ctscribe.data.splits import assign_split, split_key
+from ctscribe.prepare.splits import assign_split, split_key
 
 # Names in the full release's real forms (facts.md: reported on the data set's issue tracker), and
 # variants of them that only change what a split must ignore: slice, study, series, scan, box.
