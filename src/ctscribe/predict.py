@@ -35,7 +35,9 @@ from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
 from ctscribe.ct.images import BadImageError
 from ctscribe.ct.inputs import InputItem, iter_inputs
+from ctscribe.ct.options import InputOptions
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
+from ctscribe.generate.options import GenerateOptions
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +131,11 @@ def predict(
     *,
     prompt: str | None = None,
     default_prompt: str = DEFAULT_PROMPTS["en"],
-    window: str = "auto",
-    slices: str = "middle",
-    batch_size: int = 8,
+    window: str = InputOptions.window,
+    slices: str = InputOptions.slices,
+    batch_size: int = GenerateOptions.batch_size,
     limit: int | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = GenerateOptions.max_new_tokens,
     show_progress: bool = True,
 ) -> PredictSummary:
     """Describe every image in ``inputs``, appending records to the JSONL file ``out``.

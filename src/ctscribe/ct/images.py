@@ -32,22 +32,20 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-# The default budget (and its reasons) is owned by the settings a model carries.
 from ctscribe.conversation.boxes import GridBox, ImageFrame, PixelBox, to_grid
+from ctscribe.ct.options import PATCH, ImageOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
 # when decoded as RGB (50 M px x 3 bytes = 150 MB). Checked from the header, before decoding.
 MAX_DECODED_PIXELS = 50_000_000
 
-PATCH = 28  # pixels per image token side: 14-px ViT patches merged 2 x 2
 MAX_ASPECT_RATIO = 200  # smart_resize refuses more extreme shapes
 
 # A pixel of MedTrinity's (0, 255, 0) box, still recognisable after JPEG re-encoding (measured on the
@@ -78,25 +76,6 @@ MIN_CROP_GAIN = 0.05  # cropping away less than this share of the area is not wo
 
 class BadImageError(ValueError):
     """An image that cannot be used; ``str()`` is the reason, short enough for a log line or a reply."""
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """How :func:`prepare_image` treats an image; training and inference must use the same options."""
-
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    roi_box: Literal["keep", "remove"] = "remove"
-    crop_background: bool = True
-
-    def __post_init__(self) -> None:
-        if self.roi_box not in ("keep", "remove"):
-            raise ValueError(f"roi_box must be 'keep' or 'remove', not {self.roi_box!r}")
-        if not PATCH * PATCH <= self.min_pixels <= self.max_pixels:
-            raise ValueError(
-                f"need {PATCH * PATCH} <= min_pixels <= max_pixels, "
-                f"got {self.min_pixels} and {self.max_pixels}"
-            )
 
 
 @dataclass(frozen=True)

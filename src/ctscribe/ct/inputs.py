@@ -47,6 +47,7 @@ from ctscribe.ct.dicom import (
 )
 from ctscribe.ct.images import BadImageError, open_image, to_rgb
 from ctscribe.ct.nifti import read_nifti
+from ctscribe.ct.options import InputOptions
 from ctscribe.ct.windows import WindowSpec, apply_window, choose_auto_window, parse_window
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -262,7 +263,7 @@ def _folder_items(root: Path, window: WindowSpec, selection: SliceSelection) -> 
 
 
 def iter_inputs(
-    paths: Sequence[str | os.PathLike], window: str = "auto", slices: str = "middle"
+    paths: Sequence[str | os.PathLike], window: str = InputOptions.window, slices: str = InputOptions.slices
 ) -> Iterator[InputItem]:
     """Every image or chosen slice of ``paths``, windowed; see the module docstring.
 

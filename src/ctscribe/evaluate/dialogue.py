@@ -40,6 +40,7 @@ from ctscribe.evaluate.bootstrap import bootstrap_ci, json_number
 from ctscribe.evaluate.grounding import score_boxes
 from ctscribe.evaluate.scores import model_text, read_predictions
 from ctscribe.generate.engine import GenerationBackend, GenerationRequest
+from ctscribe.generate.options import GenerateOptions
 from ctscribe.prepare.splits import read_split
 
 _YES = re.compile(r"^(?:yes|yeah|correct|true)\b|^(?:是|对|有|正确)", re.IGNORECASE)
@@ -82,8 +83,8 @@ def answer_followups(
     out: Path,
     *,
     limit: int | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
+    batch_size: int = GenerateOptions.batch_size,
+    max_new_tokens: int = GenerateOptions.max_new_tokens,
     show_progress: bool = True,
 ) -> int:
     """Answer the follow-ups of every dialogue record whose description the model wrote; append one

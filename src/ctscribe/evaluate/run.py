@@ -17,10 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ctscribe.evaluate.dialogue import answer_followups, followup_records, score_dialogues
+from ctscribe.evaluate.options import EvaluateOptions
 from ctscribe.evaluate.report import build_report
 from ctscribe.evaluate.scores import read_predictions, score_records, scored_texts
 from ctscribe.evaluate.text_metrics import ptb_tokenize
 from ctscribe.generate.engine import GenerationBackend
+from ctscribe.generate.options import GenerateOptions
 from ctscribe.predict import predict
 from ctscribe.run_folder import write_evaluation
 
@@ -60,9 +62,9 @@ def run_evaluation(
     make_baseline: Callable[[], GenerationBackend] | None = None,
     run_dir: Path | None = None,
     limit: int | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
-    examples: int = 24,
+    batch_size: int = GenerateOptions.batch_size,
+    max_new_tokens: int = GenerateOptions.max_new_tokens,
+    examples: int = EvaluateOptions.examples,
     with_meteor: bool = True,
     bertscore_model: Path | None = None,
 ) -> dict:

@@ -30,9 +30,8 @@ from ctscribe.ct.images import (
     prepare_image,
 )
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
+from ctscribe.generate.options import DEFAULT_MAX_NEW_TOKENS
 from ctscribe.model_settings import resolve_adapter, set_processor_budget
-
-DEFAULT_MAX_NEW_TOKENS = 256  # MedTrinity CT captions average ~150 tokens; room for the longest
 
 
 @dataclass(frozen=True)
