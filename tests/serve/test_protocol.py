@@ -1,0 +1,151 @@
+"""The chat protocol in process: validation errors, the usage chunk, vLLM's min_tokens and ignore_eos.
+
+The wire format is read raw (server-sent events as bytes), since what matters is what a client that
+parses it itself, such as ``vllm bench serve``, finds there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
+from ctscribe.fixtures.pointing import BrightSpotEngine
+from ctscribe.generate.openai_engine import image_data_url
+from ctscribe.serve.app import build_server
+
+ROUTE = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Describe."}]
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[TestClient]:
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        app.state.batcher.close()
+
+
+def _events(response) -> list[dict | str]:
+    """The stream's events in order: each chunk as JSON, the end as the string ``[DONE]``."""
+    lines = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    return [line if line == "[DONE]" else json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"messages": []}, "messages: List should have at least 1 item"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages.0.content.0"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.0.content.0.image_url.url: Field required",
+        ),
+        (
+            {"messages": MESSAGES, "max_tokens": 4096},
+            "max_tokens: Input should be less than or equal to 2048",
+        ),
+        ({"messages": MESSAGES, "temperature": "hot"}, "temperature"),
+        ({"messages": MESSAGES, "skip_special_tokens": "no"}, "skip_special_tokens"),
+        ({"messages": MESSAGES, "ignore_eos": 1}, "ignore_eos"),
+        ({"messages": MESSAGES, "min_tokens": -1}, "min_tokens"),
+        ({"messages": MESSAGES, "top_k": 5}, "top_k is not supported"),
+        ([MESSAGES], "the request body must be a JSON object"),
+    ],
+    ids=lambda value: None if isinstance(value, str) else "",
+)
+def test_a_bad_request_gets_400_naming_the_field(http, body, named):
+    response = http.post(ROUTE, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert named in error["message"] and error["type"] == "invalid_request_error" and error["code"] == 400
+    assert response.json()["clinical_notice"]
+
+
+def test_a_body_that_is_not_json_gets_400(http):
+    response = http.post(ROUTE, content=b"{not json", headers={"content-type": "application/json"})
+    assert (
+        response.status_code == 400 and response.json()["error"]["message"] == "the request body must be JSON"
+    )
+
+
+def test_the_usage_comes_in_one_chunk_without_choices_just_before_done_when_asked(http):
+    whole = http.post(ROUTE, json={"messages": MESSAGES}).json()
+    asked = _events(
+        http.post(
+            ROUTE, json={"messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+        )
+    )
+    *chunks, usage_chunk, done = asked
+    assert done == "[DONE]"
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == whole["usage"]
+    assert all("usage" not in chunk for chunk in chunks)  # not on the finish chunk, nor anywhere else
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["boxes"] == whole["boxes"]
+    unasked = _events(http.post(ROUTE, json={"messages": MESSAGES, "stream": True}))
+    assert unasked[-1] == "[DONE]" and all("usage" not in chunk for chunk in unasked[:-1])
+    assert all(chunk["choices"] for chunk in unasked[:-1])
+
+
+def test_health_counts_the_tokens_of_every_usage_reported(http):
+    before = http.get("/health").json()["tokens"]
+    usage = http.post(ROUTE, json={"messages": MESSAGES}).json()["usage"]
+    http.post(ROUTE, json={"messages": MESSAGES, "stream": True})  # counted though not shown
+    after = http.get("/health").json()["tokens"]
+    assert after["prompt"] - before["prompt"] == 2 * usage["prompt_tokens"]
+    assert after["completion"] - before["completion"] == 2 * usage["completion_tokens"]
+
+
+@pytest.mark.slow
+def test_min_tokens_and_ignore_eos_are_honoured_by_the_model(trained_run):
+    """The trained tiny model ends its caption early; ``min_tokens`` holds the end of turn back that
+    long, and ``ignore_eos`` until ``max_tokens``, streamed or not."""
+    from ctscribe.generate.engine import TransformersEngine
+
+    ((_, png),) = clean_ct_rows(3, seed=21)[:1]
+    phantom_url = image_data_url(Image.open(io.BytesIO(png)).convert("RGB"))
+    engine = TransformersEngine(trained_run / "model", max_pixels=LEARNING_PIXELS)
+    app = build_server(engine, web=False)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": phantom_url}},
+                {"type": "text", "text": "Describe."},
+            ],
+        }
+    ]
+    try:
+        with TestClient(app) as client:
+
+            def usage(**extra) -> tuple[int, str]:
+                body = client.post(ROUTE, json={"messages": messages, "max_tokens": 64, **extra}).json()
+                return body["usage"]["completion_tokens"], body["choices"][0]["finish_reason"]
+
+            natural, finish = usage()
+            assert finish == "stop" and natural < 40, natural  # the model stops on its own
+            held, _ = usage(min_tokens=natural + 10)
+            assert held >= natural + 10
+            assert usage(ignore_eos=True) == (64, "length")
+            streamed = _events(
+                client.post(
+                    ROUTE,
+                    json={
+                        "messages": messages,
+                        "max_tokens": 48,
+                        "ignore_eos": True,
+                        "stream": True,
+                        "stream_options": {"include_usage": True},
+                    },
+                )
+            )
+            assert streamed[-2]["usage"]["completion_tokens"] == 48
+    finally:
+        app.state.batcher.close()
