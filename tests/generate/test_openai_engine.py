@@ -97,7 +97,7 @@ def test_ctscribe_serve_takes_the_request_and_returns_the_markers_whole_and_stre
     from ctscribe.serve.api import create_app
 
     pieces = []
-    with app_in_thread(create_app(_Writes(), model_name="ct")) as url:
+    with app_in_thread(create_app(_Writes(), "ct", 2**20)) as url:
         engine = OpenAIEngine(f"{url}/v1", "ct")
         whole, streamed = engine.generate(
             [

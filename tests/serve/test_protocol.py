@@ -6,18 +6,16 @@ parses it itself, such as ``vllm bench serve``, finds there.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
-from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
+from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.fixtures.pointing import BrightSpotEngine
-from ctscribe.generate.openai_engine import image_data_url
 from ctscribe.serve.app import build_server
+from ctscribe.serve.options import ServeOptions
 
 ROUTE = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Describe."}]
@@ -25,7 +23,7 @@ MESSAGES = [{"role": "user", "content": "Describe."}]
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[TestClient]:
-    app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))
     try:
         with TestClient(app) as client:
             yield client
@@ -103,49 +101,29 @@ def test_health_counts_the_tokens_of_every_usage_reported(http):
     assert after["completion"] - before["completion"] == 2 * usage["completion_tokens"]
 
 
-@pytest.mark.slow
-def test_min_tokens_and_ignore_eos_are_honoured_by_the_model(trained_run):
-    """The trained tiny model ends its caption early; ``min_tokens`` holds the end of turn back that
-    long, and ``ignore_eos`` until ``max_tokens``, streamed or not."""
-    from ctscribe.generate.engine import TransformersEngine
+class _Recording(BrightSpotEngine):
+    """The stand-in engine, keeping every request it is given."""
 
-    ((_, png),) = clean_ct_rows(3, seed=21)[:1]
-    phantom_url = image_data_url(Image.open(io.BytesIO(png)).convert("RGB"))
-    engine = TransformersEngine(trained_run / "model", max_pixels=LEARNING_PIXELS)
-    app = build_server(engine, web=False)
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": phantom_url}},
-                {"type": "text", "text": "Describe."},
-            ],
-        }
-    ]
+    def __init__(self) -> None:
+        super().__init__(LEARNING_PIXELS)
+        self.requests: list = []
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        return super().generate(requests)
+
+
+def test_min_tokens_and_ignore_eos_reach_the_engine_as_min_new_tokens():
+    """vLLM's two fields become the engine's ``min_new_tokens`` (tests/generate/test_engine.py shows
+    the model honours it): ignore_eos as all of ``max_tokens``, min_tokens as given."""
+    engine = _Recording()
+    app = build_server(engine, ServeOptions(web=False))
     try:
         with TestClient(app) as client:
-
-            def usage(**extra) -> tuple[int, str]:
-                body = client.post(ROUTE, json={"messages": messages, "max_tokens": 64, **extra}).json()
-                return body["usage"]["completion_tokens"], body["choices"][0]["finish_reason"]
-
-            natural, finish = usage()
-            assert finish == "stop" and natural < 40, natural  # the model stops on its own
-            held, _ = usage(min_tokens=natural + 10)
-            assert held >= natural + 10
-            assert usage(ignore_eos=True) == (64, "length")
-            streamed = _events(
-                client.post(
-                    ROUTE,
-                    json={
-                        "messages": messages,
-                        "max_tokens": 48,
-                        "ignore_eos": True,
-                        "stream": True,
-                        "stream_options": {"include_usage": True},
-                    },
-                )
-            )
-            assert streamed[-2]["usage"]["completion_tokens"] == 48
+            for extra in ({}, {"min_tokens": 5}, {"ignore_eos": True}, {"min_tokens": 99, "max_tokens": 20}):
+                response = client.post(ROUTE, json={"messages": MESSAGES, "max_tokens": 40, **extra})
+                assert response.status_code == 200, response.text
     finally:
         app.state.batcher.close()
+    asked = [(r.min_new_tokens, r.max_new_tokens) for r in engine.requests]
+    assert asked == [(0, 40), (5, 40), (40, 40), (20, 20)]

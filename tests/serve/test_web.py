@@ -411,9 +411,10 @@ def spot_page(request):
 
     from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
 
     port = free_port()
-    app = build_server(BrightSpotEngine(LEARNING_PIXELS), port=port)
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(port=port))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -41,14 +41,14 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
 
 
 def create_app(
-    batcher: Batcher | Forwarder, *, model_name: str, api_key: str | None = None, max_image_mb: float = 20
+    batcher: Batcher | Forwarder, model_name: str, max_image_bytes: int, *, api_key: str | None = None
 ) -> FastAPI:
     """The API app around a running :class:`Batcher` (or a :class:`Forwarder` to an upstream server);
     the web page mounts onto it (serve.app)."""
     app = FastAPI(
         title="ctscribe", description=CLINICAL_NOTICE, docs_url="/v1/docs", openapi_url="/v1/openapi.json"
     )
-    chat = ChatService(batcher, model_name, int(max_image_mb * 2**20))
+    chat = ChatService(batcher, model_name, max_image_bytes)
 
     @app.middleware("http")
     async def authorise(request: Request, call_next):
