@@ -373,10 +373,10 @@ def test_serve_upstream_maps_the_upstreams_box_to_the_clients_pixels():
     from fastapi.testclient import TestClient
 
     from ctscribe.fixtures.pointing import BrightSpotEngine
-    from ctscribe.fixtures.servers import app_in_thread
     from ctscribe.generate.openai_engine import OpenAIEngine
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
+    from support.servers import app_in_thread
 
     upstream_app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))
     url, spot = _spot_scan()

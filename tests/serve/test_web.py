@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,12 +31,12 @@ from ctscribe.ct.uploads import (
 from ctscribe.ct.windows import AUTO
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.fixtures.servers import free_port
 from ctscribe.generate.engine import GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, openai_messages
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import BOX_COLOUR, draw_boxes, report_markdown, write_report
 from ctscribe.serve.web import EmptyReplyError, error_message, page_messages, password_check
+from support.servers import app_in_thread, free_port
 
 CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -352,82 +348,43 @@ class PageServer:
 
 @pytest.fixture(scope="module")
 def page_server(request, tmp_path_factory):
-    """``ctscribe serve`` with the page and an API key, in its own process group, always killed."""
+    """``ctscribe serve`` with the page and an API key, in its own process group, always stopped."""
     missing = _missing_browser()
     if missing:  # before the model is built: a skip costs nothing
         request.getfixturevalue("unavailable")(missing)
     # The trained tiny model (shared by the session): its greedy answers are real text ("CT of the
     # ..."), where the random model's are whitespace that the engine strips to nothing.
     model = request.getfixturevalue("trained_run") / "model"
-    port = free_port()
     folder = tmp_path_factory.mktemp("web")
     log, temp = folder / "server.log", folder / "temp"
     for name in ("gradio", "tmp"):
         (temp / name).mkdir(parents=True)
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp / "gradio"), "TMPDIR": str(temp / "tmp")}
-    command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(port)]
-    command += ["--max-pixels", str(LEARNING_PIXELS), "--api-key", KEY]
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+    server = request.getfixturevalue("start_server")(model, log, "--api-key", KEY, web=True, env=env)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ctscribe serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("ctscribe serve did not answer /health in 180 s")
-            time.sleep(0.5)
-        yield PageServer(url, log, temp)
+        yield PageServer(server.url, log, temp)
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def spot_page(request):
     """The page and API in this process, in front of the bright-spot stand-in engine
-    (ctscribe.fixtures.pointing): no model writes boxes yet, and this server tests how the page maps
+    (tests/support/pointing): no model writes boxes yet, and this server tests how the page maps
     and draws them. No model to load, so it starts in seconds."""
     missing = _missing_browser()
     if missing:
         request.getfixturevalue("unavailable")(missing)
-    import threading
-
-    import uvicorn
-
     from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
 
-    port = free_port()
+    port = free_port()  # the page calls the API on its own port
     app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("the stand-in page server did not start")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        with app_in_thread(app, start_s=60, port=port) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         app.state.batcher.close()
 
 
