@@ -36,9 +36,11 @@ from PIL import Image
 
 from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.fixtures.learning import clean_ct_rows
-from ctscribe.fixtures.servers import free_port, running_server, vllm_command
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.openai_engine import image_data_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
+from support.servers import free_port, running_server, vllm_command
 
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 START_S = 900  # vLLM on a busy 2-core machine

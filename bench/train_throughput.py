@@ -255,6 +255,7 @@ def end_to_end(model_dir: Path, data: Path, root: Path) -> dict:
     from ctscribe.export import export_merged
     from ctscribe.generate.engine import TransformersEngine
     from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
 
     torch.cuda.reset_peak_memory_stats()
     recipe = load_recipe(
@@ -271,7 +272,7 @@ def end_to_end(model_dir: Path, data: Path, root: Path) -> dict:
     engine = TransformersEngine(root / "merged", max_pixels=recipe.image_max_pixels)
     image = (data / "images").iterdir().__next__().read_bytes()
     url = "data:image/png;base64," + base64.b64encode(image).decode()
-    with TestClient(build_server(engine, web=False)) as client:
+    with TestClient(build_server(engine, ServeOptions(web=False))) as client:
         reply = client.post(
             "/v1/chat/completions",
             json={

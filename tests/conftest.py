@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn
 
@@ -13,8 +13,8 @@ import pytest
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_ROI_SHARE, LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
-from ctscribe.fixtures.servers import free_port, stop_group, wait_healthy
 from ctscribe.fixtures.tiny_model import build_tiny_model
+from support.servers import free_port, running_server
 
 
 @pytest.fixture(scope="session")
@@ -164,40 +164,43 @@ def llamafactory_cli(unavailable) -> Path:
 
 
 class Server:
-    """``ctscribe serve`` in its own process group, always stopped by the fixture that starts it."""
+    """``ctscribe serve`` in its own process group (:func:`support.servers.running_server`), always
+    stopped by the fixture that starts it; ``stop()`` may come earlier, and more than once."""
 
-    def __init__(self, model: Path, log: Path, *args: str, max_pixels: int | None = LEARNING_PIXELS):
+    def __init__(
+        self,
+        model: Path,
+        log: Path,
+        *args: str,
+        max_pixels: int | None = LEARNING_PIXELS,
+        web: bool = False,
+        env: dict[str, str] | None = None,
+    ):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(self.port)]
-        self.log = log
-        self.process = subprocess.Popen(
-            [*command, *(["--max-pixels", str(max_pixels)] if max_pixels else []), "--no-web", *args],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        command += [
+            *(["--max-pixels", str(max_pixels)] if max_pixels else []),
+            *([] if web else ["--no-web"]),
+        ]
+        self._stack = ExitStack()
+        self.url = self._stack.enter_context(
+            running_server([*command, *args], self.port, log, start_s=180, env=env)
         )
-        try:
-            wait_healthy(
-                self.url, lambda: self.process.poll() is not None, 180, lambda: log.read_text()[-2000:]
-            )
-        except RuntimeError:
-            self.stop()
-            raise
+        self.log = log
 
     def stop(self) -> None:
-        stop_group(self.process)
+        self._stack.close()
 
 
 @pytest.fixture(scope="session")
 def start_server():
-    """``start_server(model, log, *args, max_pixels=...)``: a running ``ctscribe serve`` (a
-    :class:`Server`; ``max_pixels=None`` leaves the budget to the model), stopped at the end of the
-    session at the latest."""
+    """``start_server(model, log, *args, max_pixels=..., web=..., env=...)``: a running ``ctscribe
+    serve`` (a :class:`Server`; ``max_pixels=None`` leaves the budget to the model; no page unless
+    ``web``), stopped at the end of the session at the latest."""
     started: list[Server] = []
 
-    def start(model: Path, log: Path, *args: str, max_pixels: int | None = LEARNING_PIXELS) -> Server:
-        started.append(Server(model, log, *args, max_pixels=max_pixels))
+    def start(model: Path, log: Path, *args: str, **options) -> Server:
+        started.append(Server(model, log, *args, **options))
         return started[-1]
 
     yield start

@@ -22,6 +22,7 @@ from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from ctscribe.prepare.options import FinalizeOptions, ReadOptions, StageOptions, TranslateOptions
+from ctscribe.serve.options import ServeOptions
 from ctscribe.train.options import ExportOptions, TrainOptions
 
 app = typer.Typer(
@@ -655,23 +656,21 @@ def serve(
     adapter: Annotated[
         Path | None, typer.Option(help="LoRA adapter (or its run folder) for --model.")
     ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address to bind; the default answers this machine only.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, option(ServeOptions, "host")] = ServeOptions.host,
+    port: Annotated[int, option(ServeOptions, "port")] = ServeOptions.port,
     api_key: Annotated[
         str | None,
         typer.Option(
             envvar="CTSCRIBE_API_KEY", help="Require this bearer key on the API and ask for it on the page."
         ),
     ] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most requests generated together.")] = 8,
-    max_queue: Annotated[
-        int, typer.Option(min=1, help="Most requests waiting or running; more get 503 and a retry hint.")
-    ] = 64,
-    max_image_mb: Annotated[float, typer.Option(min=0.01, help="Largest image upload, in MB.")] = 20,
+    max_batch: Annotated[int, option(ServeOptions, "max_batch", min=1)] = ServeOptions.max_batch,
+    max_queue: Annotated[int, option(ServeOptions, "max_queue", min=1)] = ServeOptions.max_queue,
+    max_image_mb: Annotated[
+        float, option(ServeOptions, "max_image_mb", min=0.01)
+    ] = ServeOptions.max_image_mb,
     max_pixels: MaxPixelsOption = None,
-    web: Annotated[bool, typer.Option(help="Serve the web page at / too.")] = True,
+    web: Annotated[bool, option(ServeOptions, "web")] = ServeOptions.web,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name in /v1/models and responses (default: --model as given).")
     ] = None,
@@ -710,15 +709,11 @@ def serve(
         engine = _backend(Backend.transformers, model, adapter, settings)
     if served_model_name:
         engine.name = served_model_name
+    options = ServeOptions(host, port, max_batch, max_queue, max_image_mb, web)
     run_server(
         engine,
-        host=host,
-        port=port,
+        options,
         api_key=api_key,
-        max_batch=max_batch,
-        max_queue=max_queue,
-        max_image_mb=max_image_mb,
-        web=web,
         forward=upstream is not None,
         prompts=settings.prompts,
         language=settings.language,

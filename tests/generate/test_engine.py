@@ -83,3 +83,27 @@ def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_marke
     (result,) = engine.generate([request])
     assert result.text == grounded and "".join(pieces) == grounded
     assert result.finish_reason == "stop"
+
+
+def test_min_new_tokens_holds_the_end_of_turn_back_and_ignore_eos_runs_to_the_limit(tiny_model_dir):
+    """The random model's first greedy token is made its end of turn, so it stops at once on its own;
+    ``min_new_tokens`` (vLLM's min_tokens; max_new_tokens for ignore_eos) must hold that back."""
+    import torch
+
+    engine = TransformersEngine(tiny_model_dir)
+    hello = [{"role": "user", "content": "Hello"}]
+    prompt = engine.processor.apply_chat_template(hello, add_generation_prompt=True)
+    with torch.inference_mode():
+        logits = engine.model(**engine.processor(text=[prompt], return_tensors="pt")).logits
+    engine.generation_config.eos_token_id = [int(logits[0, -1].argmax())]
+    natural, held, to_the_limit = engine.generate(
+        [
+            GenerationRequest(hello, max_new_tokens=12),
+            GenerationRequest(hello, max_new_tokens=12, min_new_tokens=5),
+            GenerationRequest(hello, max_new_tokens=12, min_new_tokens=12),
+        ]
+    )
+    assert (natural.completion_tokens, natural.finish_reason) == (0, "stop")
+    assert held.completion_tokens >= 5
+    assert (to_the_limit.completion_tokens, to_the_limit.finish_reason) == (12, "length")
+    assert sorted(engine.batches[-3:]) == [1, 1, 1]  # min_new_tokens is one setting per generate call

@@ -93,11 +93,11 @@ class _Writes:
 def test_ctscribe_serve_takes_the_request_and_returns_the_markers_whole_and_streamed():
     """ctscribe -> ctscribe (predict or serve --upstream against ctscribe serve): the extra fields are
     accepted and the box arrives with its markers, whole and streamed."""
-    from ctscribe.fixtures.servers import app_in_thread
     from ctscribe.serve.api import create_app
+    from support.servers import app_in_thread
 
     pieces = []
-    with app_in_thread(create_app(_Writes(), model_name="ct")) as url:
+    with app_in_thread(create_app(_Writes(), "ct", 2**20)) as url:
         engine = OpenAIEngine(f"{url}/v1", "ct")
         whole, streamed = engine.generate(
             [

@@ -332,8 +332,9 @@ def test_boxes_come_as_a_field_whole_and_at_the_end_of_a_stream():
 
     from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
 
-    app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))
     url, spot = _spot_scan()
     messages = _chat("", url)["messages"]
     try:
@@ -372,16 +373,17 @@ def test_serve_upstream_maps_the_upstreams_box_to_the_clients_pixels():
     from fastapi.testclient import TestClient
 
     from ctscribe.fixtures.pointing import BrightSpotEngine
-    from ctscribe.fixtures.servers import app_in_thread
     from ctscribe.generate.openai_engine import OpenAIEngine
     from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
+    from support.servers import app_in_thread
 
-    upstream_app = build_server(BrightSpotEngine(LEARNING_PIXELS), web=False)
+    upstream_app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))
     url, spot = _spot_scan()
     try:
         with app_in_thread(upstream_app) as upstream:
             engine = OpenAIEngine(f"{upstream}/v1", max_pixels=LEARNING_PIXELS)
-            front = build_server(engine, web=False, forward=True)
+            front = build_server(engine, ServeOptions(web=False), forward=True)
             try:
                 with TestClient(front) as http:
                     reply = http.post("/v1/chat/completions", json=_chat("", url, max_tokens=64)).json()

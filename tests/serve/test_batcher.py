@@ -60,7 +60,7 @@ def test_a_full_queue_refuses_at_once_and_recovers():
 
 def test_a_failed_batch_reaches_its_callers_and_the_worker_goes_on():
     engine = RecordingEngine(fail_on="bad")
-    batcher = Batcher(engine, max_batch=8)
+    batcher = Batcher(engine, max_batch=8, max_queue=64)
     failed = batcher.submit(_request("bad"))
     with pytest.raises(RuntimeError, match="boom"):
         failed.result(timeout=10)
@@ -70,4 +70,4 @@ def test_a_failed_batch_reaches_its_callers_and_the_worker_goes_on():
 
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
-        Batcher(RecordingEngine(), max_batch=0)
+        Batcher(RecordingEngine(), max_batch=0, max_queue=1)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.fixtures.servers import free_port, running_server, vllm_command
+from support.servers import free_port, running_server, vllm_command
 
 # ~7.5 minutes for the whole file on a shared 2-core machine (both vLLM servers, the in-process engine)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

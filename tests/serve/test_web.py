@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -13,36 +11,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
-from ctscribe.ct.windows import AUTO
-from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
-from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.fixtures.servers import free_port
-from ctscribe.serve.web import (
-    BOX_COLOUR,
+from ctscribe.ct.uploads import (
     NO_WINDOW,
     UNSUPPORTED,
     Upload,
     UploadError,
-    api_messages,
-    draw_boxes,
-    error_message,
     load_held,
     load_upload,
-    password_check,
     read_volume,
-    report_markdown,
-    stream_reply,
     take_uploads,
     window_spec,
-    write_report,
 )
+from ctscribe.ct.windows import AUTO
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
+from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.generate.engine import GenerationRequest
+from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, openai_messages
+from ctscribe.serve.chat import Answer
+from ctscribe.serve.report import BOX_COLOUR, draw_boxes, report_markdown, write_report
+from ctscribe.serve.web import EmptyReplyError, error_message, page_messages, password_check
+from support.servers import app_in_thread, free_port
 
 CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,7 +60,7 @@ def test_dicom_upload_is_windowed_and_labelled():
     assert upload.name == "CT_small.dcm"
     assert upload.window.startswith("soft-tissue 400/50 (auto: HU histogram")
     assert upload.image.mode == "RGB" and upload.image.size == (128, 128)
-    assert upload.data_url.startswith("data:image/png;base64,")
+    assert upload.sent.size[0] * upload.sent.size[1] <= 262_144  # fitted to the default budget
     assert "CT_small.dcm" in upload.info and "soft-tissue 400/50" in upload.info
 
 
@@ -160,7 +154,9 @@ def test_uploads_are_deleted_once_read_and_windowed_again_from_memory(tmp_path, 
     volume = load_held(held, window_spec("lung"))
     lung = volume.upload(volume.middle, LEARNING_PIXELS)
     assert lung.name == "patient.dcm" and lung.window == "lung 1500/-600"
-    assert lung.data_url == load_upload([CT_SMALL], "lung", LEARNING_PIXELS).data_url  # the same pixels
+    assert (
+        lung.sent.tobytes() == load_upload([CT_SMALL], "lung", LEARNING_PIXELS).sent.tobytes()
+    )  # same pixels
     assert list(private.iterdir()) == []  # the private copy lasted one read
 
 
@@ -198,20 +194,13 @@ def _spot(image: Image.Image) -> tuple[int, int, int, int]:
     return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
 
 
-def _api_boxes(upload: Upload) -> list[dict]:
-    """The boxes ctscribe serve returns for ``upload`` with the bright-spot stand-in engine: the
-    stand-in's answer for the image as the API prepares it, located in the image the page sent."""
-    import base64
-    import io
-
-    from ctscribe.conversation.boxes import locate
+def _reply_with_box(upload: Upload) -> str:
+    """What ctscribe serve with the bright-spot stand-in engine answers for ``upload``, with the
+    markup the page's client keeps: the stand-in's answer for the image as the API prepares it."""
     from ctscribe.ct.images import ImageOptions, prepare_image
     from ctscribe.fixtures.pointing import answer_for
 
-    sent = base64.b64decode(upload.data_url.partition(",")[2])
-    prepared = prepare_image(sent, ImageOptions(max_pixels=LEARNING_PIXELS))
-    assert Image.open(io.BytesIO(sent)).size == upload.sent_size
-    return [box.as_dict() for box in locate(answer_for(prepared.image), prepared.frame)]
+    return answer_for(prepare_image(upload.sent, ImageOptions(max_pixels=LEARNING_PIXELS)).image)
 
 
 def test_a_volume_keeps_every_slice_and_the_slider_position_picks_the_one_described(tmp_path):
@@ -220,7 +209,7 @@ def test_a_volume_keeps_every_slice_and_the_slider_position_picks_the_one_descri
     uploads = [volume.upload(position, LEARNING_PIXELS) for position in range(SLICES)]
     assert [upload.slice for upload in uploads] == [(n, SLICES) for n in range(1, SLICES + 1)]
     assert "**Slice:** 2 of 5" in uploads[1].info
-    assert len({upload.data_url for upload in uploads}) == SLICES  # each slice is its own image
+    assert len({upload.sent.tobytes() for upload in uploads}) == SLICES  # each slice is its own image
     assert len({_spot(upload.image) for upload in uploads}) == SLICES  # the spot moves
     single = load_upload([CT_SMALL])
     assert single.slice is None and "Slice" not in single.info  # a single slice has no slider
@@ -230,7 +219,7 @@ def test_the_apis_boxes_are_drawn_on_the_shown_slice_where_the_spot_is(tmp_path)
     volume = load_held([("case.nii.gz", _spot_volume(tmp_path / "case.nii.gz").read_bytes())], AUTO)
     upload = volume.upload(1, LEARNING_PIXELS)
     assert upload.frame.crop is not None  # the air around the body was cut before the model saw it
-    (box,) = upload.shown_boxes(_api_boxes(upload))
+    (box,) = Answer(upload.frame, keep_markup=False).located(_reply_with_box(upload))
     spot = _spot(upload.image)
     assert max(abs(a - b) for a, b in zip(box.pixels, spot, strict=True)) <= 2, (box.pixels, spot)
     drawn = np.asarray(draw_boxes(upload.image, [box]))
@@ -242,17 +231,10 @@ def test_the_apis_boxes_are_drawn_on_the_shown_slice_where_the_spot_is(tmp_path)
         np.asarray(upload.image).shape == drawn.shape
         and not np.all(np.asarray(upload.image) == BOX_COLOUR, axis=2).any()
     )
-    assert upload.shown_boxes([{"box_pixels": "nonsense"}, {"phrase": "x"}]) == []
     history = [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "A [box 1]."}]
     report = report_markdown(upload, history, "m", datetime(2025, 1, 2, tzinfo=UTC), [box])
     assert "- Slice: 2 of 5 (the slice described)" in report
     assert f"1. the bright spot: x {x0}-{x1}, y {y0}-{y1}" in report
-
-
-def test_boxes_arrive_with_the_last_chunk():
-    boxes = [{"phrase": "p", "box_1000": [1, 2, 3, 4], "box_pixels": [0, 0, 1, 1]}]
-    client = FakeClient([_chunk("A [box 1]."), _chunk(None, "stop", boxes=boxes)])
-    assert list(stream_reply(client, "m", [], 64)) == [("A [box 1].", []), ("A [box 1].", boxes)]
 
 
 # --- talking to the API -------------------------------------------------------------------------------
@@ -264,11 +246,10 @@ def test_image_goes_in_the_first_user_turn_only():
         {"role": "assistant", "content": "A chest CT."},
         {"role": "user", "content": "Any nodule?"},
     ]
-    messages = api_messages(history, "data:image/png;base64,AAAA")
-    assert messages[0]["content"] == [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        {"type": "text", "text": "Describe."},
-    ]
+    image = Image.new("RGB", (28, 28))
+    messages = openai_messages(GenerationRequest(page_messages(history), [image]))
+    assert messages[0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert messages[0]["content"][1:] == [{"type": "text", "text": "Describe."}]
     assert messages[1:] == history[1:]
 
 
@@ -285,56 +266,63 @@ class FakeClient:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
 
 
-def _chunk(content=None, finish=None, **extra):
+def _chunk(content=None, finish=None, usage=None):
     if content is None and finish is None:
-        return SimpleNamespace(choices=[], model_extra=extra)  # usage-only chunk
-    return SimpleNamespace(
-        choices=[SimpleNamespace(delta=SimpleNamespace(content=content), finish_reason=finish)],
-        model_extra=extra,
+        return SimpleNamespace(choices=[], usage=usage)  # the usage chunk
+    delta = SimpleNamespace(content=content)
+    return SimpleNamespace(choices=[SimpleNamespace(delta=delta, finish_reason=finish)], usage=None)
+
+
+def _page_client(chunks) -> OpenAIEngine:
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m", verify=False)
+    engine.client = FakeClient(chunks)
+    return engine
+
+
+def test_the_reply_grows_and_its_box_is_shown_whole_and_located():
+    """The page reads the stream through the openai backend's client (markup kept) and shows the
+    reader's text: never half a box; the box is located from the markup."""
+    raw = "A <|object_ref_start|>spot<|object_ref_end|><|box_start|>(100,200),(300,400)<|box_end|> here."
+    # as a server streams it: a special token whole, the rest a few characters at a time
+    pieces = re.findall(r"<\|[a-z_]+\|>|[^<]{1,4}", raw)
+    usage = SimpleNamespace(prompt_tokens=5, completion_tokens=9)
+    engine = _page_client([_chunk(""), *map(_chunk, pieces), _chunk(finish="stop"), _chunk(usage=usage)])
+    request = GenerationRequest(
+        page_messages([{"role": "user", "content": "Describe."}]), [Image.new("RGB", (8, 8))]
     )
-
-
-def test_stream_reply_grows_and_reports_server_failures():
-    client = FakeClient([_chunk(""), _chunk("A chest"), _chunk(" CT."), _chunk(finish="stop"), _chunk()])
-    assert list(stream_reply(client, "m", [], 64)) == [("A chest", []), ("A chest CT.", [])]
+    grown = list(engine.text_so_far(request))
+    assert grown[-1] == raw and all(raw.startswith(text) for text in grown) and len(grown) > 3
+    answer = Answer(None, keep_markup=False)
+    shown = [answer.shown_so_far(text) for text in grown]
+    assert not any("<|" in text or "(100" in text for text in shown)
+    assert answer.text(raw) == "A spot [box 1] here." and [box.phrase for box in answer.located(raw)] == [
+        "spot"
+    ]
+    sent = engine.client.sent
     assert (
-        client.sent["stream"] is True
-        and client.sent["temperature"] == 0.0
-        and client.sent["max_tokens"] == 64
+        sent["stream"] is True
+        and sent["temperature"] == 0.0
+        and sent["extra_body"]["skip_special_tokens"] is False
     )
-    with pytest.raises(RuntimeError, match="generation failed"):
-        list(stream_reply(FakeClient([_chunk("A"), _chunk(finish="error")]), "m", [], 64))
-    with pytest.raises(RuntimeError, match="empty reply"):
-        list(stream_reply(FakeClient([_chunk(""), _chunk(finish="stop")]), "m", [], 64))
 
 
-def _status_error(cls, status: int, message: str):
-    import openai
-
-    http = getattr(openai._exceptions, "httpx2", None) or openai._exceptions.httpx
-    request = http.Request("POST", "http://127.0.0.1/v1/chat/completions")
-    body = {"message": message, "type": "invalid_request_error", "code": status}
-    return cls(f"Error code: {status}", response=http.Response(status, request=request), body=body)
+def test_a_failure_after_the_stream_began_is_a_server_error():
+    engine = _page_client([_chunk("A"), _chunk(finish="error")])
+    request = GenerationRequest([{"role": "user", "content": "Describe."}])
+    with pytest.raises(ServerError, match="generation failed"):
+        list(engine.text_so_far(request))
 
 
 def test_api_errors_become_sentences():
-    import openai
-
-    url = "http://127.0.0.1:9/v1"
-    too_big = _status_error(openai.BadRequestError, 400, "image larger than the 20 MB limit")
-    busy = _status_error(openai.InternalServerError, 503, "the server is busy")
-    key = _status_error(openai.AuthenticationError, 401, "missing or wrong API key")
-    assert (
-        error_message(too_big, url)
-        == "the model server refused the request (HTTP 400): image larger than the 20 MB limit"
-    )
-    assert "busy (HTTP 503): the server is busy; try again" in error_message(busy, url)
-    assert "refused the API key (HTTP 401)" in error_message(key, url)
-    assert error_message(KeyError("x"), url).startswith("unexpected error")
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="none", max_retries=0)
-    with pytest.raises(openai.APIConnectionError) as caught:
-        list(stream_reply(client, "m", [], 8))
-    assert error_message(caught.value, url) == f"cannot reach the model server at {url}; is it running?"
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    engine = OpenAIEngine(url, "m", verify=False)
+    engine.client = engine.client.with_options(max_retries=0)
+    with pytest.raises(ServerError) as caught:
+        list(engine.text_so_far(GenerationRequest([{"role": "user", "content": "Describe."}])))
+    assert error_message(caught.value) == f"cannot reach the model server at {url}; is it running?"
+    assert error_message(UploadError("no file uploaded")) == "no file uploaded"
+    assert error_message(EmptyReplyError("the model returned an empty reply")).endswith("empty reply")
+    assert error_message(KeyError("x")).startswith("unexpected error")
 
 
 # --- the real page in a real browser ------------------------------------------------------------------
@@ -360,81 +348,43 @@ class PageServer:
 
 @pytest.fixture(scope="module")
 def page_server(request, tmp_path_factory):
-    """``ctscribe serve`` with the page and an API key, in its own process group, always killed."""
+    """``ctscribe serve`` with the page and an API key, in its own process group, always stopped."""
     missing = _missing_browser()
     if missing:  # before the model is built: a skip costs nothing
         request.getfixturevalue("unavailable")(missing)
     # The trained tiny model (shared by the session): its greedy answers are real text ("CT of the
     # ..."), where the random model's are whitespace that the engine strips to nothing.
     model = request.getfixturevalue("trained_run") / "model"
-    port = free_port()
     folder = tmp_path_factory.mktemp("web")
     log, temp = folder / "server.log", folder / "temp"
     for name in ("gradio", "tmp"):
         (temp / name).mkdir(parents=True)
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp / "gradio"), "TMPDIR": str(temp / "tmp")}
-    command = [sys.executable, "-m", "ctscribe", "serve", "--model", str(model), "--port", str(port)]
-    command += ["--max-pixels", str(LEARNING_PIXELS), "--api-key", KEY]
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+    server = request.getfixturevalue("start_server")(model, log, "--api-key", KEY, web=True, env=env)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ctscribe serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("ctscribe serve did not answer /health in 180 s")
-            time.sleep(0.5)
-        yield PageServer(url, log, temp)
+        yield PageServer(server.url, log, temp)
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def spot_page(request):
     """The page and API in this process, in front of the bright-spot stand-in engine
-    (ctscribe.fixtures.pointing): no model writes boxes yet, and this server tests how the page maps
+    (tests/support/pointing): no model writes boxes yet, and this server tests how the page maps
     and draws them. No model to load, so it starts in seconds."""
     missing = _missing_browser()
     if missing:
         request.getfixturevalue("unavailable")(missing)
-    import threading
-
-    import uvicorn
-
     from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
 
-    port = free_port()
-    app = build_server(BrightSpotEngine(LEARNING_PIXELS), port=port)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    port = free_port()  # the page calls the API on its own port
+    app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(port=port))
     try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("the stand-in page server did not start")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        with app_in_thread(app, start_s=60, port=port) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         app.state.batcher.close()
 
 
@@ -575,7 +525,7 @@ def test_dicom_identifiers_leave_no_trace_in_the_page_the_log_or_the_temp_folder
 
 
 def test_upload_dataclass_info_mentions_notes():
-    upload = Upload(Image.new("RGB", (8, 8)), "data:image/png;base64,", "x.dcm", "lung 1500/-600", "note")
+    upload = Upload(Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8)), "x.dcm", "lung 1500/-600", "note")
     assert upload.info.endswith("· note")
 
 
@@ -583,7 +533,7 @@ def test_write_report_uses_a_fresh_file_and_drops_old_ones(tmp_path):
     stale = tmp_path / "stale"
     stale.mkdir()
     os.utime(stale, (0, 0))
-    upload = Upload(Image.new("RGB", (8, 8)), "data:image/png;base64,", "x.png", None)
+    upload = Upload(Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8)), "x.png", None)
     history = [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "A CT."}]
     first, second = (write_report(tmp_path, upload, history, "m") for _ in range(2))
     assert first != second and first.name.startswith("ctscribe-report-") and first.suffix == ".md"

@@ -47,6 +47,8 @@ class GenerationRequest:
     messages: list[dict]
     images: list[Image.Image] = field(default_factory=list)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    # No end of turn before this many tokens (vLLM's min_tokens; max_new_tokens is its ignore_eos).
+    min_new_tokens: int = 0
     temperature: float = 0.0  # 0 is greedy: reproducible, what evaluation and tests need
     top_p: float = 1.0
     seed: int | None = None  # for sampling; greedy ignores it
@@ -105,10 +107,11 @@ def check_model_reference(model: str | Path) -> None:
 
 
 def _sampling_key(request: GenerationRequest) -> tuple:
-    """Requests with equal keys can share one ``generate`` call."""
+    """Requests with equal keys can share one ``generate`` call (``min_new_tokens`` is one setting for
+    the whole call in transformers)."""
     if request.temperature <= 0:
-        return ("greedy",)
-    return ("sample", request.temperature, request.top_p, request.seed)
+        return ("greedy", request.min_new_tokens)
+    return ("sample", request.min_new_tokens, request.temperature, request.top_p, request.seed)
 
 
 class _TextStreamer:
@@ -198,6 +201,7 @@ class TransformersEngine(ImagePathMixin):
     def _config(self, request: GenerationRequest, max_new_tokens: int):
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens = max_new_tokens
+        config.min_new_tokens = request.min_new_tokens or None  # the end-of-turn token masked until then
         config.use_cache = True  # a training run may have saved use_cache=False into the config
         config.do_sample = request.temperature > 0
         if config.do_sample:

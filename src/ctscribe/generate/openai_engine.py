@@ -15,10 +15,13 @@ becomes a :class:`ServerError` with one sentence that says so, never a client li
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import io
 import os
+import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
@@ -73,6 +76,12 @@ def choose_model(served: list[str], model: str | None, base_url: str) -> str:
     return served[0]
 
 
+def find_api_key(given: str | None = None) -> str:
+    """The key to send: the one given, else ``CTSCRIBE_API_KEY``, else ``OPENAI_API_KEY``; "none" when
+    there is none at all, since the openai client insists on a key and servers without one ignore it."""
+    return given or os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+
+
 def image_data_url(image: Image.Image) -> str:
     """A PNG ``data:`` URL: lossless, so the server sees the prepared pixels unchanged."""
     buffer = io.BytesIO()
@@ -116,10 +125,10 @@ class OpenAIEngine(ImagePathMixin):
         it (translate, which counts each caption's failure), a given ``model`` is taken on trust."""
         from openai import OpenAI
 
-        # The openai client insists on a key; servers without one ignore it.
-        api_key = api_key or os.environ.get("CTSCRIBE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self.base_url = base_url
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=TIMEOUT_S, max_retries=RETRIES)
+        self.client = OpenAI(
+            base_url=base_url, api_key=find_api_key(api_key), timeout=TIMEOUT_S, max_retries=RETRIES
+        )
         if verify or model is None:
             served = self._call(lambda: [entry.id for entry in self.client.models.list().data])
             model = choose_model(served, model, base_url)
@@ -145,7 +154,11 @@ class OpenAIEngine(ImagePathMixin):
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
-            extra_body=KEEP_SPECIAL_TOKENS,  # the grounding markers are special tokens
+            # The grounding markers are special tokens; min_tokens is vLLM's, which ctscribe serve reads too.
+            extra_body={
+                **KEEP_SPECIAL_TOKENS,
+                **({"min_tokens": request.min_new_tokens} if request.min_new_tokens else {}),
+            },
             **extra,
         )
 
@@ -168,15 +181,35 @@ class OpenAIEngine(ImagePathMixin):
         stream = self._create(request, stream=True, stream_options={"include_usage": True})
         for chunk in stream:
             usage = chunk.usage or usage
-            if not chunk.choices:
+            if not chunk.choices:  # the usage chunk
                 continue
             text += chunk.choices[0].delta.content or ""
             finish = chunk.choices[0].finish_reason or finish
+            if finish == "error":  # ctscribe serve: generation failed after the stream began
+                raise ServerError(
+                    f"generation failed on the model server at {self.base_url}; its log says why"
+                )
             visible = drop_control_tokens(text).strip()
             if len(visible) > len(sent) and visible.startswith(sent):
                 request.on_text(visible[len(sent) :])
                 sent = visible
         return _result(text, finish, usage, start)
+
+    def text_so_far(self, request: GenerationRequest) -> Iterator[str]:
+        """:meth:`generate_one` streamed, as the reply's text so far (grounding markup kept), growing;
+        the last item is the whole text. For a caller that shows the reply as it comes (the web
+        page). Raises :class:`ServerError`."""
+        pieces: queue.SimpleQueue[str] = queue.SimpleQueue()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            result = pool.submit(self.generate_one, dataclasses.replace(request, on_text=pieces.put))
+            text = ""
+            while not (result.done() and pieces.empty()):
+                with contextlib.suppress(queue.Empty):
+                    text += pieces.get(timeout=0.05)
+                    yield text
+            whole = result.result().text
+        if whole != text:
+            yield whole
 
     def _one_or_error(self, request: GenerationRequest) -> GenerationResult | Exception:
         try:

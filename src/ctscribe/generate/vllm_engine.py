@@ -54,6 +54,7 @@ def sampling_options(request: GenerationRequest) -> dict:
     detokenize at all."""
     return {
         "max_tokens": request.max_new_tokens,
+        "min_tokens": request.min_new_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,
         "seed": request.seed,

@@ -21,20 +21,16 @@ from ctscribe.generate.engine import GenerationBackend
 from ctscribe.serve.api import create_app
 from ctscribe.serve.batcher import Batcher
 from ctscribe.serve.forwarder import Forwarder
+from ctscribe.serve.options import ServeOptions
 
 log = logging.getLogger(__name__)
 
 
 def build_server(
     engine: GenerationBackend,
+    options: ServeOptions,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
     api_key: str | None = None,
-    max_batch: int = 8,
-    max_queue: int = 64,
-    max_image_mb: float = 20,
-    web: bool = True,
     forward: bool = False,
     prompts: Mapping[str, str] = DEFAULT_PROMPTS,
     language: str = "en",
@@ -45,17 +41,21 @@ def build_server(
     ``prompts`` and ``language`` are the model's own (ctscribe.model_settings): what the page asks for
     a description.
     """
-    batcher = Forwarder(engine, max_queue) if forward else Batcher(engine, max_batch, max_queue)
-    app = create_app(batcher, model_name=engine.name, api_key=api_key, max_image_mb=max_image_mb)
+    if forward:
+        batcher = Forwarder(engine, options.max_queue)
+    else:
+        batcher = Batcher(engine, options.max_batch, options.max_queue)
+    app = create_app(
+        batcher, model_name=engine.name, api_key=api_key, max_image_bytes=options.max_image_bytes
+    )
     app.state.batcher = batcher
-    if web:
+    if options.web:
         import gradio as gr
 
         from ctscribe.serve.web import build_page, password_check
 
-        api_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         page = build_page(
-            f"http://{api_host}:{port}/v1",
+            f"http://{options.page_host}:{options.port}/v1",
             api_key=api_key,
             model=engine.name,
             max_pixels=engine.image_options.max_pixels,
@@ -73,11 +73,13 @@ def build_server(
     return app
 
 
-def serve(engine: GenerationBackend, *, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
-    """Run the server until interrupted."""
+def serve(engine: GenerationBackend, options: ServeOptions, **settings) -> None:
+    """Run the server until interrupted; ``settings`` are :func:`build_server`'s."""
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not options.get("api_key"):
-        log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
-    app = build_server(engine, host=host, port=port, **options)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    if options.host not in ("127.0.0.1", "localhost", "::1") and not settings.get("api_key"):
+        log.warning(
+            "serving on %s without --api-key: anyone who can reach this port can use the model", options.host
+        )
+    app = build_server(engine, options, **settings)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="info")

@@ -31,9 +31,7 @@ class Batcher:
     """Queue in front of a :class:`~ctscribe.generate.engine.GenerationBackend`; ``submit`` from any
     thread."""
 
-    def __init__(
-        self, engine: GenerationBackend, max_batch: int = 8, max_queue: int = 64, max_wait_s: float = 0.01
-    ):
+    def __init__(self, engine: GenerationBackend, max_batch: int, max_queue: int, max_wait_s: float = 0.01):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.engine, self.max_batch, self.max_queue, self.max_wait_s = (

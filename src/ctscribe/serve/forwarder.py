@@ -20,7 +20,7 @@ from ctscribe.serve.batcher import QueueFullError
 class Forwarder:
     """Sends each request to ``engine``'s server at once; ``submit`` from any thread."""
 
-    def __init__(self, engine: OpenAIEngine, max_queue: int = 64):
+    def __init__(self, engine: OpenAIEngine, max_queue: int):
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.engine, self.max_queue = engine, max_queue
