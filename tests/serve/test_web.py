@@ -21,7 +21,6 @@ from PIL import Image
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.ct.windows import AUTO
-from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.fixtures.servers import free_port
 from ctscribe.serve.web import (
@@ -43,6 +42,7 @@ from ctscribe.serve.web import (
     window_spec,
     write_report,
 )
+from support.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 
 CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -206,7 +206,7 @@ def _api_boxes(upload: Upload) -> list[dict]:
 
     from ctscribe.conversation.boxes import locate
     from ctscribe.ct.images import ImageOptions, prepare_image
-    from ctscribe.fixtures.pointing import answer_for
+    from support.pointing import answer_for
 
     sent = base64.b64decode(upload.data_url.partition(",")[2])
     prepared = prepare_image(sent, ImageOptions(max_pixels=LEARNING_PIXELS))
@@ -408,7 +408,7 @@ def page_server(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def spot_page(request):
     """The page and API in this process, in front of the bright-spot stand-in engine
-    (ctscribe.fixtures.pointing): no model writes boxes yet, and this server tests how the page maps
+    (tests/support/pointing.py): no model writes boxes yet, and this server tests how the page maps
     and draws them. No model to load, so it starts in seconds."""
     missing = _missing_browser()
     if missing:
@@ -417,8 +417,8 @@ def spot_page(request):
 
     import uvicorn
 
-    from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
+    from support.pointing import BrightSpotEngine
 
     port = free_port()
     app = build_server(BrightSpotEngine(LEARNING_PIXELS), port=port)
