@@ -1,7 +1,7 @@
 """The user's path at the real Qwen2-VL-2B shape: seconds and peak memory of each stage.
 
-Runs ``ctscribe.fixtures.real_shape.run_real_shape`` (the same function the slow test
-tests/fixtures/test_real_shape.py runs): the `2b` fixture built, trained 2 steps at batch 2 with the
+Runs ``run_real_shape`` from tests/support/real_shape.py (the same function the slow test
+tests/support/test_real_shape.py runs): the `2b` fixture built, trained 2 steps at batch 2 with the
 shipped default recipe (only size keys set), exported in bf16, one image predicted, one request
 served; each stage the real ``ctscribe`` command in its own process. Writes
 ``bench/results/real_shape-<device>.json`` (``real_shape-<size>-<device>.json`` for another size):
@@ -25,12 +25,14 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ctscribe.fixtures.real_shape import SIZE_KEYS, run_real_shape
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
+from support.real_shape import SIZE_KEYS, run_real_shape
 
 CARD_GB = 12  # the issue's question: does the default recipe fit a 12 GB card at batch 2?
 

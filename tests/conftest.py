@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -15,6 +12,9 @@ from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_ROI_SHARE, LEAR
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from support.servers import free_port, running_server
+
+# The `unavailable` fixture, and the list at the end of the run of tests it skipped for a missing piece.
+pytest_plugins = ["support.missing"]
 
 
 @pytest.fixture(scope="session")
@@ -136,20 +136,6 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory, trained_run: Path,
     )
     train(recipe)
     return run_dir
-
-
-@pytest.fixture(scope="session")
-def unavailable() -> Callable[[str], NoReturn]:
-    """Call with what a test is missing: it is skipped here, but fails under CI=true, where the
-    repository's own install steps (make test) must have provided everything."""
-    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-    def report(missing: str) -> NoReturn:
-        if in_ci:
-            pytest.fail(f"cannot run in CI: {missing}")
-        pytest.skip(missing)
-
-    return report
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import transformers
 import yaml
 
 from ctscribe import llamafactory_cli as lf_cli
-from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli, run_cli, write_config
+from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli, has_module, run_cli, write_config
 
 
 def _script(path: Path, body: str) -> Path:
@@ -60,6 +61,17 @@ def test_a_failing_run_reports_its_last_lines(tmp_path):
     assert "exit 3" in message and "boom" in message and "line 100" in message
     assert "line 1\n" not in message  # only the tail, the whole output is in the log
     assert "line 1\n" in (tmp_path / "out.log").read_text()
+
+
+def test_the_module_probe_answers_and_a_hung_interpreter_is_an_error(tmp_path):
+    cli = _script(tmp_path / "llamafactory-cli", "exit 0\n")
+    _script(tmp_path / "python", 'case "$2" in *present*) exit 0;; *) exit 1;; esac\n')
+    assert has_module(cli, "present") and not has_module(cli, "absent")
+    _script(tmp_path / "python", "exec sleep 30\n")
+    started = time.monotonic()
+    with pytest.raises(LlamaFactoryError, match=r"did not say within 0.5 s whether it can import liger"):
+        has_module(cli, "liger", timeout=0.5)
+    assert time.monotonic() - started < 10
 
 
 def test_configs_are_written_whole(tmp_path):

@@ -107,7 +107,7 @@ def test_the_cli_exit_status_says_whether_anything_succeeded(trained_run, images
 
 @pytest.mark.slow
 def test_no_dicom_identifier_reaches_the_outputs_or_the_logs(trained_run, tmp_path):
-    from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
+    from support.dicom_samples import write_sentinel_dicom
 
     (tmp_path / "study").mkdir()
     secrets = write_sentinel_dicom(tmp_path / "study" / "good.dcm")
@@ -129,11 +129,11 @@ def test_no_dicom_identifier_reaches_the_outputs_or_the_logs(trained_run, tmp_pa
 
 def test_boxes_in_an_answer_become_fields_in_the_input_images_pixels(tmp_path):
     """With a stand-in engine that answers with a box around the bright spot of the image it is given
-    (ctscribe.fixtures.pointing; no model writes boxes yet): the box comes back in the pixels of the
+    (tests/support/pointing.py; no model writes boxes yet): the box comes back in the pixels of the
     file given, through the background crop and the resize, and the text reads without markup."""
     from PIL import Image, ImageDraw
 
-    from ctscribe.fixtures.pointing import BrightSpotEngine
+    from support.pointing import BrightSpotEngine
 
     scan = Image.new("RGB", (420, 300))
     draw = ImageDraw.Draw(scan)

@@ -27,6 +27,9 @@ CLI_ENV_VAR = "CTSCRIBE_LLAMAFACTORY_CLI"
 TEMPLATE = "qwen2_vl"  # LLaMA-Factory's chat template for Qwen2-VL-Instruct
 # The last lines of LLaMA-Factory's output repeated in the error when it fails.
 ERROR_TAIL_LINES = 40
+# Seconds for .venv-lf's interpreter to say whether it has a module: it starts and looks the name up
+# without importing it, well under a second on a warm machine; a cold disk can take a few.
+PROBE_TIMEOUT_S = 30
 
 
 class LlamaFactoryError(RuntimeError):
@@ -121,10 +124,21 @@ def run_cli(cli: Path, command: str, config: Path, log_path: Path, echo: bool = 
         )
 
 
-def has_module(cli: Path, module: str) -> bool:
-    """Whether LLaMA-Factory's interpreter (beside its CLI) can import ``module``."""
+def has_module(cli: Path, module: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether LLaMA-Factory's interpreter (beside its CLI) can import ``module``.
+
+    The probe runs before training starts; a hung interpreter (a stalled network file system, a
+    site hook that waits) would otherwise hang ``ctscribe train`` before it printed anything.
+    """
     python = cli.parent / "python"
     if not python.is_file():
         return False
     probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
-    return subprocess.run([str(python), "-c", probe], env=_environment(), check=False).returncode == 0
+    try:
+        done = subprocess.run([str(python), "-c", probe], env=_environment(), check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LlamaFactoryError(
+            f"{python} did not say within {timeout:g} s whether it can import {module}; "
+            f"check that `{python} -c 'import sys'` starts"
+        ) from None
+    return done.returncode == 0

@@ -151,9 +151,13 @@ def test_intervals_and_errors() -> None:
     assert math.isnan(bleu4([], []).score) and math.isnan(rouge_l([], []).score)
 
 
-NEEDS_JAVA = pytest.mark.skipif(
-    shutil.which("java") is None, reason="needs Java (CI and make's machines have it)"
-)
+@pytest.fixture
+def java(unavailable) -> None:
+    """pycocoevalcap's PTB tokenizer and METEOR run on Java (CI's machines have it)."""
+    if shutil.which("java") is None:
+        unavailable("no java: pycocoevalcap's PTB tokenizer and METEOR need a JRE (default-jre-headless)")
+
+
 # Punctuation, a percentage, parentheses and hyphens: where PTB tokens and ``tokenize`` differ.
 PUNCTUATED_REFS = [
     "The image is a non-contrast computed tomography (CT) scan of the brain, showing a hyper-dense area.",
@@ -169,7 +173,7 @@ PUNCTUATED_PREDS = [
 ]
 
 
-@NEEDS_JAVA
+@pytest.mark.usefixtures("java")
 def test_cider_on_ptb_tokens_is_coco_captions_cider() -> None:
     """The published pipeline: pycocoevalcap's PTBTokenizer on both sides, then Cider."""
     from pycocoevalcap.cider.cider import Cider
@@ -188,7 +192,7 @@ def test_cider_on_ptb_tokens_is_coco_captions_cider() -> None:
     assert abs(cider(PUNCTUATED_PREDS, PUNCTUATED_REFS).score - published) > 1e-3
 
 
-@NEEDS_JAVA
+@pytest.mark.usefixtures("java")
 def test_ptb_tokenize_keeps_every_text_on_its_own_line() -> None:
     texts = ["A (CT) scan.", "", "line\u2028separator and\u0085next line", "A (CT) scan.", "左肺结节。"]
     tokens = ptb_tokenize(texts)
@@ -220,7 +224,7 @@ def test_meteor_is_none_without_java(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "meteor" not in all_metrics([REF, REF], [REF, REF], with_meteor=True)
 
 
-@NEEDS_JAVA
+@pytest.mark.usefixtures("java")
 def test_meteor_with_java() -> None:
     """One JVM start (about 15 s): an identical, an unrelated and a Chinese sample."""
     result = meteor([REF, "a dog runs", "左肺结节"], [REF, "a cat sleeps on the mat", "左肺结节"])

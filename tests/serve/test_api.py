@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
-from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.openai_engine import image_data_url
+from support.dicom_samples import pydicom_ct_slices
 
 KEY = "test-key-123"
 FRONT_KEY = "front-key-456"  # serve --upstream's own key, unlike its upstream's
@@ -325,14 +325,14 @@ def _spot_scan() -> tuple[str, tuple[int, int, int, int]]:
 
 def test_boxes_come_as_a_field_whole_and_at_the_end_of_a_stream():
     """In process, with a stand-in engine that answers with a box around the bright spot of the image
-    it is given (ctscribe.fixtures.pointing; no model writes boxes yet): this tests the API's boxes
+    it is given (tests/support/pointing.py; no model writes boxes yet): this tests the API's boxes
     and text, not a model. An OpenAI client reads the reader's text and finds the boxes as an extra."""
     from fastapi.testclient import TestClient
     from openai import OpenAI
 
-    from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
+    from support.pointing import BrightSpotEngine
 
     app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))
     url, spot = _spot_scan()
@@ -372,10 +372,10 @@ def test_serve_upstream_maps_the_upstreams_box_to_the_clients_pixels():
     the field lands on the spot in the client's pixels, as without the upstream."""
     from fastapi.testclient import TestClient
 
-    from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.generate.openai_engine import OpenAIEngine
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
+    from support.pointing import BrightSpotEngine
     from support.servers import app_in_thread
 
     upstream_app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(web=False))

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS
-from ctscribe.fixtures.pointing import BrightSpotEngine
 from ctscribe.serve.app import build_server
 from ctscribe.serve.options import ServeOptions
+from support.pointing import BrightSpotEngine
 
 ROUTE = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Describe."}]

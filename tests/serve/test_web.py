@@ -29,13 +29,13 @@ from ctscribe.ct.uploads import (
     window_spec,
 )
 from ctscribe.ct.windows import AUTO
-from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, openai_messages
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import BOX_COLOUR, draw_boxes, report_markdown, write_report
 from ctscribe.serve.web import EmptyReplyError, error_message, page_messages, password_check
+from support.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from support.servers import app_in_thread, free_port
 
 CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]
@@ -198,7 +198,7 @@ def _reply_with_box(upload: Upload) -> str:
     """What ctscribe serve with the bright-spot stand-in engine answers for ``upload``, with the
     markup the page's client keeps: the stand-in's answer for the image as the API prepares it."""
     from ctscribe.ct.images import ImageOptions, prepare_image
-    from ctscribe.fixtures.pointing import answer_for
+    from support.pointing import answer_for
 
     return answer_for(prepare_image(upload.sent, ImageOptions(max_pixels=LEARNING_PIXELS)).image)
 
@@ -375,9 +375,9 @@ def spot_page(request):
     missing = _missing_browser()
     if missing:
         request.getfixturevalue("unavailable")(missing)
-    from ctscribe.fixtures.pointing import BrightSpotEngine
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
+    from support.pointing import BrightSpotEngine
 
     port = free_port()  # the page calls the API on its own port
     app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(port=port))

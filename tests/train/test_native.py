@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,7 @@ from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
 from ctscribe.recipe import Recipe, RecipeError, load_recipe
 from ctscribe.run_folder import COMPLETE_MARKER, RunSummary
-from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train
+from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train, training_arguments
 
 
 @pytest.mark.slow
@@ -294,3 +295,27 @@ def test_speed_switches_change_speed_not_the_losses(learning_data, tiny_model_di
     assert all(fast[s] == pytest.approx(plain[s], rel=5e-3) for s in plain), (fast, plain)
     assert list((tmp_path / "fast" / "feature_cache").glob("*/shard-*.safetensors"))
     assert not (tmp_path / "plain" / "feature_cache").exists()
+
+
+def test_a_checkpointed_lora_run_warns_of_no_deprecated_checkpointing_name(
+    learning_data, tiny_model_dir, tmp_path
+):
+    """transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``: the old
+    argument, and peft's read of the model's old ``is_gradient_checkpointing``, each printed a
+    FutureWarning on every run."""
+    recipe = _lora_recipe(
+        learning_data,
+        tiny_model_dir,
+        tmp_path / "run",
+        gradient_checkpointing="true",
+        max_steps=1,
+        save_steps=1,
+        eval_steps=1,
+    )
+    assert training_arguments(recipe, tmp_path / "args", evaluate=False).activation_checkpointing is True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(recipe)
+    assert _losses(tmp_path / "run").keys() == {1}
+    deprecated = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert not deprecated, deprecated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 
@@ -96,7 +97,11 @@ def build_model(recipe: Recipe):
         modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21.2 (the newest) reads the model's deprecated ``is_gradient_checkpointing`` to decide
+        # whether to prepare for checkpointing; transformers 5.24 warns on that read, on every LoRA run.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = get_peft_model(model, config)
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed frozen embeddings need grad-carrying inputs
     return model

@@ -201,12 +201,26 @@ class JsonlLogger(TrainerCallback):
             self._flush()
 
 
-def _warmup(ratio: float) -> dict:
-    """Recent transformers read a float ``warmup_steps`` as a ratio and dropped ``warmup_ratio``."""
+def _has_argument(name: str) -> bool:
+    """Whether this transformers' ``TrainingArguments`` has a field ``name`` (the range pyproject
+    allows spans renames)."""
     import dataclasses
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
+    return name in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _warmup(ratio: float) -> dict:
+    """Recent transformers read a float ``warmup_steps`` as a ratio and dropped ``warmup_ratio``."""
+    return {"warmup_ratio": ratio} if _has_argument("warmup_ratio") else {"warmup_steps": ratio}
+
+
+def _checkpointing(enabled: bool) -> dict:
+    """The recipe's ``gradient_checkpointing`` under the name this transformers reads: 5.24 calls it
+    ``activation_checkpointing`` (the old name still works but warns, a FutureWarning on every run);
+    5.19, vLLM's environment, has only the old name."""
+    prefix = "activation" if _has_argument("activation_checkpointing") else "gradient"
+    kwargs = {"use_reentrant": False} if enabled else None
+    return {f"{prefix}_checkpointing": enabled, f"{prefix}_checkpointing_kwargs": kwargs}
 
 
 def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> TrainingArguments:
@@ -242,8 +256,7 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
         data_seed=recipe.seed,
         dataloader_num_workers=recipe.dataloader_num_workers,
         report_to=[],  # TensorBoard is attached in train(), writing to RUN_DIR/tensorboard on any version
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        **_checkpointing(recipe.gradient_checkpointing),
         remove_unused_columns=False,  # pixel_values and image_grid_thw are not in the model's signature
         deepspeed=recipe.deepspeed,
         fsdp=recipe.fsdp,
