@@ -115,6 +115,24 @@ def fixtures_phantom(
     typer.echo(f"wrote {len(truth)} phantom rows ({ct} CT) to {out}")
 
 
+@fixtures_app.command("phantom-series")
+def fixtures_phantom_series(
+    out: Annotated[Path, typer.Argument(help="New folder to write the series to.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same volumes and lesions.")] = 0,
+    slices: Annotated[int, typer.Option(min=12, help="Slices per volume.")] = 36,
+) -> None:
+    """Build phantom CT series with known findings, for `ctscribe study` and its evaluation.
+
+    Writes OUT/dicom/series-1/ (one DICOM file per slice, shuffled names, identifiers in every header),
+    OUT/nifti/volume-2.nii.gz, OUT/mixed/ (series 1 without position tags, one slice corrupt, one slice of
+    another series) and OUT/truth.json (each lesion's region, abnormality, side, slice range and boxes).
+    """
+    from ctscribe.fixtures.phantom_series import build_phantom_series
+
+    truth = build_phantom_series(out, seed=seed, slices=slices)
+    typer.echo(f"wrote phantom series to {out}; truth in {truth}")
+
+
 class Modality(StrEnum):
     ct = "ct"
     all = "all"
