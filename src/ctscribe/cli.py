@@ -123,6 +123,24 @@ def fixtures_phantom(
     typer.echo(f"wrote {len(truth)} phantom rows ({ct} CT) to {out}")
 
 
+@fixtures_app.command("phantom-series")
+def fixtures_phantom_series(
+    out: Annotated[Path, typer.Argument(help="New folder to write the series to.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same volumes and lesions.")] = 0,
+    slices: Annotated[int, typer.Option(min=12, help="Slices per volume.")] = 36,
+) -> None:
+    """Build phantom CT series with known findings, for `ctscribe study` and its evaluation.
+
+    Writes OUT/dicom/series-1/ (one DICOM file per slice, shuffled names, identifiers in every header),
+    OUT/nifti/volume-2.nii.gz, OUT/mixed/ (series 1 without position tags, one slice corrupt, one slice of
+    another series) and OUT/truth.json (each lesion's region, abnormality, side, slice range and boxes).
+    """
+    from ctscribe.fixtures.phantom_series import build_phantom_series
+
+    truth = build_phantom_series(out, seed=seed, slices=slices)
+    typer.echo(f"wrote phantom series to {out}; truth in {truth}")
+
+
 class Modality(StrEnum):
     ct = "ct"
     all = "all"
@@ -550,6 +568,85 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+def study(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A DICOM series folder (several series are told apart), a zip of one, a DICOM file, a NIfTI "
+            "volume, or a folder of slice images.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    out: Annotated[Path, typer.Option(help="Report folder; rerunning resumes an interrupted study.")],
+    adapter: Annotated[
+        Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
+    ] = None,
+    lang: Annotated[
+        DescriptionLang | None,
+        typer.Option(
+            help="Language of the descriptions. Default: the one the model was trained in, else en."
+        ),
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="CT window: auto (one per series), a preset, or WIDTH/LEVEL in HU.")
+    ] = "auto",
+    slices: Annotated[
+        str, typer.Option(help="all, every:K (every K-th slice) or body (slices that show a body).")
+    ] = "all",
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices generated together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    max_pixels: MaxPixelsOption = None,
+    backend: BackendOption = Backend.transformers,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Read a whole CT series: describe its slices, gather the findings they state over neighbouring
+    slices, and report each with its slice range, key slice and box.
+
+    Writes OUT/study.json, OUT/report.md (key slices drawn with their boxes), OUT/strip.png (findings by
+    slice) and OUT/slices.jsonl. A slice model does not see across slices: see docs/STUDY.md for what
+    the grouping can and cannot tell. No DICOM identifier or UID is written or logged.
+
+    Example: ctscribe study scans/ct-chest/ --model models/ct-2b --out reports/ct-chest --slices body
+    """
+    from ctscribe.study.describe import check_slices
+    from ctscribe.study.run import NoSeriesError, run_study
+
+    try:
+        check_slices(slices)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--slices") from None
+    settings = _settings(backend, model, adapter, max_pixels)
+    engine = _backend(backend, model, adapter, settings, base_url)
+    prompt = settings.prompt(lang.value if lang else settings.language)
+    try:
+        report = run_study(
+            engine,
+            source,
+            out,
+            prompt=prompt,
+            slices=slices,
+            window=window,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+    except (NoSeriesError, FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        for item in getattr(error, "skipped", []):
+            typer.echo(f"  {item['file']}: {item['reason']}", err=True)
+        raise typer.Exit(1) from None
+    for entry in report["series"]:
+        typer.echo(
+            f"{entry['label']} ({entry['source']}): {entry['slices_read']} of {entry['slice_count']} "
+            f"slices read, {len(entry['skipped'])} skipped, {len(entry['findings'])} finding(s); "
+            f"order: {entry['order']}"
+        )
+    for item in report["skipped"]:
+        typer.echo(f"  not in any series: {item['file']}: {item['reason']}", err=True)
+    typer.echo(f"wrote {out / 'study.json'} and {out / 'report.md'}")
+
+
 def _settings(backend: Backend, model: str, adapter: Path | None, max_pixels: int | None):
     """The pixel budget and default prompts predict, evaluate and serve use (ctscribe.model_settings)."""
     from ctscribe.model_settings import inference_settings
@@ -606,6 +703,14 @@ def evaluate(
     ] = None,
     backend: BackendOption = GenerateOptions.backend,
     base_url: BaseUrlOption = None,
+    study: Annotated[
+        bool,
+        typer.Option(
+            "--study",
+            help="--data is the truth.json of `ctscribe fixtures phantom-series`: score study reports of its "
+            "series (finding recall and precision, key-slice distance and IoU) instead of a test split.",
+        ),
+    ] = False,
 ) -> None:
     """Score a model on a test split: text metrics, clinical findings, base vs fine-tuned, plots.
 
@@ -623,6 +728,24 @@ def evaluate(
 
     # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
     settings = _settings(backend, model, adapter, max_pixels)
+    if study:
+        from ctscribe.evaluate.study import STUDY_METRICS_JSON, evaluate_studies, metric_rows
+
+        scored = evaluate_studies(
+            lambda: _backend(backend, model, adapter, settings, base_url),
+            data,
+            out,
+            prompt=settings.prompt(settings.language),
+            make_baseline=(lambda: _backend(backend, baseline, None, settings, base_url))
+            if baseline
+            else None,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+        for label, value, base in metric_rows(scored):
+            typer.echo(f"{label:<20} {value:<36} {base if baseline else ''}")
+        typer.echo(f"wrote {out / STUDY_METRICS_JSON}")
+        return
     metrics = run_evaluation(
         lambda: _backend(backend, model, adapter, settings, base_url),
         data,

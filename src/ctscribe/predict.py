@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -113,7 +114,53 @@ def _record(item: InputItem, model: str, prompt: str, **result) -> dict:
     return record
 
 
-def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
+def describe_batch(
+    engine: GenerationBackend,
+    batch: list[InputItem],
+    prompt: str | None,
+    default_prompt: str,
+    max_new_tokens: int,
+) -> list[dict]:
+    """One record per item of ``batch``, in order: its description (one ``generate`` call for the
+    whole batch), or its error. Predict and ``ctscribe study`` both describe through here."""
+    records: list[dict | None] = [None] * len(batch)  # filled in input order
+    runnable: list[tuple[int, str, ImageFrame, GenerationRequest]] = []
+    for slot, item in enumerate(batch):
+        text_prompt = prompt or item.prompt or default_prompt
+        try:
+            if item.error is not None:
+                raise BadImageError(item.error)
+            prepared = engine.prepare(item.image)  # with its crop, for the boxes
+        except BadImageError as exc:
+            records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
+            continue
+        request = GenerationRequest([user_message(text_prompt)], [prepared.image], max_new_tokens)
+        runnable.append((slot, text_prompt, prepared.frame, request))
+    if runnable:
+        start = time.perf_counter()
+        results = engine.generate([request for *_, request in runnable])
+        seconds = (time.perf_counter() - start) / len(runnable)
+        for (slot, text_prompt, frame, _), result in zip(runnable, results, strict=True):
+            ok = {
+                "status": "ok",
+                "text": reader_text(result.text),
+                "raw_text": result.text,
+                "boxes": [box.as_dict() for box in locate(result.text, frame)],
+                "seconds": round(seconds, 3),
+            }
+            records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
+    return [record for record in records if record is not None]
+
+
+def append_records(sink: IO[str], records: list[dict]) -> None:
+    """Append JSONL records and force them to disk, so that a killed run keeps every finished batch."""
+    for record in records:
+        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
+def batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
     batch: list[InputItem] = []
     for item in items:
         batch.append(item)
@@ -160,43 +207,16 @@ def predict(
 
     progress = tqdm(desc="predict", unit="image", disable=not show_progress)
     with out.open("a", encoding="utf-8") as sink:
-        for batch in _batches(pending(), batch_size):
-            records: list[dict | None] = [None] * len(batch)  # filled in input order
-            runnable: list[tuple[int, str, ImageFrame, GenerationRequest]] = []
-            for slot, item in enumerate(batch):
-                text_prompt = prompt or item.prompt or default_prompt
-                try:
-                    if item.error is not None:
-                        raise BadImageError(item.error)
-                    prepared = engine.prepare(item.image)  # with its crop, for the boxes
-                except BadImageError as exc:
-                    records[slot] = _record(item, engine.name, text_prompt, status="error", error=str(exc))
-                    continue
-                request = GenerationRequest([user_message(text_prompt)], [prepared.image], max_new_tokens)
-                runnable.append((slot, text_prompt, prepared.frame, request))
-            if runnable:
-                start = time.perf_counter()
-                results = engine.generate([request for *_, request in runnable])
-                seconds = (time.perf_counter() - start) / len(runnable)
-                for (slot, text_prompt, frame, _), result in zip(runnable, results, strict=True):
-                    ok = {
-                        "status": "ok",
-                        "text": reader_text(result.text),
-                        "raw_text": result.text,
-                        "boxes": [box.as_dict() for box in locate(result.text, frame)],
-                        "seconds": round(seconds, 3),
-                    }
-                    records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
-            for record in filter(None, records):
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for batch in batches(pending(), batch_size):
+            records = describe_batch(engine, batch, prompt, default_prompt, max_new_tokens)
+            append_records(sink, records)
+            for record in records:
                 if record["status"] == "ok":
                     summary.written += 1
                 else:
                     summary.failed += 1
                     summary.errors[record["error"]] = summary.errors.get(record["error"], 0) + 1
                     log.warning("%s: %s", record_key(record["input"], record["slice"]), record["error"])
-            sink.flush()
-            os.fsync(sink.fileno())
             progress.update(len(batch))
     progress.close()
     return summary

@@ -116,13 +116,14 @@ def _auto_window(ct: CTSlice) -> _Window:
     return auto.width, auto.level, f"{spec.label} (auto: {auto.reason})"
 
 
-def _volume_items(
+def volume_items(
     slices: Sequence[SliceHeader],
     load: Callable[[int], CTSlice],
     window: WindowSpec,
-    selection: SliceSelection,
+    chosen: Sequence[int],
 ) -> Iterator[InputItem]:
-    """Items of the chosen slices of one sorted series or volume; ``load(i)`` decodes slice i."""
+    """Items of the ``chosen`` slices (indices) of one sorted series or volume; ``load(i)`` decodes
+    slice i. Predict and ``ctscribe study`` share it, so a slice is windowed the same in both."""
     middle_index, middle = len(slices) // 2, None
     fixed: _Window | None = None
     if window.width is not None and window.level is not None:
@@ -133,7 +134,7 @@ def _volume_items(
             fixed = _auto_window(middle)
         except CTReadError:
             pass  # each slice decides for itself below
-    for index in selection.pick(len(slices)):
+    for index in chosen:
         source = slices[index].source
         try:
             ct = middle if index == middle_index and middle is not None else load(index)
@@ -167,7 +168,7 @@ def _dicom_items(
         def load(index: int, series: list[SliceHeader] = series) -> CTSlice:
             return read_dicom(series[index].source, frames=[series[index].frame])[0]
 
-        yield from _volume_items(series, load, window, selection)
+        yield from volume_items(series, load, window, selection.pick(len(series)))
 
 
 def _nifti_items(source: str, window: WindowSpec, selection: SliceSelection) -> Iterator[InputItem]:
@@ -176,7 +177,7 @@ def _nifti_items(source: str, window: WindowSpec, selection: SliceSelection) -> 
     except CTReadError as error:
         yield InputItem(source=source, error=str(error))
         return
-    yield from _volume_items(slices, slices.__getitem__, window, selection)
+    yield from volume_items(slices, slices.__getitem__, window, selection.pick(len(slices)))
 
 
 def _split_items(path: Path, source: str) -> Iterator[InputItem]:
@@ -219,7 +220,7 @@ def _has_dicom_preamble(path: Path) -> bool:
         return False
 
 
-def _kind(path: Path) -> str | None:
+def file_kind(path: Path) -> str | None:
     """``image``, ``nifti``, ``dicom``, ``json`` or None (not an input) for a file."""
     name = path.name.lower()
     if name.endswith(IMAGE_SUFFIXES):
@@ -233,7 +234,7 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def walk_files(root: Path) -> Iterator[Path]:
     """Files under ``root`` in sorted order, skipping hidden files and folders (``.DS_Store``, ``._x``)."""
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
@@ -245,8 +246,8 @@ def _walk(root: Path) -> Iterator[Path]:
 def _folder_items(root: Path, window: WindowSpec, selection: SliceSelection) -> Iterator[InputItem]:
     dicom_files: list[str] = []
     found = False
-    for path in _walk(root):
-        kind = _kind(path)
+    for path in walk_files(root):
+        kind = file_kind(path)
         source = os.fspath(path)
         if kind == "image":
             found = True
@@ -282,7 +283,7 @@ def _iter_inputs(paths: list[Path], window: WindowSpec, selection: SliceSelectio
             yield from _folder_items(path, window, selection)
         elif not path.is_file():
             yield InputItem(source=source, error="no such file or folder")
-        elif (kind := _kind(path)) == "image":
+        elif (kind := file_kind(path)) == "image":
             yield _image_item(path, source)
         elif kind == "nifti":
             yield from _nifti_items(source, window, selection)
