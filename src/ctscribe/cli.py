@@ -6,20 +6,23 @@ Heavy libraries (torch, transformers, datasets) are imported inside the commands
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ctscribe import __version__
+from ctscribe.ct.options import ImageOptions, InputOptions
+from ctscribe.evaluate.options import EvaluateOptions
+from ctscribe.fixtures.options import DemoOptions, PhantomOptions, TinyModelOptions
 from ctscribe.generate.backends import Backend
+from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-
-if TYPE_CHECKING:
-    from ctscribe.prepare.run import FinalizeOptions
+from ctscribe.prepare.options import FinalizeOptions, ReadOptions, StageOptions, TranslateOptions
+from ctscribe.train.options import ExportOptions, TrainOptions
 
 app = typer.Typer(
     help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
@@ -46,6 +49,18 @@ class ModelSize(StrEnum):
     b2 = "2b"
 
 
+def option(options: type, name: str, *param_decls: str, **kwargs: Any) -> Any:
+    """A typer option with the help of the options dataclass field ``name``.
+
+    Every option with a default is declared as
+    ``name: Annotated[T, option(XOptions, "name", ...)] = XOptions.name``: the field owns the default
+    and the help, and the CLI only reads them (tests/test_single_owners.py checks each command).
+    ``param_decls`` and ``kwargs`` are typer's (flag names, ``min``, ``max``, ...).
+    """
+    (found,) = (f for f in dataclasses.fields(options) if f.name == name)
+    return typer.Option(*param_decls, help=found.metadata["help"], **kwargs)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ctscribe {__version__}")
@@ -64,13 +79,8 @@ def _root(
 @fixtures_app.command("tiny-model")
 def fixtures_tiny_model(
     out: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
-    size: Annotated[
-        ModelSize,
-        typer.Option(
-            help="tiny: ~10M parameters (tests); small: ~20M; 2b: the real Qwen2-VL-2B shape (GPU only)."
-        ),
-    ] = ModelSize.tiny,
-    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    size: Annotated[ModelSize, option(TinyModelOptions, "size")] = TinyModelOptions.size,
+    seed: Annotated[int, option(TinyModelOptions, "seed")] = TinyModelOptions.seed,
 ) -> None:
     """Build a random-weight Qwen2-VL with the real Qwen tokenizer, chat template and file layout.
 
@@ -86,16 +96,13 @@ def fixtures_tiny_model(
 @fixtures_app.command("phantom")
 def fixtures_phantom(
     out: Annotated[Path, typer.Argument(help="New folder to write the data set to.")],
-    rows: Annotated[int, typer.Option(min=1, help="Number of rows.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical files.")] = 0,
-    rows_per_shard: Annotated[int, typer.Option(min=1, help="Rows per parquet shard.")] = 500,
-    layout: Annotated[
-        Layout,
-        typer.Option(help="demo: 25M_demo parquet shards; full: 25M_full metadata + .tar.zst archives."),
-    ] = Layout.demo,
-    short_captions: Annotated[
-        bool, typer.Option(help="Short CT captions ('CT of the chest. ...') that a tiny model learns fast.")
-    ] = False,
+    rows: Annotated[int, option(PhantomOptions, "rows", min=1)] = PhantomOptions.rows,
+    seed: Annotated[int, option(PhantomOptions, "seed")] = PhantomOptions.seed,
+    rows_per_shard: Annotated[
+        int, option(PhantomOptions, "rows_per_shard", min=1)
+    ] = PhantomOptions.rows_per_shard,
+    layout: Annotated[Layout, option(PhantomOptions, "layout")] = PhantomOptions.layout,
+    short_captions: Annotated[bool, option(PhantomOptions, "short_captions")] = PhantomOptions.short_captions,
 ) -> None:
     """Build a phantom CT data set as parquet shards in MedTrinity-25M's schema (image, id, caption).
 
@@ -161,26 +168,19 @@ def _print_stats(stats: dict) -> None:
     Console().print(table)
 
 
-Fraction = Annotated[float, typer.Option(min=0.0, max=0.5)]
-DialogueOption = typer.Option(
-    help="Multi-turn records: the description, then a clinician's follow-up questions (organ, abnormality, "
-    "location, effect, balanced yes/no) answered from the caption only, and for grounded rows where the "
-    "region of interest is (its box). See docs/PREPARE.md."
-)
-GroundingOption = typer.Option(
-    "--grounding/--no-grounding",
-    help="Put the green ROI box, on the 0-1000 grid of the prepared image, into the answer after the "
-    "caption's region-of-interest phrase (Qwen2-VL's grounding format). Never with --roi-box keep: the box "
-    "stays visible in the image, so no answer is grounded. See docs/PREPARE.md.",
-)
+# The finalize options prepare and prepare-merge share: declared once, used by both commands.
+FinalizeLang = Annotated[Lang, option(FinalizeOptions, "lang")]
+Dialogue = Annotated[bool, option(FinalizeOptions, "dialogue")]
+Grounding = Annotated[bool, option(FinalizeOptions, "grounding", "--grounding/--no-grounding")]
+ValFraction = Annotated[float, option(FinalizeOptions, "val_fraction", min=0.0, max=0.5)]
+TestFraction = Annotated[float, option(FinalizeOptions, "test_fraction", min=0.0, max=0.5)]
+DatasetName = Annotated[str, option(FinalizeOptions, "name")]
 
 
 def _finalize_options(
     lang: Lang, val_fraction: float, test_fraction: float, name: str, dialogue: bool, grounding: bool
 ) -> FinalizeOptions:
     """prepare's and prepare-merge's finalize options, from the flags they share."""
-    from ctscribe.prepare.run import FinalizeOptions
-
     return FinalizeOptions(
         lang=lang.value,
         val_fraction=val_fraction,
@@ -201,39 +201,28 @@ def prepare(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Output folder (LLaMA-Factory dataset_dir). Rerun to resume.")],
-    config: Annotated[str, typer.Option(help="25M_demo (image, id, caption) or 25M_full.")] = "25M_demo",
+    config: Annotated[str, option(ReadOptions, "config")] = ReadOptions.config,
     images: Annotated[
         str | None,
         typer.Option(help="25M_full only: folder of extracted images, or of the .tar.zst archives."),
     ] = None,
-    modality: Annotated[Modality, typer.Option(help="Keep CT rows only, or every modality.")] = Modality.ct,
+    modality: Annotated[Modality, option(StageOptions, "modality")] = StageOptions.modality,
     max_pixels: Annotated[
-        int,
-        typer.Option(
-            min=DEFAULT_MIN_PIXELS,
-            help=f"Pixel budget per image; the default, {DEFAULT_MAX_PIXELS:,}, is ~324 image tokens.",
-        ),
-    ] = DEFAULT_MAX_PIXELS,
-    roi_box: Annotated[
-        RoiBox,
-        typer.Option(
-            help="MedTrinity's drawn green ROI box: remove (inpaint) or keep it (keep: no grounded answers)."
-        ),
-    ] = RoiBox.remove,
-    crop_background: Annotated[bool, typer.Option(help="Crop the black air around the body.")] = True,
-    lang: Annotated[Lang, typer.Option(help="Prompt language (answers are the English captions).")] = Lang.en,
-    dialogue: Annotated[bool, DialogueOption] = False,
-    grounding: Annotated[bool, GroundingOption] = True,
-    val_fraction: Fraction = 0.02,
-    test_fraction: Fraction = 0.02,
+        int, option(ImageOptions, "max_pixels", min=DEFAULT_MIN_PIXELS)
+    ] = ImageOptions.max_pixels,
+    roi_box: Annotated[RoiBox, option(ImageOptions, "roi_box")] = ImageOptions.roi_box,
+    crop_background: Annotated[bool, option(ImageOptions, "crop_background")] = ImageOptions.crop_background,
+    lang: FinalizeLang = FinalizeOptions.lang,
+    dialogue: Dialogue = FinalizeOptions.dialogue,
+    grounding: Grounding = FinalizeOptions.grounding,
+    val_fraction: ValFraction = FinalizeOptions.val_fraction,
+    test_fraction: TestFraction = FinalizeOptions.test_fraction,
     limit: Annotated[int | None, typer.Option(min=1, help="Read only the first N source rows.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = max(
-        1, (os.cpu_count() or 2) - 1
-    ),
+    workers: Annotated[int, option(ReadOptions, "workers", min=1)] = ReadOptions.workers,
     shard: Annotated[
         str | None, typer.Option(help="I/N: process every N-th unit starting at I; join with prepare-merge.")
     ] = None,
-    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+    name: DatasetName = FinalizeOptions.name,
     token: Annotated[
         str | None, typer.Option(envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (gated data).")
     ] = None,
@@ -245,8 +234,7 @@ def prepare(
 
     Example: ctscribe prepare --source data/MedTrinity-25M/25M_demo --out data/ct
     """
-    from ctscribe.ct.images import ImageOptions
-    from ctscribe.prepare.run import StageOptions, run_prepare
+    from ctscribe.prepare.run import run_prepare
 
     shard_spec = _parse_shard(shard) if shard else (0, 1)
     stage_options = StageOptions(
@@ -282,12 +270,12 @@ def prepare_merge(
         list[Path], typer.Argument(help="Output folders of prepare --shard I/N, all N of them.")
     ],
     out: Annotated[Path, typer.Option(help="New output folder for the joined data set.")],
-    lang: Annotated[Lang, typer.Option(help="Prompt language.")] = Lang.en,
-    dialogue: Annotated[bool, DialogueOption] = False,
-    grounding: Annotated[bool, GroundingOption] = True,
-    val_fraction: Fraction = 0.02,
-    test_fraction: Fraction = 0.02,
-    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+    lang: FinalizeLang = FinalizeOptions.lang,
+    dialogue: Dialogue = FinalizeOptions.dialogue,
+    grounding: Grounding = FinalizeOptions.grounding,
+    val_fraction: ValFraction = FinalizeOptions.val_fraction,
+    test_fraction: TestFraction = FinalizeOptions.test_fraction,
+    name: DatasetName = FinalizeOptions.name,
 ) -> None:
     """Join the outputs of `prepare --shard I/N` runs into one data set, identical to a single run."""
     from ctscribe.prepare.run import merge_shards
@@ -320,24 +308,16 @@ def translate(
         Path | None,
         typer.Option(help="Instead of a server: JSONL or CSV with id and caption_zh, joined by record id."),
     ] = None,
-    answers: Annotated[
-        Answers, typer.Option(help="zh: every answer Chinese; both: Chinese or English, half each (by id).")
-    ] = Answers.zh,
-    lang: Annotated[
-        Lang, typer.Option(help="Prompt language (the prompts ask for the answer's language).")
-    ] = Lang.zh,
+    answers: Annotated[Answers, option(TranslateOptions, "answers")] = TranslateOptions.answers,
+    lang: Annotated[Lang, option(TranslateOptions, "lang")] = TranslateOptions.lang,
     max_tokens: Annotated[
-        int, typer.Option(min=1, max=2048, help="Longest translation; a longer one is a failure.")
-    ] = 1024,
-    batch_size: Annotated[int, typer.Option(min=1, help="Concurrent requests (and cache checkpoint).")] = 16,
+        int, option(TranslateOptions, "max_tokens", min=1, max=2048)
+    ] = TranslateOptions.max_tokens,
+    batch_size: Annotated[int, option(TranslateOptions, "batch_size", min=1)] = TranslateOptions.batch_size,
     check_answers: Annotated[
-        bool,
-        typer.Option(
-            help="Refuse answers cut off at --max-tokens or not mostly Chinese. --no-check-answers keeps any "
-            "non-empty answer (bilingual servers; plumbing tests with a tiny model)."
-        ),
-    ] = True,
-    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "mllm_med",
+        bool, option(TranslateOptions, "check_answers")
+    ] = TranslateOptions.check_answers,
+    name: Annotated[str, option(TranslateOptions, "name")] = TranslateOptions.name,
 ) -> None:
     """Chinese answers for a prepared data set: through an OpenAI-compatible server, or joined from a file.
 
@@ -348,19 +328,17 @@ def translate(
 
     Example: ctscribe translate --data data/ct --out data/ct-zh --base-url http://127.0.0.1:8000
     """
-    from ctscribe.prepare.translate import TranslateOptions, run_translate
+    from ctscribe.prepare.translate import run_translate
 
-    stats = run_translate(
-        data,
-        out,
-        TranslateOptions(answers=answers.value, lang=lang.value, name=name),
-        base_url=base_url,
-        model=model,
-        captions_zh=captions_zh,
+    options = TranslateOptions(
+        answers=answers.value,
+        lang=lang.value,
+        name=name,
         max_tokens=max_tokens,
         batch_size=batch_size,
-        check=check_answers,
+        check_answers=check_answers,
     )
+    stats = run_translate(data, out, options, base_url=base_url, model=model, captions_zh=captions_zh)
     translation = stats["translation"]
     if "requested" in translation:
         typer.echo(
@@ -380,13 +358,6 @@ class TrainingEngine(StrEnum):
     llamafactory = "llamafactory"
 
 
-TrainingEngineOption = Annotated[
-    TrainingEngine,
-    typer.Option(
-        help="native: ctscribe's transformers + PEFT trainer. llamafactory: the same recipe run by "
-        "llamafactory-cli in its own environment (make lf-env); see docs/LLAMAFACTORY.md."
-    ),
-]
 LlamaFactoryCliOption = Annotated[
     Path | None,
     typer.Option(
@@ -415,7 +386,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last complete checkpoint.")
     ] = False,
-    engine: TrainingEngineOption = TrainingEngine.native,
+    engine: Annotated[TrainingEngine, option(TrainOptions, "engine")] = TrainOptions.engine,
     llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Fine-tune Qwen2-VL on prepared data (LoRA by default; QLoRA and full fine-tuning too).
@@ -457,12 +428,9 @@ def export(
     base: Annotated[str, typer.Option(help="The base model the adapter was trained on: Hub id or folder.")],
     adapter: Annotated[Path, typer.Option(help="The adapter folder, or the run folder that holds adapter/.")],
     out: Annotated[Path, typer.Option(help="New folder for the merged model.")],
-    dtype: Annotated[ExportDtype, typer.Option(help="Weight type of the merged model.")] = ExportDtype.bf16,
+    dtype: Annotated[ExportDtype, option(ExportOptions, "dtype")] = ExportOptions.dtype,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    engine: Annotated[
-        TrainingEngine,
-        typer.Option(help="Who merges: native (PEFT here) or llamafactory (llamafactory-cli export)."),
-    ] = TrainingEngine.native,
+    engine: Annotated[TrainingEngine, option(ExportOptions, "engine")] = ExportOptions.engine,
     llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
     """Merge a LoRA adapter into its base: a standalone model for transformers, vLLM and LLaMA-Factory.
@@ -489,13 +457,10 @@ class DescriptionLang(StrEnum):
     zh = "zh"
 
 
-BackendOption = Annotated[
-    Backend,
-    typer.Option(
-        help="Generation backend: transformers, vllm (run from .venv-vllm: make vllm-env), or openai: any "
-        "OpenAI-compatible server at --base-url (ctscribe serve, vLLM), key from CTSCRIBE_API_KEY."
-    ),
-]
+# The generation options predict and evaluate share: declared once, used by both commands.
+BackendOption = Annotated[Backend, option(GenerateOptions, "backend")]
+BatchSize = Annotated[int, option(GenerateOptions, "batch_size", min=1)]
+MaxNewTokens = Annotated[int, option(GenerateOptions, "max_new_tokens", min=1)]
 BaseUrlOption = Annotated[
     str | None, typer.Option(help="With --backend openai: the server's API root, e.g. http://host:8000/v1.")
 ]
@@ -536,21 +501,13 @@ def predict(
             help="Ask this instead of the default question (the plain prompt the model trained on)."
         ),
     ] = None,
-    window: Annotated[
-        str,
-        typer.Option(
-            help="CT window for DICOM/NIfTI: auto, a preset (lung, mediastinum, bone, brain, soft-tissue, "
-            "liver, ...) or WIDTH/LEVEL in HU such as 400/50."
-        ),
-    ] = "auto",
-    slices: Annotated[
-        str, typer.Option(help="Volumes and series: middle, all, or every:K (every K-th slice).")
-    ] = "middle",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
+    window: Annotated[str, option(InputOptions, "window")] = InputOptions.window,
+    slices: Annotated[str, option(InputOptions, "slices")] = InputOptions.slices,
+    batch_size: BatchSize = GenerateOptions.batch_size,
     limit: Annotated[int | None, typer.Option(min=1, help="Describe at most this many images.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    max_new_tokens: MaxNewTokens = GenerateOptions.max_new_tokens,
     max_pixels: MaxPixelsOption = None,
-    backend: BackendOption = Backend.transformers,
+    backend: BackendOption = GenerateOptions.backend,
     base_url: BaseUrlOption = None,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
 ) -> None:
@@ -638,15 +595,15 @@ def evaluate(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N test records only.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images generated together.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    batch_size: BatchSize = GenerateOptions.batch_size,
+    max_new_tokens: MaxNewTokens = GenerateOptions.max_new_tokens,
     max_pixels: MaxPixelsOption = None,
-    examples: Annotated[int, typer.Option(min=0, help="Examples in gallery.html.")] = 24,
+    examples: Annotated[int, option(EvaluateOptions, "examples", min=0)] = EvaluateOptions.examples,
     bertscore_model: Annotated[
         Path | None,
         typer.Option(help="Local folder of a BERT-family model: adds BERTScore F1 (never downloads)."),
     ] = None,
-    backend: BackendOption = Backend.transformers,
+    backend: BackendOption = GenerateOptions.backend,
     base_url: BaseUrlOption = None,
 ) -> None:
     """Score a model on a test split: text metrics, clinical findings, base vs fine-tuned, plots.
@@ -770,12 +727,10 @@ def serve(
 
 @app.command()
 def demo(
-    out: Annotated[
-        Path, typer.Option(help="Folder for the fixtures and outputs (reused when present).")
-    ] = Path("build/demo"),
-    rows: Annotated[int, typer.Option(min=20, help="Rows in the phantom data set.")] = 400,
-    seed: Annotated[int, typer.Option(help="Seed for the fixtures.")] = 0,
-    max_steps: Annotated[int, typer.Option(min=1, help="Training steps (300 learns the body region).")] = 300,
+    out: Annotated[Path, option(DemoOptions, "out")] = DemoOptions.out,
+    rows: Annotated[int, option(DemoOptions, "rows", min=20)] = DemoOptions.rows,
+    seed: Annotated[int, option(DemoOptions, "seed")] = DemoOptions.seed,
+    max_steps: Annotated[int, option(DemoOptions, "max_steps", min=1)] = DemoOptions.max_steps,
 ) -> None:
     """Run ctscribe offline on its built-in fixtures: prepare, train, what the model learned, evaluate.
 

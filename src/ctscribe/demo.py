@@ -21,6 +21,7 @@ from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.report import comparison_rows
 from ctscribe.evaluate.run import run_evaluation
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_SPLITS, PhantomScore, score_on_phantom
+from ctscribe.fixtures.options import DemoOptions
 from ctscribe.fixtures.phantom import TruthRow, build_phantom, read_truth
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
@@ -97,7 +98,11 @@ def _evaluation_table(metrics: dict, report_dir: Path) -> Table:
 
 
 def run_demo(
-    out: Path, rows: int = 400, seed: int = 0, max_steps: int = 300, console: Console | None = None
+    out: Path,
+    rows: int = DemoOptions.rows,
+    seed: int = DemoOptions.seed,
+    max_steps: int = DemoOptions.max_steps,
+    console: Console | None = None,
 ) -> dict:
     """Build the fixtures, prepare the phantom set, train the tiny model and score what it learned."""
     console = console or Console()

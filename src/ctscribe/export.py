@@ -37,6 +37,7 @@ from ctscribe.conversation.records import user_message
 from ctscribe.generate.engine import check_model_reference
 from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings, resolve_adapter
 from ctscribe.run_folder import RECIPE, RunSummary, read_data_stats, read_evaluation
+from ctscribe.train.options import ExportOptions
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,11 @@ def _publish(
 
 
 def export_merged(
-    base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "bf16", force: bool = False
+    base: str | Path,
+    adapter: str | Path,
+    out: str | Path,
+    dtype: str = ExportOptions.dtype,
+    force: bool = False,
 ) -> ExportCheck:
     """Merge, check and write the model folder ``out``; see the module docstring."""
     if dtype not in DTYPES:
@@ -340,7 +345,7 @@ def export_llamafactory(
     base: str | Path,
     adapter: str | Path,
     out: str | Path,
-    dtype: str = "bf16",
+    dtype: str = ExportOptions.dtype,
     force: bool = False,
     cli: str | Path | None = None,
 ) -> ExportCheck:

@@ -22,7 +22,7 @@ def test_each_pool_keeps_its_last_prompts_for_the_test_split():
 
 
 def test_the_same_row_gets_the_same_prompt_and_both_picks_one_language_per_row():
-    assert choose_prompt("r7", "train", "both") == choose_prompt("r7", "train", "both")
+    assert choose_prompt("r7", "train", "both", "en") == choose_prompt("r7", "train", "both", "en")
     languages = {prompt_language(f"row{i}", "both") for i in range(100)}
     assert languages == {"en", "zh"}
     with pytest.raises(ValueError, match="unknown prompt language 'fr'"):

@@ -214,17 +214,20 @@ def _requests_seen(server) -> int:
 @pytest.mark.slow
 def test_translate_against_a_real_server_counts_failures_caches_and_resumes(prepared, tmp_path, server):
     out = tmp_path / "zh"
-    options = TranslateOptions()
+    short = TranslateOptions(max_tokens=8)
+    unchecked = TranslateOptions(max_tokens=8, check_answers=False)
 
     # the server is down: every distinct caption fails, with the reason counted; nothing is cached
-    down = run_translate(prepared, out, options, base_url="http://127.0.0.1:9", model="tiny", batch_size=4)
+    down = run_translate(
+        prepared, out, TranslateOptions(batch_size=4), base_url="http://127.0.0.1:9", model="tiny"
+    )
     assert down["translation"]["failed"] == {"request failed: APIConnectionError": DISTINCT}
     assert down["kept"] == 0 and down["skipped"] == {"no_translation": len(SPLIT_OF)}
     assert not (out / CACHE).exists() or not (out / CACHE).read_text()
 
     # checked answers: the random model's text is cut off and not Chinese, so each fails and is counted
     before = _requests_seen(server)
-    checked = run_translate(prepared, out, options, base_url=server.url, max_tokens=8)
+    checked = run_translate(prepared, out, short, base_url=server.url)
     assert checked["translation"]["requested"] == DISTINCT == _requests_seen(server) - before
     assert checked["translation"]["failed"] == {"cut off at max_tokens": DISTINCT}
     assert checked["kept"] == 0
@@ -251,13 +254,13 @@ def test_translate_against_a_real_server_counts_failures_caches_and_resumes(prep
     lines = (out / CACHE).read_text().splitlines()
     (out / CACHE).write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
     before = _requests_seen(server)
-    resumed = run_translate(prepared, out, options, base_url=server.url, max_tokens=8, check=False)
+    resumed = run_translate(prepared, out, unchecked, base_url=server.url)
     assert resumed["translation"]["requested"] == 1 == _requests_seen(server) - before
     assert resumed["translation"]["cached"] == DISTINCT - 1
 
     # everything cached: no request at all
     before = _requests_seen(server)
-    again = run_translate(prepared, out, options, base_url=server.url, max_tokens=8, check=False)
+    again = run_translate(prepared, out, unchecked, base_url=server.url)
     assert again["translation"]["requested"] == 0 and _requests_seen(server) == before
     assert again["kept"] == len(SPLIT_OF)
 

@@ -87,7 +87,7 @@ def prompt_language(key: str, lang: PromptLang) -> str:
     return lang if lang != "both" else ("en" if fraction(key, "lang") < 0.5 else "zh")
 
 
-def choose_prompt(key: str, split: str, lang: PromptLang = "en", answer_lang: str = "en") -> str:
+def choose_prompt(key: str, split: str, lang: PromptLang, answer_lang: str) -> str:
     """The prompt for one row: test rows draw from the held-out prompts, the others from the rest."""
     prompt_lang = prompt_language(key, lang)
     pool = PROMPTS.get((prompt_lang, answer_lang))

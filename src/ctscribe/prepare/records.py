@@ -12,6 +12,7 @@ from ctscribe.conversation.prompts import choose_prompt, prompt_language
 from ctscribe.conversation.records import IMAGE_PLACEHOLDER
 from ctscribe.prepare.dialogue import dialogue_meta, followups
 from ctscribe.prepare.grounding import ground_caption
+from ctscribe.prepare.options import FinalizeOptions
 
 
 def sft_record(
@@ -20,9 +21,9 @@ def sft_record(
     caption: str,
     split: str,
     *,
-    lang: str = "en",
+    lang: str = FinalizeOptions.lang,
     answer_lang: str = "en",
-    dialogue: bool = False,
+    dialogue: bool = FinalizeOptions.dialogue,
     box: GridBox | None = None,
 ) -> dict:
     """A LLaMA-Factory sharegpt record. No system turn: the chat template supplies it.

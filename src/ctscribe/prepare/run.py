@@ -29,15 +29,16 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from ctscribe.atomic import atomic_write, atomic_write_text
 from ctscribe.conversation.boxes import GridBox
-from ctscribe.ct.images import BadImageError, ImageOptions, prepare_image
+from ctscribe.ct.images import BadImageError, prepare_image
 from ctscribe.prepare.captions import clean_caption
 from ctscribe.prepare.dedupe import NearDuplicateIndex, image_hash
 from ctscribe.prepare.modality import classify_modality
+from ctscribe.prepare.options import FinalizeOptions, ReadOptions, StageOptions
 from ctscribe.prepare.records import dataset_info, sft_record
 from ctscribe.prepare.sources import ParquetSource, SourceRow, Unit
 from ctscribe.prepare.splits import SPLITS, assign_split, split_key
@@ -51,32 +52,6 @@ STAGING_FORMAT = 2
 # rows are compared with each other directly (block^2 / 2 distances), so a few hundred.
 DEDUPE_BLOCK = 256
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageOptions:
-    """What decides a row's staging record; a resumed or merged run must use the same."""
-
-    modality: str = "ct"
-    image: ImageOptions = field(default_factory=ImageOptions)
-
-    def __post_init__(self) -> None:
-        if self.modality not in ("ct", "all"):
-            raise ValueError(f"--modality must be ct or all, not {self.modality!r}")
-
-
-@dataclass(frozen=True)
-class FinalizeOptions:
-    """What decides splits and records; cheap to change: rerunning finalize applies new values."""
-
-    lang: str = "en"
-    val_fraction: float = 0.02
-    test_fraction: float = 0.02
-    name: str = "mllm_med"
-    dialogue: bool = False  # physician follow-up turns after the description (ctscribe.prepare.dialogue)
-    # The region of interest's box in the answer (ctscribe.prepare.grounding), where the image had one;
-    # never with --roi-box keep, where the box is still drawn in the image (see grounding_mode).
-    grounding: bool = True
 
 
 def grounding_mode(options: FinalizeOptions, roi_box: str) -> str:
@@ -558,7 +533,7 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def open_source(
-    spec: str, out: Path, config: str | None, images: str | None, token: str | None, options: StageOptions
+    spec: str, out: Path, config: str, images: str | None, token: str | None, options: StageOptions
 ):
     """A source for ``--source``: local parquet (25M_demo layout), the Hub (streamed), or the full
     release (metadata parquet + an image folder or ``.tar.zst`` archives, extracted under ``out``)."""
@@ -607,7 +582,7 @@ def open_source(
     if is_local(spec):
         return ParquetSource(find_parquet_files(spec))
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        return StreamingSource(spec, config or "25M_demo", token=token)
+        return StreamingSource(spec, config, token=token)
     raise FileNotFoundError(f"--source {spec} is neither a local path nor a Hugging Face dataset id")
 
 
@@ -617,10 +592,10 @@ def run_prepare(
     stage_options: StageOptions,
     finalize_options: FinalizeOptions,
     *,
-    config: str | None = None,
+    config: str = ReadOptions.config,
     images: str | None = None,
     token: str | None = None,
-    workers: int = 1,
+    workers: int = ReadOptions.workers,
     shard: tuple[int, int] = (0, 1),
     limit: int | None = None,
     show_progress: bool = True,

@@ -37,10 +37,10 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from ctscribe.conversation.boxes import GridBox
-from ctscribe.conversation.prompts import fraction
 from ctscribe.conversation.records import record_text
 from ctscribe.prepare.captions import clean_caption
 from ctscribe.prepare.grounding import unground
+from ctscribe.prepare.options import TranslateOptions
 from ctscribe.prepare.records import dataset_info, sft_record
 from ctscribe.prepare.run import (
     JsonArrayWriter,
@@ -59,24 +59,6 @@ REQUEST = (
     "measurement, negation and hedge; add nothing and leave nothing out. Reply with the translation "
     "only.\n\n{caption}"
 )
-
-
-@dataclass(frozen=True)
-class TranslateOptions:
-    """What the output records are: answer languages, prompt language, dataset name."""
-
-    answers: str = "zh"  # zh or both
-    lang: str = "zh"  # prompt language: en, zh or both
-    name: str = "mllm_med"
-
-    def __post_init__(self) -> None:
-        if self.answers not in ("zh", "both"):
-            raise ValueError(f"--answers must be zh or both, not {self.answers!r}")
-
-    def answer_language(self, record_id: str) -> str:
-        if self.answers == "zh":
-            return "zh"
-        return "zh" if fraction(record_id, "answer-lang") < 0.5 else "en"
 
 
 def caption_key(caption: str) -> str:
@@ -153,10 +135,8 @@ def translate_captions(
     captions: Sequence[str],
     cache: TranslationCache,
     engine,
+    options: TranslateOptions,
     *,
-    max_tokens: int = 1024,
-    batch_size: int = 16,
-    check: bool = True,
     show_progress: bool = True,
 ) -> TranslationCounts:
     """Ask ``engine`` (an :class:`~ctscribe.generate.openai_engine.OpenAIEngine`) for every caption
@@ -167,15 +147,15 @@ def translate_captions(
     pending = [caption for caption in distinct if caption not in cache]
     counts = TranslationCounts(captions=len(distinct), cached=len(distinct) - len(pending))
     with tqdm(total=len(pending), desc="translate", unit="caption", disable=not show_progress) as progress:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
+        for start in range(0, len(pending), options.batch_size):
+            batch = pending[start : start + options.batch_size]
             requests = [
                 GenerationRequest(
                     [
                         {"role": "system", "content": SYSTEM_PROMPT},
                         {"role": "user", "content": REQUEST.format(caption=caption)},
                     ],
-                    max_new_tokens=max_tokens,
+                    max_new_tokens=options.max_tokens,
                 )
                 for caption in batch
             ]
@@ -184,7 +164,7 @@ def translate_captions(
                 if isinstance(result, Exception):
                     reason = f"request failed: {type(result).__name__}"
                 else:
-                    reason = check_translation(result.text, result.finish_reason, check)
+                    reason = check_translation(result.text, result.finish_reason, options.check_answers)
                 if reason is None:
                     good.append((caption, result.text.strip()))
                 else:
@@ -300,9 +280,6 @@ def run_translate(
     base_url: str | None = None,
     model: str | None = None,
     captions_zh: Path | None = None,
-    max_tokens: int = 1024,
-    batch_size: int = 16,
-    check: bool = True,
     show_progress: bool = True,
 ) -> dict:
     """Translate (or join) the captions of the prepared data set ``source`` into ``out``; the stats."""
@@ -324,7 +301,7 @@ def run_translate(
         from ctscribe.generate.openai_engine import OpenAIEngine
 
         # verify=False: a server that is down is counted per caption, like any other failed request
-        engine = OpenAIEngine(api_root(base_url), model, concurrency=batch_size, verify=False)
+        engine = OpenAIEngine(api_root(base_url), model, concurrency=options.batch_size, verify=False)
         cache = TranslationCache(out / CACHE)
         wanted = [
             description(record)
@@ -336,9 +313,7 @@ def run_translate(
             wanted,
             cache,
             engine,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            check=check,
+            options,
             show_progress=show_progress,
         )
         translation = {"server": base_url, "model": engine.name, **asdict(counts)}
