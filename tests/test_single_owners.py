@@ -315,9 +315,9 @@ def copied_defaults(owned, sources) -> tuple[list[Copy], set[tuple[str, str, str
             if value is NO_LITERAL:
                 continue
             matches = [o for o in owned if o[2] == name and _same(value, o[3])]
-            owner = (file, cls) in options and any(o[:2] == (file, cls) for o in matches)
             if not matches:
                 continue
+            owner = (file, cls) in options and any(o[:2] == (file, cls) for o in matches)
             if owner and not any(s[2] == name and _same(value, s[3]) for s in seen):
                 seen.add((file, cls, name, value))
                 continue
