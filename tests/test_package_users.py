@@ -19,9 +19,6 @@ from support.import_graph import import_graph, module_name
 
 SRC = Path(ctscribe.__file__).parent
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
-# Test-only modules another branch of issue 25 moves out (module -> who moves it). Each entry must
-# still exist and still be unreached, so the list empties as the moves land instead of going stale.
-PENDING_MOVES = {"fixtures/servers": "the server branch moves it to tests/support/"}
 
 
 def entry_points(root: Path, pyproject: Path | None) -> set[str]:
@@ -65,9 +62,7 @@ def unreached(root: Path, pyproject: Path | None) -> set[str]:
 
 def test_every_module_is_reached_from_a_command():
     left = unreached(SRC, PYPROJECT)
-    assert left - set(PENDING_MOVES) == set(), "only tests or bench reach these: move them to tests/support/"
-    stale = {module for module in PENDING_MOVES if module not in left}
-    assert not stale, f"PENDING_MOVES lists modules that are moved or reached now: remove {sorted(stale)}"
+    assert left == set(), "only tests or bench reach these: move them to tests/support/"
     # Not vacuous: the console script is found and reaches most of the package through cli.
     assert "cli" in entry_points(SRC, PYPROJECT)
     assert len(import_graph(SRC)) - len(left) > 60

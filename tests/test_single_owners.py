@@ -315,9 +315,9 @@ def copied_defaults(owned, sources) -> tuple[list[Copy], set[tuple[str, str, str
             if value is NO_LITERAL:
                 continue
             matches = [o for o in owned if o[2] == name and _same(value, o[3])]
-            owner = (file, cls) in options and any(o[:2] == (file, cls) for o in matches)
             if not matches:
                 continue
+            owner = (file, cls) in options and any(o[:2] == (file, cls) for o in matches)
             if owner and not any(s[2] == name and _same(value, s[3]) for s in seen):
                 seen.add((file, cls, name, value))
                 continue
@@ -439,18 +439,9 @@ def cli_defaults_not_from_options(tree: ast.Module) -> tuple[dict[str, list[str]
 
 CLI = next(tree for name, tree, _ in SOURCES if name == "cli.py")
 STRAY, FROM_OPTIONS = cli_defaults_not_from_options(CLI)
-# The serve command's options are the server engineer's ServeOptions (issue 25, item 2); strict, so
-# the merge that brings them must delete this mark, and then serve is checked like every command.
-PENDING = {"serve": "ServeOptions comes with the thin server (issue 25, item 2)"}
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PENDING[c])) if c in PENDING else c
-        for c in sorted(STRAY)
-    ],
-)
+@pytest.mark.parametrize("command", sorted(STRAY))
 def test_the_cli_takes_every_default_from_an_options_field(command):
     assert not STRAY[command], "\n".join(STRAY[command])
 
