@@ -183,6 +183,9 @@ def predict(
                         "raw_text": result.text,
                         "boxes": [box.as_dict() for box in locate(result.text, frame)],
                         "seconds": round(seconds, 3),
+                        # the prompt's length shows which pixel budget its image was prepared at
+                        "prompt_tokens": result.prompt_tokens,
+                        "completion_tokens": result.completion_tokens,
                     }
                     records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
             for record in filter(None, records):
