@@ -5,7 +5,7 @@ RGB and encode it as PNG. The ratio says what the CT filter, caption cleaning, R
 background crop, resize, perceptual hash and bookkeeping cost on top, measured in one run on one
 machine (these machines are noisy; absolute numbers are not comparable between runs).
 
-Usage: python bench/bench_prepare.py [--rows 2000] [--workers 1 2] [--json bench-prepare.json]
+Usage: python bench/bench_prepare.py [--rows 2000] [--workers 1 2] [--json bench/results/prepare-cpu.json]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--json", type=Path, default=Path("bench-prepare.json"))
+    parser.add_argument("--json", type=Path, default=Path("bench/results/prepare-cpu.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -360,15 +360,21 @@ def main() -> None:
         previous = json.loads(args.json.read_text())
         results["sizes"].update(previous.get("sizes", {}))
         results.update({key: value for key, value in previous.items() if key == "merge"})
+
+    def save() -> None:
+        """Write what is measured so far: a run of many sizes keeps each one as it finishes."""
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     if args.merge_size:
         results["merge"] = {"rows": args.merge_size, "shards": 4, **run_step(work, "merge", args.merge_size)}
+        save()
         print(json.dumps(results["merge"]), flush=True)
     for size in (int(s) for s in args.sizes.split(",") if s):
         print(f"{size} rows ...", flush=True)
         results["sizes"][str(size)] = measure(work, size, args.stage_max)
         results["sizes"] = dict(sorted(results["sizes"].items(), key=lambda kv: int(kv[0])))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        save()
         print(json.dumps({size: results["sizes"][str(size)]}), flush=True)
     print(table(results))
     if args.work is None:

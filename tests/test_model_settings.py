@@ -199,6 +199,7 @@ def test_train_at_224_export_and_the_budget_reaches_transformers_predict_and_ser
               "--max-new-tokens", "2")  # fmt: skip
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["prompt"] == prompt
+    assert record["prompt_tokens"] == expected  # the export's 224x224 budget: 64 image tokens
 
 
 def test_resolve_adapter_accepts_the_run_dir_or_the_adapter(tmp_path):

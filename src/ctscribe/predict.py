@@ -147,6 +147,9 @@ def describe_batch(
                 "raw_text": result.text,
                 "boxes": [box.as_dict() for box in locate(result.text, frame)],
                 "seconds": round(seconds, 3),
+                # the prompt's length shows which pixel budget its image was prepared at
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
             }
             records[slot] = _record(batch[slot], engine.name, text_prompt, **ok)
     return [record for record in records if record is not None]
