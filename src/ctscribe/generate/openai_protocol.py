@@ -62,10 +62,15 @@ class ImageURL(_Strict):
 
 
 class ImagePart(_Strict):
-    """An image as a base64 ``data:`` URL (the server never fetches a URL)."""
+    """An image as a base64 ``data:`` URL (the server never fetches a URL); ``image_url`` as OpenAI
+    writes it, ``{"url": ...}``, or as the URL alone, which some clients send."""
 
     type: Literal["image_url"]
-    image_url: ImageURL
+    image_url: ImageURL | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -134,10 +139,11 @@ def request_error(errors: Sequence[Mapping]) -> str:
         return "the request body must be JSON"
     if first["type"] in ("model_type", "model_attributes_type", "dict_type") and not location:
         return "the request body must be a JSON object"
-    # A union's branch names ("str", "list[...]") and a part's tag (repeating its field) say nothing.
+    # A union's branch names ("str", "list[...]", "ImageURL"; fields are snake_case) and a part's
+    # tag (repeating its field) say nothing to a client.
     where: list[str] = []
     for part in location:
-        if part not in ("str", *where[-1:]) and "[" not in part:
+        if part not in ("str", *where[-1:]) and "[" not in part and not part[:1].isupper():
             where.append(part)
     message = first["msg"].removeprefix("Value error, ")
     return f"{'.'.join(where)}: {message}" if where else message

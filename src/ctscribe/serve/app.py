@@ -3,10 +3,10 @@
     browser ──▶ /  (Gradio page) ──HTTP──▶ /v1/chat/completions ──▶ Batcher ──▶ backend
     OpenAI client ──────────────────────────▲
 
-The page is itself a client of the OpenAI-compatible API (over loopback HTTP), so it works
-unchanged against any server that speaks the same API, such as vLLM serving an exported model.
-With ``--upstream`` the engine is such a server: a :class:`Forwarder` takes the batcher's place, and
-the key check, input validation, image preparation and clinical notice stay here, in front of it.
+The page is itself a client of the API (over loopback HTTP), through the same client as
+``--backend openai`` (:class:`~ctscribe.generate.openai_engine.OpenAIEngine`). With ``--upstream``
+the engine is an OpenAI-compatible server such as vLLM: a :class:`Forwarder` takes the batcher's
+place, and the key check, input validation, image preparation and clinical notice stay here, in front of it.
 """
 
 from __future__ import annotations

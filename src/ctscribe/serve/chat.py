@@ -83,7 +83,7 @@ def engine_messages(
         for part in message.content:
             if isinstance(part, ImagePart):
                 try:
-                    images.append(prepare(decode_data_url(part.image_url.url, max_bytes)))
+                    images.append(prepare(decode_data_url(part.url, max_bytes)))
                 except BadImageError as error:
                     raise RequestError(f"unusable image: {error}") from None
                 parts.append({"type": "image"})
