@@ -164,6 +164,7 @@ def append_records(sink: IO[str], records: list[dict]) -> None:
 
 
 def batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
+    """``items`` in lists of ``size`` (the last may be shorter), pulled lazily so slices load as needed."""
     batch: list[InputItem] = []
     for item in items:
         batch.append(item)
