@@ -6,7 +6,7 @@ else equal (``ctscribe.ct.images.prepare_image``), on two sets:
 
 - phantom CT: the clean CT rows of the phantom MedTrinity set (``ctscribe.fixtures.phantom``), at
   their own sizes (256-320 pixels) and resized to 512x512 as most MedTrinity CT images are;
-- real CT: the CT slices shipped in pydicom's wheel (tests/support/dicom_samples.py), windowed
+- real CT: the CT slices shipped in pydicom's wheel (src/ctscribe/fixtures/dicom_samples.py), windowed
   as ``ctscribe predict`` windows them (``auto``).
 
 Usage: python bench/crop_savings.py [--rows 300] [--max-pixels N] [--json PATH]
@@ -18,17 +18,14 @@ import argparse
 import io
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from PIL import Image
 
 from ctscribe.ct.images import DEFAULT_MAX_PIXELS, ImageOptions, prepare_image
 from ctscribe.ct.inputs import iter_inputs
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import clean_ct_rows
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
-from support.dicom_samples import pydicom_ct_slices
 
 
 def mean_tokens(images: list[Image.Image], max_pixels: int) -> dict:

@@ -5,7 +5,7 @@ tests/conftest.py's ``trained_run`` does (the tiny-cpu recipe on 400 short-capti
 lesion slice boxed), saves it, and scores with :func:`ctscribe.evaluate.study.evaluate_studies`, the
 function behind ``ctscribe evaluate --study``:
 
-- the stand-in (ctscribe.fixtures.study_reader; not a model: the ceiling the flow allows);
+- the stand-in (support.study_reader; not a model: the ceiling the flow allows);
 - the trained tiny model, with the untrained random tiny model as its base.
 
 The trained model was taught MedTrinity-style captions of single slices ("CT of the chest. A lesion is
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from ctscribe.evaluate.study import evaluate_studies, metric_rows
 from ctscribe.fixtures.learning import EVAL_PROMPT, LEARNING_PIXELS, LEARNING_ROI_SHARE, LEARNING_SPLITS
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.fixtures.phantom_series import build_phantom_series
-from ctscribe.fixtures.study_reader import PhantomReaderEngine
 from ctscribe.fixtures.tiny_model import build_tiny_model
 from ctscribe.generate.engine import TransformersEngine
 from ctscribe.prepare.run import StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
 from ctscribe.train.native import train
+from support.study_reader import PhantomReaderEngine
 
 
 def trained_model(work: Path, base: Path) -> Path:

@@ -107,7 +107,7 @@ def test_the_cli_exit_status_says_whether_anything_succeeded(trained_run, images
 
 @pytest.mark.slow
 def test_no_dicom_identifier_reaches_the_outputs_or_the_logs(trained_run, tmp_path):
-    from support.dicom_samples import write_sentinel_dicom
+    from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
 
     (tmp_path / "study").mkdir()
     secrets = write_sentinel_dicom(tmp_path / "study" / "good.dcm")

@@ -17,12 +17,13 @@ import typer
 from ctscribe import __version__
 from ctscribe.ct.options import ImageOptions, InputOptions
 from ctscribe.evaluate.options import EvaluateOptions
-from ctscribe.fixtures.options import DemoOptions, PhantomOptions, TinyModelOptions
+from ctscribe.fixtures.options import DemoOptions, PhantomOptions, PhantomSeriesOptions, TinyModelOptions
 from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from ctscribe.prepare.options import FinalizeOptions, ReadOptions, StageOptions, TranslateOptions
 from ctscribe.serve.options import ServeOptions
+from ctscribe.study.options import StudyOptions
 from ctscribe.train.options import ExportOptions, TrainOptions
 
 app = typer.Typer(
@@ -126,8 +127,8 @@ def fixtures_phantom(
 @fixtures_app.command("phantom-series")
 def fixtures_phantom_series(
     out: Annotated[Path, typer.Argument(help="New folder to write the series to.")],
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same volumes and lesions.")] = 0,
-    slices: Annotated[int, typer.Option(min=12, help="Slices per volume.")] = 36,
+    seed: Annotated[int, option(PhantomSeriesOptions, "seed")] = PhantomSeriesOptions.seed,
+    slices: Annotated[int, option(PhantomSeriesOptions, "slices", min=12)] = PhantomSeriesOptions.slices,
 ) -> None:
     """Build phantom CT series with known findings, for `ctscribe study` and its evaluation.
 
@@ -589,16 +590,12 @@ def study(
             help="Language of the descriptions. Default: the one the model was trained in, else en."
         ),
     ] = None,
-    window: Annotated[
-        str, typer.Option(help="CT window: auto (one per series), a preset, or WIDTH/LEVEL in HU.")
-    ] = "auto",
-    slices: Annotated[
-        str, typer.Option(help="all, every:K (every K-th slice) or body (slices that show a body).")
-    ] = "all",
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices generated together.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest description, in tokens.")] = 256,
+    window: Annotated[str, option(InputOptions, "window")] = InputOptions.window,
+    slices: Annotated[str, option(StudyOptions, "slices")] = StudyOptions.slices,
+    batch_size: BatchSize = GenerateOptions.batch_size,
+    max_new_tokens: MaxNewTokens = GenerateOptions.max_new_tokens,
     max_pixels: MaxPixelsOption = None,
-    backend: BackendOption = Backend.transformers,
+    backend: BackendOption = GenerateOptions.backend,
     base_url: BaseUrlOption = None,
 ) -> None:
     """Read a whole CT series: describe its slices, gather the findings they state over neighbouring

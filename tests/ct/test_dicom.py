@@ -21,7 +21,7 @@ from ctscribe.ct.dicom import (
     read_series,
 )
 from ctscribe.ct.windows import apply_window
-from support.dicom_samples import write_sentinel_dicom
+from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
 
 
 def _testfile(name: str) -> str:

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 
 from ctscribe.ct.inputs import InputItem, SliceSelection, iter_inputs, parse_slices
 from ctscribe.ct.windows import apply_window
-from support.dicom_samples import write_sentinel_dicom
+from ctscribe.fixtures.dicom_samples import write_sentinel_dicom
 
 
 def _testfile(name: str) -> Path:

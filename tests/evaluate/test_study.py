@@ -9,7 +9,7 @@ import pytest
 
 from ctscribe.evaluate.study import STUDY_METRICS_JSON, evaluate_studies, match, pixel_iou, series_columns
 from ctscribe.fixtures.phantom_series import build_phantom_series
-from ctscribe.fixtures.study_reader import PhantomReaderEngine
+from support.study_reader import PhantomReaderEngine
 
 PIXELS = 64 * 28 * 28
 

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import LEARNING_PIXELS, clean_ct_rows
 from ctscribe.generate.openai_engine import image_data_url
-from support.dicom_samples import pydicom_ct_slices
 
 KEY = "test-key-123"
 FRONT_KEY = "front-key-456"  # serve --upstream's own key, unlike its upstream's

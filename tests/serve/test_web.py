@@ -29,13 +29,13 @@ from ctscribe.ct.uploads import (
     window_spec,
 )
 from ctscribe.ct.windows import AUTO
+from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, openai_messages
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import BOX_COLOUR, draw_boxes, report_markdown, write_report
 from ctscribe.serve.web import EmptyReplyError, error_message, page_messages, password_check
-from support.dicom_samples import pydicom_ct_slices, write_sentinel_dicom
 from support.servers import app_in_thread, free_port
 
 CT_SMALL = pydicom_ct_slices()["CT_small.dcm"]

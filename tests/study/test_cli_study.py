@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import ctscribe.cli as cli
 from ctscribe.fixtures.phantom_series import build_phantom_series
-from ctscribe.fixtures.study_reader import PhantomReaderEngine
 from ctscribe.model_settings import ModelSettings, record_settings
+from support.study_reader import PhantomReaderEngine
 
 PIXELS = 64 * 28 * 28
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""``ctscribe study`` on the phantom series, read by the pointing stand-in (ctscribe.fixtures.study_reader).
+"""``ctscribe study`` on the phantom series, read by the pointing stand-in (support.study_reader).
 
 The stand-in is not a model: it boxes the bright spot and names region and side from the pixels, so
 these tests check the study flow (reading, ordering, describing, grouping, key slices, boxes, report,
@@ -20,11 +20,11 @@ from PIL import Image
 from ctscribe.ct.windows import apply_window
 from ctscribe.evaluate.study import score_series
 from ctscribe.fixtures.phantom_series import EMPTY_ENDS, build_phantom_series, draw_volume
-from ctscribe.fixtures.study_reader import PhantomReaderEngine
 from ctscribe.study.describe import NO_BODY, check_slices
 from ctscribe.study.report import STRIP_PNG, STUDY_JSON
 from ctscribe.study.run import NoSeriesError, run_study
 from ctscribe.study.series import ORDER_FILE_NAME, ORDER_INSTANCE, ORDER_POSITION
+from support.study_reader import PhantomReaderEngine
 
 PIXELS = 64 * 28 * 28
 WINDOW = "soft-tissue"

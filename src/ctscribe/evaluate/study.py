@@ -27,6 +27,7 @@ import numpy as np
 from ctscribe.atomic import atomic_write_text
 from ctscribe.evaluate.bootstrap import bootstrap_ci, json_number
 from ctscribe.generate.engine import GenerationBackend
+from ctscribe.generate.options import GenerateOptions
 from ctscribe.study.run import run_study
 
 STUDY_METRICS = ("recall", "precision", "key_slice_distance", "key_slice_iou")
@@ -111,8 +112,8 @@ def evaluate_studies(
     *,
     prompt: str,
     make_baseline: Callable[[], GenerationBackend] | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
+    batch_size: int = GenerateOptions.batch_size,
+    max_new_tokens: int = GenerateOptions.max_new_tokens,
 ) -> dict:
     """Study reports of every truth series under ``out/model/`` (and ``out/baseline/``), scored; writes
     and returns study_metrics.json's content."""

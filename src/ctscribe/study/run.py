@@ -18,10 +18,13 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.ct.options import InputOptions
 from ctscribe.ct.windows import WindowSpec, parse_window
-from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationBackend
+from ctscribe.generate.engine import GenerationBackend
+from ctscribe.generate.options import GenerateOptions
 from ctscribe.study.describe import check_slices, describe_series
 from ctscribe.study.grouping import group_findings
+from ctscribe.study.options import StudyOptions
 from ctscribe.study.report import write_study
 from ctscribe.study.series import Series, open_study
 
@@ -47,10 +50,10 @@ def run_study(
     out: Path,
     *,
     prompt: str,
-    slices: str = "all",
-    window: str = "auto",
-    batch_size: int = 8,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    slices: str = StudyOptions.slices,
+    window: str = InputOptions.window,
+    batch_size: int = GenerateOptions.batch_size,
+    max_new_tokens: int = GenerateOptions.max_new_tokens,
     show_progress: bool = True,
 ) -> dict:
     """Write the study report of ``source`` (a folder, zip, DICOM file or NIfTI volume) into ``out``
