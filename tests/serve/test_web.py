@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -389,6 +390,28 @@ def spot_page(request):
 
 
 @pytest.fixture(scope="module")
+def study_page(request):
+    """The page and API in this process, in front of the phantom reader stand-in
+    (tests/support/study_reader.py): it states each slice's region, the lesion it sees, its side and
+    its box, as a model trained on whole series would; this server tests how the page gathers and
+    shows a series' findings."""
+    missing = _missing_browser()
+    if missing:
+        request.getfixturevalue("unavailable")(missing)
+    from ctscribe.serve.app import build_server
+    from ctscribe.serve.options import ServeOptions
+    from support.study_reader import PhantomReaderEngine
+
+    port = free_port()
+    app = build_server(PhantomReaderEngine(LEARNING_PIXELS), ServeOptions(port=port))
+    try:
+        with app_in_thread(app, start_s=60, port=port) as url:
+            yield url
+    finally:
+        app.state.batcher.close()
+
+
+@pytest.fixture(scope="module")
 def browser(request):
     """Debian's chromium driven by Playwright; Playwright's own browsers are never downloaded."""
     missing = _missing_browser()
@@ -593,5 +616,61 @@ def test_the_slice_slider_picks_the_slice_described_and_the_box_is_drawn_on_it(s
         number.press("Enter")
         page.locator("#image-info").get_by_text("Slice: 4 of 5").wait_for()
         page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 0")
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_describe_the_whole_series_and_a_chosen_finding_moves_the_slider_to_its_key_slice(
+    study_page, browser, tmp_path
+):
+    """A phantom volume with known lesions: the page describes every slice, lists one finding per
+    lesion, and choosing a finding moves the slider to its key slice, inside the lesion's slice range,
+    with the box drawn over the lesion there."""
+    from ctscribe.fixtures.phantom_series import build_phantom_series
+
+    truth = json.loads(build_phantom_series(tmp_path / "series").read_text())
+    entry = truth["series"]["nifti/volume-2.nii.gz"]
+    total, lesions = entry["slices"], entry["lesions"]
+    page = _open(browser, study_page)
+    try:
+        page.locator("#upload input[type=file]").set_input_files(tmp_path / "series/nifti/volume-2.nii.gz")
+        page.locator("#image-info").get_by_text(f"of {total}").wait_for()
+        window = truth["window"]  # the window the phantom is read in, as `ctscribe study` reads it
+        page.get_by_label("Window (DICOM, NIfTI)").fill(window)
+        page.get_by_role("option", name=window, exact=True).click()
+        page.locator("#image-info").get_by_text(window).wait_for()
+        page.locator("#describe-series").click()
+        page.locator("#status").get_by_text(f"finding(s) over {total} slices").wait_for()
+        options = page.locator("#study-findings label")
+        labels = options.all_inner_texts()
+        assert len(labels) == len(lesions), labels  # the stand-in reads every lesion, and only those
+        for number, lesion in enumerate(lesions):  # both sorted by first slice
+            assert f"{lesion['abnormality']}, {lesion['region']}, {lesion['side']}" in labels[number]
+        number = len(lesions) // 2  # not the first: the slider must move to this finding's slice
+        key = int(re.search(r"key slice (\d+)", labels[number]).group(1))
+        first, last = lesions[number]["slices"]
+        assert first + 1 <= key <= last + 1, (labels[number], lesions[number])
+        options.nth(number).click()
+        page.locator("#image-info").get_by_text(f"Slice: {key} of {total}").wait_for()
+        assert page.get_by_label("number input for Slice", exact=False).input_value() == str(key)
+        deadline = time.monotonic() + 30
+        while True:  # the drawn image replaces the plain one
+            amber = np.all(
+                np.abs(np.asarray(_preview(page, study_page)).astype(int) - BOX_COLOUR) <= 8, axis=2
+            )
+            if amber.any() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        rows, columns = np.nonzero(amber)
+        assert rows.size, "no box drawn on the key slice"
+        x0, _, x1, _ = lesions[number]["boxes"][str(key - 1)]
+        # The outline's outer edge around the lesion (its number tag sits above or below it).
+        assert abs(columns.min() - x0) <= 3 and abs(columns.max() - x1) <= 3, (
+            columns.min(),
+            columns.max(),
+            x0,
+            x1,
+        )
     finally:
         page.close()

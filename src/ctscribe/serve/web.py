@@ -1,4 +1,5 @@
-"""The clinicians' web page: upload a CT image, get a description, ask follow-ups, download a report.
+"""The clinicians' web page: upload a CT image, get a description, ask follow-ups, download a report;
+for a series or volume, describe the whole series and step through its findings.
 
 ``ctscribe serve`` mounts the page at ``/``. It talks to the API through the same client as
 ``--backend openai`` (:class:`~ctscribe.generate.openai_engine.OpenAIEngine`, over loopback HTTP): one
@@ -9,6 +10,12 @@ slice shown, and draws it there, numbered as the text numbers it ("[box 1]") (:m
 report`); the text shown is the reader's text (:class:`~ctscribe.serve.chat.Answer`, as the API's).
 Uploads are read by :mod:`ctscribe.ct.uploads`: into the session's memory, the files deleted at once.
 Nothing of a DICOM header is shown, logged or written to the report; conversations are not logged.
+
+**Describe the whole series** describes every slice of the uploaded series or volume through the same
+client, in batches the server batches further, and gathers the findings the slices state over
+neighbouring slices as ``ctscribe study`` does (:func:`ctscribe.study.grouping.group_findings`: a slice
+model does not see across slices, docs/STUDY.md says what that grouping can and cannot tell). Choosing
+a finding moves the slider to its key slice and draws its box there. Nothing of it is written to disk.
 
 Each part of the page is a function of the session's state (the held files, the volume, the slice,
 the conversation and its boxes), wired to the components in :func:`build_page`.
@@ -23,27 +30,45 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ctscribe import CLINICAL_NOTICE
+from ctscribe.conversation.boxes import Located
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.ct.images import DEFAULT_MAX_PIXELS
-from ctscribe.ct.uploads import Upload, UploadError, load_held, take_uploads, window_spec
+from ctscribe.ct.uploads import Upload, UploadError, Volume, load_held, take_uploads, window_spec
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import KEEP_REPORTS_S, draw_boxes, write_report
+from ctscribe.study.grouping import StudyFinding, group_findings
 
 log = logging.getLogger(__name__)
 
 WINDOW_CHOICES = [AUTO, *PRESETS, CUSTOM]
 LANGUAGES = [("English", "en"), ("中文", "zh")]
 MAX_TOKENS = 1024  # the page's limit; ctscribe serve allows 2048
+# Slices sent together by "Describe the whole series": enough for the server to batch, few enough that
+# the progress line moves and one clinician's series does not fill the server's queue alone.
+SERIES_BATCH = 8
 HELP = (
     "Upload a CT image (PNG or JPG), a DICOM file, all DICOM files of one series, or a NIfTI volume; "
     "for a series or volume, pick the slice with the slider (the middle one first). Then **Describe**, "
     "and ask follow-up questions about the same slice; where the answer points, a numbered box is "
     "drawn on the image. DICOM headers are read only for the image and the window: no patient data "
-    "is shown."
+    "is shown. **Describe the whole series** describes every slice and lists the findings it gathers "
+    "over neighbouring slices; choose one to go to its key slice."
 )
+
+
+def finding_label(number: int, finding: StudyFinding) -> str:
+    """How the page lists a study finding: its number, what it is, and its slices as the slider counts."""
+    first, last, key = finding.first + 1, finding.last + 1, finding.key_slice + 1
+    span = f"slice {first}" if first == last else f"slices {first}-{last}"
+    return f"{number}. {finding.key.label()}: {span} (key slice {key})"
+
+
+def key_box(finding: StudyFinding, located: Sequence[Located]) -> list[Located]:
+    """The finding's box among its key slice's boxes, as the page draws boxes (none without one)."""
+    return [box for box in located if box.pixels is not None and list(box.pixels) == finding.box][:1]
 
 
 def password_check(api_key: str | None):
@@ -192,6 +217,68 @@ def build_page(
         prompt = prompts.get(lang) or DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"])
         yield from converse(upload, [], [], prompt, temperature, tokens)
 
+    def describe_series(volume: Volume | None, lang: str, tokens: float):
+        """Describe every slice of the series and gather its findings, with progress; see the module
+        docstring. Yields (findings state, findings list, status)."""
+        hidden = gr.Radio(choices=[], value=None, visible=False)
+        if volume is None or len(volume.slices) < 2:
+            yield [], hidden, "**Error:** upload a DICOM series or a NIfTI volume first"
+            return
+        prompt = prompts.get(lang) or DEFAULT_PROMPTS.get(lang, DEFAULT_PROMPTS["en"])
+        total, records, located, unread = len(volume.slices), [], {}, 0
+        try:
+            for start in range(0, total, SERIES_BATCH):
+                uploads = {}
+                for position in range(start, min(start + SERIES_BATCH, total)):
+                    try:
+                        uploads[position] = volume.upload(position, max_pixels)
+                    except UploadError:
+                        unread += 1  # counted and said below; its neighbours are still read
+                requests = [
+                    GenerationRequest(
+                        page_messages([{"role": "user", "content": prompt}]), [u.sent], int(tokens)
+                    )
+                    for u in uploads.values()
+                ]
+                for (position, upload), result in zip(
+                    uploads.items(), client.generate(requests), strict=True
+                ):
+                    answer = Answer(upload.frame, keep_markup=False)
+                    located[position] = answer.located(result.text)
+                    records.append(
+                        {
+                            "slice": position,
+                            "text": answer.text(result.text),
+                            "boxes": answer.boxes(result.text),
+                        }
+                    )
+                yield [], hidden, f"Described {start + len(uploads)} of {total} slices…"
+        except Exception as error:  # every failure becomes a sentence on the page
+            log.warning("series request failed: %s", error_message(error))
+            yield [], hidden, f"**Error:** {error_message(error)}"
+            return
+        findings = [
+            (finding, key_box(finding, located[finding.key_slice])) for finding in group_findings(records)
+        ]
+        labels = [finding_label(n, finding) for n, (finding, _) in enumerate(findings, start=1)]
+        note = f" ({unread} slice(s) could not be read)" if unread else ""
+        summary = f"{len(findings)} finding(s) over {total} slices{note}. Choose one to go to its key slice."
+        yield findings, gr.Radio(choices=labels, value=None, visible=bool(labels), type="index"), summary
+
+    def show_finding(volume: Volume | None, findings: list, chosen: int | None):
+        """Move the slider to the chosen finding's key slice and draw its box there (a fresh start)."""
+        if volume is None or chosen is None or not 0 <= chosen < len(findings):
+            return gr.skip(), *[gr.skip()] * 8
+        finding, box = findings[chosen]
+        try:
+            upload = volume.upload(finding.key_slice, max_pixels)
+        except UploadError as error:
+            return gr.skip(), *cleared(None, f"**Error:** {error}")
+        fresh = list(cleared(upload))
+        fresh[1] = draw_boxes(upload.image, box) if box else upload.image
+        fresh[7] = box
+        return gr.Slider(value=finding.key_slice + 1), *fresh
+
     with gr.Blocks(title="ctscribe", analytics_enabled=False, delete_cache=(900, KEEP_REPORTS_S)) as page:
         gr.Markdown("# ctscribe: CT image descriptions")
         gr.Markdown(f"**Clinical notice.** {CLINICAL_NOTICE}", elem_id="clinical-notice")
@@ -222,15 +309,38 @@ def build_page(
                 question = gr.Textbox(label="Follow-up question about this image", elem_id="question")
                 ask_button = gr.Button("Ask", elem_id="ask")
                 report = gr.DownloadButton("Download report", interactive=False, elem_id="report")
+                series_button = gr.Button("Describe the whole series", elem_id="describe-series")
+                series_findings = gr.Radio(
+                    [], label="Study findings (choose one)", visible=False, elem_id="study-findings"
+                )
         gr.Markdown(HELP)
 
         held_state = gr.State([])  # (name, bytes) of the uploaded files, in memory only
         volume_state = gr.State(None)  # the decoded, windowed slices (Volume), in memory only
+        findings_state = gr.State([])  # the series' study findings, each with its key slice's box
         loaded = [upload_state, preview, info, status, history_state, chat, report, boxes_state]
+
+        def forget_findings():
+            """A new upload or window: the findings were of other slices."""
+            return [], gr.Radio(choices=[], value=None, visible=False)
+
         # .upload rather than .change: emptying the list from here must not re-trigger.
-        files.upload(on_files, [files, window, custom], [files, held_state, volume_state, slider, *loaded])
+        files.upload(
+            on_files, [files, window, custom], [files, held_state, volume_state, slider, *loaded]
+        ).then(forget_findings, None, [findings_state, series_findings])
         for event in (window.change, custom.submit):
-            event(read, [held_state, window, custom, slider], [volume_state, slider, *loaded])
+            event(read, [held_state, window, custom, slider], [volume_state, slider, *loaded]).then(
+                forget_findings, None, [findings_state, series_findings]
+            )
+        series_button.click(
+            describe_series,
+            [volume_state, lang, tokens],
+            [findings_state, series_findings, status],
+            concurrency_limit=None,
+        )
+        series_findings.input(
+            show_finding, [volume_state, findings_state, series_findings], [slider, *loaded]
+        )
         # .input: the clinician moved it (not the page resetting it); only the last position counts.
         slider.input(pick, [volume_state, slider], loaded, trigger_mode="always_last")
         chatting = [history_state, chat, status, report, question, preview, boxes_state]
