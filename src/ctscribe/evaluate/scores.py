@@ -64,8 +64,9 @@ class Scored:
 
 
 def record_id(record: dict) -> str:
-    """What pairs two systems' records of one test sample: the split record's id, else the input."""
-    return str(record.get("id") or record_key(record["input"], record.get("slice")))
+    """What pairs two systems' records of one test sample: the split record's id, else the input (a
+    record with neither can be scored, not paired: comparing refuses the repeated empty key)."""
+    return str(record.get("id") or record_key(record.get("input", ""), record.get("slice")))
 
 
 def _text_block(
