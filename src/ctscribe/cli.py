@@ -671,16 +671,31 @@ def _backend(
 
 @app.command()
 def evaluate(
-    model: Annotated[
-        str, typer.Option(help="Model to evaluate: Hub id or folder (a merged export, or the base).")
-    ],
     data: Annotated[Path, typer.Option(help="The test split: DIR/test.json from ctscribe prepare.")],
     out: Annotated[Path, typer.Option(help="Report folder; rerunning continues an interrupted evaluation.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model to evaluate: Hub id or folder (a merged export, or the base)."),
+    ] = None,
     adapter: Annotated[
         Path | None, typer.Option(help="LoRA adapter (or its run folder) for --model.")
     ] = None,
     baseline: Annotated[
         str | None, typer.Option(help="Also evaluate this model (e.g. the untrained base) for comparison.")
+    ] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(
+            help="Instead of --model: compare two predictions files (ctscribe predict's JSONL over "
+            "--data), matched to the references by id: A - B per metric with interval and p-value.",
+        ),
+    ] = None,
+    image_swap: Annotated[
+        str | None,
+        typer.Option(
+            help="Describe the split again with each image swapped for another record's (any: of any "
+            "region; same-region: of the same body region) and report how much each score drops."
+        ),
     ] = None,
     run_dir: Annotated[
         Path | None,
@@ -713,52 +728,71 @@ def evaluate(
 
     Writes predictions.jsonl, metrics.json (each number with a 95% bootstrap interval), report.md,
     metrics.png, regions.png, loss.png (with --run-dir, which also keeps metrics.json in the run folder
-    for the model card) and gallery.html. A split prepared with --dialogue also gets its follow-up
-    questions answered (dialogue_predictions.jsonl) and scored: closed-question accuracy and
-    open-question recall. See docs/EVALUATION.md.
+    for the model card) and gallery.html. With --baseline (or --compare) each metric's paired
+    difference comes with its interval and a permutation test's p-value. A split prepared with
+    --dialogue also gets its follow-up questions answered (dialogue_predictions.jsonl) and scored:
+    closed-question accuracy and open-question recall. See docs/EVALUATION.md.
 
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
     --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora
     """
-    from ctscribe.evaluate.report import box_count, comparison_rows
-    from ctscribe.evaluate.run import run_evaluation
+    from ctscribe.evaluate.image_swap import SWAP_MODES
+    from ctscribe.evaluate.report import box_count, comparison_rows, image_swap_rows
+    from ctscribe.evaluate.run import compare_predictions, run_evaluation
 
-    # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
-    settings = _settings(backend, model, adapter, max_pixels)
-    if study:
-        from ctscribe.evaluate.study import STUDY_METRICS_JSON, evaluate_studies, metric_rows
+    if (model is None) == (compare is None):
+        raise typer.BadParameter("give either --model or --compare A.jsonl B.jsonl", param_hint="--model")
+    if image_swap is not None and image_swap not in SWAP_MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(SWAP_MODES)}", param_hint="--image-swap")
+    if compare is not None:
+        if baseline or adapter or image_swap or run_dir or study:
+            raise typer.BadParameter(
+                "--compare scores two predictions files: it takes no model, adapter, baseline, "
+                "image swap, run folder or study",
+                param_hint="--compare",
+            )
+        metrics = compare_predictions(*compare, data, out, examples=examples, bertscore_model=bertscore_model)
+    else:
+        # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
+        settings = _settings(backend, model, adapter, max_pixels)
+        base = (lambda: _backend(backend, baseline, None, settings, base_url)) if baseline else None
+        if study:
+            from ctscribe.evaluate.study import STUDY_METRICS_JSON, evaluate_studies, metric_rows
 
-        scored = evaluate_studies(
+            scored = evaluate_studies(
+                lambda: _backend(backend, model, adapter, settings, base_url),
+                data,
+                out,
+                prompt=settings.prompt(settings.language),
+                make_baseline=base,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+            )
+            for label, value, base_value in metric_rows(scored):
+                typer.echo(f"{label:<20} {value:<36} {base_value if baseline else ''}")
+            typer.echo(f"wrote {out / STUDY_METRICS_JSON}")
+            return
+        metrics = run_evaluation(
             lambda: _backend(backend, model, adapter, settings, base_url),
             data,
             out,
-            prompt=settings.prompt(settings.language),
-            make_baseline=(lambda: _backend(backend, baseline, None, settings, base_url))
-            if baseline
-            else None,
+            # With --backend openai the baseline is another model of the same server (vLLM with LoRA
+            # serves the base and the adapter side by side).
+            make_baseline=base,
+            run_dir=run_dir,
+            limit=limit,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            examples=examples,
+            bertscore_model=bertscore_model,
+            image_swap=image_swap,
         )
-        for label, value, base in metric_rows(scored):
-            typer.echo(f"{label:<20} {value:<36} {base if baseline else ''}")
-        typer.echo(f"wrote {out / STUDY_METRICS_JSON}")
-        return
-    metrics = run_evaluation(
-        lambda: _backend(backend, model, adapter, settings, base_url),
-        data,
-        out,
-        # With --backend openai the baseline is another model of the same server (vLLM with LoRA
-        # serves the base and the adapter side by side).
-        make_baseline=(lambda: _backend(backend, baseline, None, settings, base_url)) if baseline else None,
-        run_dir=run_dir,
-        limit=limit,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        examples=examples,
-        bertscore_model=bertscore_model,
-    )
-    for label, value, base in comparison_rows(metrics):
-        typer.echo(f"{label:<28} {value:<26} {base if baseline else ''}")
+    for row in comparison_rows(metrics):
+        typer.echo("  ".join(f"{cell:<26}" for cell in row).rstrip())
+    if rows := image_swap_rows(metrics):
+        typer.echo(f"image swap ({image_swap}): metric, own image, swapped image, drop")
+        for row in rows:
+            typer.echo("  ".join(f"{cell:<26}" for cell in row).rstrip())
     if counted := box_count(metrics):
         typer.echo(counted)
     typer.echo(f"wrote {out / 'report.md'}")

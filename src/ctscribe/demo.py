@@ -90,7 +90,7 @@ def _evaluation_table(metrics: dict, report_dir: Path) -> Table:
     table = Table(
         title=f"5. ctscribe evaluate on the test split ({metrics['n']} records) -> {report_dir / 'report.md'}"
     )
-    for column in ("metric (95% interval)", "trained", "untrained"):
+    for column in ("metric (95% interval)", "trained", "untrained", "trained - untrained, p"):
         table.add_column(column)
     for row in comparison_rows(metrics):
         table.add_row(*row)

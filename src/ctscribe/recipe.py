@@ -29,6 +29,11 @@ import yaml
 
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
+# Scores of ``ctscribe evaluate`` a checkpoint can be chosen by (higher is better), as
+# ctscribe.evaluate.checkpoint_scores computes them on generated descriptions; eval_loss is lower-better.
+BestModelMetric = Literal["eval_loss", "abnormality_f1", "region_acc", "rouge_l", "box_iou"]
+CLINICAL_METRICS: tuple[str, ...] = typing.get_args(BestModelMetric)[1:]
+
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
 # Qwen2-VL spends one image token per 28 x 28 pixels; an image needs at least one token.
@@ -90,6 +95,11 @@ class Recipe:
     save_steps: int = 3000
     eval_steps: int | None = None  # None: evaluate when saving
     save_total_limit: int = 3
+    # The score that names the best checkpoint: eval_loss, or a clinical score of descriptions the
+    # native engine generates on the first generation_eval_samples validation records at each
+    # evaluation (docs/TRAINING.md "Choosing the best checkpoint"); LLaMA-Factory knows eval_loss only.
+    metric_for_best_model: BestModelMetric = "eval_loss"
+    generation_eval_samples: int = 32  # the fixed validation subset a clinical metric is scored on
     seed: int = 42
     dataloader_num_workers: int = 2
     report_to: Literal["tensorboard", "none"] = "tensorboard"
@@ -333,6 +343,7 @@ def validate(recipe: Recipe) -> None:
         "eval_steps",
         "max_samples",
         "save_total_limit",
+        "generation_eval_samples",
     )
     for key in at_least_one:
         if v[key] is not None and v[key] < 1:

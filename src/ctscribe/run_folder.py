@@ -214,7 +214,7 @@ class RunSummary:
     train_loss: float | None
     """Mean training loss over the run, as the trainer reports it."""
     best_checkpoint: str | None
-    """``checkpoint-N`` with the lowest validation loss (kept by rotation), when known."""
+    """``checkpoint-N`` with the best ``best_metric`` (kept by rotation), when known."""
     best_eval_loss: float | None
     """The lowest validation loss, when a validation split was evaluated."""
     train_samples_per_second: float | None
@@ -223,6 +223,10 @@ class RunSummary:
     """Seconds in the train loop."""
     feature_cache_seconds: float | None
     """Building (or reusing) the vision-feature cache before the loop; None where there is none."""
+    best_metric: str | None = None
+    """The score that chose ``best_checkpoint``: the recipe's ``metric_for_best_model``."""
+    best_score: float | None = None
+    """``best_checkpoint``'s value of ``best_metric``."""
 
     def write(self, run_dir: Path) -> None:
         _write_json(run_dir / SUMMARY, dataclasses.asdict(self))

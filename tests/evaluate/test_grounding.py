@@ -106,7 +106,7 @@ def test_the_report_and_the_gallery_show_the_boxes(tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     build_report(out, metrics, records, baseline, None, examples=5)
-    rows = {label: (value, other) for label, value, other in comparison_rows(metrics)}
+    rows = {label: (value, other) for label, value, other, _ in comparison_rows(metrics)}
     assert rows["box IoU"][0].startswith("0.000") and rows["parseable box"] == (
         "1.000 [1.000, 1.000]",
         "0.000 [0.000, 0.000]",

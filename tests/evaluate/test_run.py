@@ -54,7 +54,7 @@ def test_the_report_shows_the_numbers_of_metrics_json(tmp_path):
     build_report(tmp_path, metrics, records, baseline, None, examples=5)
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     report = (tmp_path / "report.md").read_text()
-    for label, model, base in comparison_rows(metrics):
+    for label, model, base, _ in comparison_rows(metrics):
         assert f"| {label} | {model} | {base} |" in report
     assert "not a diagnosis" in report
     gallery = (tmp_path / "gallery.html").read_text()
@@ -73,6 +73,7 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
         "--model", str(trained_run / "model"), "--baseline", str(tiny_model_dir),
         "--data", str(learning_data / "test.json"), "--out", str(out), "--run-dir", str(trained_run),
         "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", "24", "--batch-size", "16",
+        "--image-swap", "any",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -84,8 +85,18 @@ def test_evaluate_shows_the_trained_model_beats_its_untrained_base(
         metrics["findings"]["ci95"]["region_acc"][0]
         > metrics["baseline"]["findings"]["ci95"]["region_acc"][1]
     )
+    # The gain over the base is no noise: paired permutation tests on the same test images.
+    comparison = metrics["comparison"]
+    assert comparison["n"] == metrics["n"]
+    for result in (comparison["findings"]["region_acc"], comparison["rouge_l"]):
+        assert result["difference"] > 0 and result["ci"][0] > 0 and result["p_value"] < 0.05, result
+    # It reads the image: shown another record's image, its region accuracy drops significantly.
+    drop = metrics["image_swap"]["drop"]["findings"]["region_acc"]
+    assert metrics["image_swap"]["swapped"] == metrics["n"]
+    assert drop["difference"] > 0.3 and drop["p_value"] < 0.05, drop
     report = (out / "report.md").read_text()
     assert f"{trained:.3f}" in report and f"{untrained:.3f}" in report
+    assert "## Image reliance" in report
     for name in ("metrics.png", "regions.png", "loss.png", "gallery.html"):
         assert (out / name).is_file(), name
     assert read_evaluation(trained_run) == metrics  # kept in the run folder for the model card

@@ -13,7 +13,15 @@ import yaml
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.recipe import Recipe, RecipeError, load_recipe
 from ctscribe.run_folder import RunSummary
-from ctscribe.train.llamafactory import NATIVE_ONLY, SAME_NAME, TRANSLATED, convert_log, train, train_config
+from ctscribe.train.llamafactory import (
+    NATIVE_ONLY,
+    NATIVE_SCORING,
+    SAME_NAME,
+    TRANSLATED,
+    convert_log,
+    train,
+    train_config,
+)
 
 
 def _data_dir(tmp_path: Path, val_rows: int = 1) -> Path:
@@ -33,7 +41,7 @@ def test_every_recipe_key_reaches_llamafactory_or_is_translated():
     """A new recipe key must be mapped (or declared native-only), or LLaMA-Factory would silently
     ignore it."""
     keys = [field.name for field in dataclasses.fields(Recipe)]
-    assert sorted(SAME_NAME + TRANSLATED + NATIVE_ONLY) == sorted(keys)
+    assert sorted(SAME_NAME + TRANSLATED + NATIVE_ONLY + NATIVE_SCORING) == sorted(keys)
 
 
 def test_the_original_recipe_becomes_the_original_train_sh(tmp_path):

@@ -15,15 +15,19 @@ and ``statistic`` maps the resampled totals, shape ``(n_resamples, k)``, to one 
 Recomputing a ratio from resampled totals is what makes the interval right for corpus-level metrics;
 averaging per-sample ratios would bootstrap a different number.
 
-Paired comparisons (fine-tuned vs base on the same test images) use the same mechanism: put both
-systems' columns side by side and let ``statistic`` return the difference, so both are resampled with
-the same draws.
+A metric in this form is a :class:`Columns`: its per-sample rows and its statistic. A row of zeros adds
+nothing to any total, so a sample a metric does not count (a NaN of a mean, a reference without a
+findings sentence) can stay in the table as zeros and every metric of an evaluation has one row per
+scored sample, in the same order: what paired comparisons need (:mod:`ctscribe.evaluate.significance`
+puts both systems' columns side by side and lets the statistic return the difference, so both are
+resampled with the same draws).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,6 +64,34 @@ def _prepare(
     if statistic is None:
         raise ValueError("a 2-D values array needs a statistic that maps column totals to a value")
     return array, statistic
+
+
+@dataclass(frozen=True, eq=False)
+class Columns:
+    """A metric as per-sample sufficient statistics, ``values`` of shape ``(n, k)``, and the
+    ``statistic`` that maps column totals of shape ``(r, k)`` to the metric, shape ``(r,)``."""
+
+    values: np.ndarray
+    statistic: Statistic
+
+    @classmethod
+    def of(
+        cls, values: np.ndarray | Sequence[float] | Sequence[np.ndarray], statistic: Statistic | None = None
+    ) -> Columns:
+        """Per-sample values (NaN: not counted) or sufficient statistics with their statistic."""
+        return cls(*_prepare(values, statistic))
+
+    def score(self) -> float:
+        """The metric on all rows."""
+        return float(self.statistic(self.values.sum(axis=0)[None, :])[0])
+
+    def rows(self, index: Sequence[int] | np.ndarray) -> Columns:
+        """The same metric on the rows ``index`` (in that order)."""
+        return Columns(self.values[np.asarray(index, dtype=int)], self.statistic)
+
+    def ci(self, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+        """Percentile bootstrap interval of the metric (:func:`bootstrap_ci`)."""
+        return bootstrap_ci(self.values, self.statistic, n_resamples=n_resamples, seed=seed, alpha=alpha)
 
 
 def bootstrap_distribution(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ctscribe.clinical.findings import Findings, analyse_sentence, split_sentences
-from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.evaluate.bootstrap import Columns
 from ctscribe.text import is_chinese
 
 
@@ -116,30 +116,32 @@ def _micro_f1(totals: np.ndarray) -> np.ndarray:
     return _ratio(2 * totals[:, 0], 2 * totals[:, 0] + totals[:, 1] + totals[:, 2])
 
 
+def findings_columns(scores: dict) -> dict[str, Columns]:
+    """Every score of :func:`score_findings` as resampleable :class:`Columns`, one row per sample:
+    accuracies are means of their per-sample 0/1 values (NaN rows not counted); the micro-averaged
+    scores are statistics of the tp/fp/fn totals."""
+    ps = scores["per_sample"]
+    counts = np.stack([ps["tp"], ps["fp"], ps["fn"]], axis=1)
+    return {
+        "region_acc": Columns.of(ps["region"]),
+        "region_overlap": Columns.of(ps["region_overlap"]),
+        "abnormality_precision": Columns.of(counts, _precision),
+        "abnormality_recall": Columns.of(counts, _recall),
+        "abnormality_f1": Columns.of(counts, _micro_f1),
+        "hallucination_rate": Columns.of(counts, lambda t: 1 - _precision(t)),
+        "omission_rate": Columns.of(counts, lambda t: 1 - _recall(t)),
+        "laterality_acc": Columns.of(ps["laterality"]),
+        "abnormal_acc": Columns.of(ps["abnormal"]),
+        "modality_acc": Columns.of(ps["modality"]),
+    }
+
+
 def findings_intervals(
     scores: dict, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals for every score of :func:`score_findings`.
-
-    Accuracies resample their per-sample 0/1 values (NaN rows skipped); the micro-averaged scores
-    are recomputed from resampled tp/fp/fn totals. The same seed gives every metric the same
-    resamples.
-    """
-    ps = scores["per_sample"]
-    counts = np.stack([ps["tp"], ps["fp"], ps["fn"]], axis=1)
-    kw = {"n_resamples": n_resamples, "seed": seed, "alpha": alpha}
-    out = {
-        "region_acc": bootstrap_ci(ps["region"], **kw),
-        "region_overlap": bootstrap_ci(ps["region_overlap"], **kw),
-        "abnormality_precision": bootstrap_ci(counts, _precision, **kw),
-        "abnormality_recall": bootstrap_ci(counts, _recall, **kw),
-        "abnormality_f1": bootstrap_ci(counts, _micro_f1, **kw),
-        "laterality_acc": bootstrap_ci(ps["laterality"], **kw),
-        "abnormal_acc": bootstrap_ci(ps["abnormal"], **kw),
-        "modality_acc": bootstrap_ci(ps["modality"], **kw),
+    """Percentile bootstrap intervals for every score of :func:`score_findings`, from
+    :func:`findings_columns`. The same seed gives every metric the same resamples."""
+    return {
+        name: columns.ci(n_resamples=n_resamples, seed=seed, alpha=alpha)
+        for name, columns in findings_columns(scores).items()
     }
-    low, high = out["abnormality_precision"]
-    out["hallucination_rate"] = (1 - high, 1 - low)
-    low, high = out["abnormality_recall"]
-    out["omission_rate"] = (1 - high, 1 - low)
-    return out

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ctscribe.conversation.boxes import GridBox, box_iou, parse_boxes
-from ctscribe.evaluate.bootstrap import bootstrap_ci, json_number
+from ctscribe.evaluate.bootstrap import Columns, json_number
 
 IOU_HIT = 0.5  # PASCAL VOC's threshold, the one grounding papers (RefCOCO) report
 BOX_METRICS = ("mean_iou", "iou50", "parseable")
@@ -36,25 +36,37 @@ def first_box(text: str) -> GridBox | None:
     return found[0].box if found else None
 
 
+def box_columns(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Columns]:
+    """:data:`BOX_METRICS` as :class:`Columns`, one row per sample; a sample whose reference has no
+    box is NaN (not counted)."""
+    pairs = [(first_box(p), first_box(r)) for p, r in zip(predictions, references, strict=True)]
+    iou = np.array(
+        [np.nan if r is None else box_iou(p, r) if p is not None else 0.0 for p, r in pairs], dtype=float
+    )
+    counted = np.array([r is not None for _, r in pairs], dtype=bool)
+    parseable = np.array([float(p is not None) for p, _ in pairs])
+    return {
+        "mean_iou": Columns.of(iou),
+        "iou50": Columns.of(np.where(counted, (iou >= IOU_HIT).astype(float), np.nan)),
+        "parseable": Columns.of(np.where(counted, parseable, np.nan)),
+    }
+
+
 def score_boxes(predictions: Sequence[str], references: Sequence[str], seed: int = 0) -> dict:
     """metrics.json's ``boxes`` block for texts with their grounding markup (not stripped)."""
-    pairs = [(first_box(p), first_box(r)) for p, r in zip(predictions, references, strict=True)]
-    counted = [(p, r) for p, r in pairs if r is not None]
+    references_boxed = [first_box(r) is not None for r in references]
+    counted = sum(references_boxed)
+    unboxed = [p for p, boxed in zip(predictions, references_boxed, strict=True) if not boxed]
     block: dict = {
-        "n": len(counted),
-        "without_reference_box": len(pairs) - len(counted),
-        "boxed_without_reference": sum(p is not None for p, r in pairs if r is None),
+        "n": counted,
+        "without_reference_box": len(references) - counted,
+        "boxed_without_reference": sum(first_box(p) is not None for p in unboxed),
         "ci95": {},
     }
     if not counted:
         return {**block, **dict.fromkeys(BOX_METRICS)}
-    iou = np.array([box_iou(p, r) if p is not None else 0.0 for p, r in counted])
-    columns = {
-        "mean_iou": iou,
-        "iou50": (iou >= IOU_HIT).astype(float),
-        "parseable": np.array([float(p is not None) for p, _ in counted]),
-    }
-    for name, values in columns.items():
-        block[name] = json_number(float(values.mean()))
-        block["ci95"][name] = [json_number(v) for v in bootstrap_ci(values, seed=seed)]
+    rows = np.flatnonzero(references_boxed)  # intervals over the counted samples alone
+    for name, columns in box_columns(predictions, references).items():
+        block[name] = json_number(columns.score())
+        block["ci95"][name] = [json_number(v) for v in columns.rows(rows).ci(seed=seed)]
     return block

@@ -61,14 +61,43 @@ def _fmt(value: float | None, interval: list | None) -> str:
     return f"{value:.3f}"
 
 
-def comparison_rows(metrics: dict) -> list[tuple[str, str, str]]:
-    """(metric, model, baseline) strings for every metric the model has: the report's main table."""
+def _fmt_difference(comparison: dict | None, path: tuple[str, ...]) -> str:
+    """A paired comparison's difference, its 95% interval and p, or "" where there is none."""
+    node = comparison or {}
+    for key in path:
+        node = node.get(key) or {}
+    if node.get("difference") is None:
+        return ""
+    low, high = node["ci"]
+    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+    p = f", p={node['p_value']:.4f}" if node.get("p_value") is not None else ""
+    return f"{node['difference']:+.3f}{interval}{p}"
+
+
+def comparison_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, model, baseline, model - baseline with interval and p) strings for every metric the
+    model has: the report's main table (the last two "" without a baseline)."""
     rows = []
     for label, path in ROWS:
         value, interval = _get(metrics, path)
         if value is None and _get(metrics.get("baseline"), path)[0] is None:
             continue
-        rows.append((label, _fmt(value, interval), _fmt(*_get(metrics.get("baseline"), path))))
+        baseline = _fmt(*_get(metrics.get("baseline"), path)) if metrics.get("baseline") else ""
+        difference = _fmt_difference(metrics.get("comparison"), path)
+        rows.append((label, _fmt(value, interval), baseline, difference))
+    return rows
+
+
+def image_swap_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, own images, swapped images, drop with interval and p) for every metric the swap
+    compared: how much the model relies on the image (none without an image swap)."""
+    swap = metrics.get("image_swap")
+    if not swap:
+        return []
+    rows = []
+    for label, path in ROWS:
+        if drop := _fmt_difference(swap["drop"], path):
+            rows.append((label, _fmt(*_get(metrics, path)), _fmt(*_get(swap["model"], path)), drop))
     return rows
 
 
@@ -243,13 +272,36 @@ def write_report(out: Path, metrics: dict, plots: list[str]) -> None:
         f"scored, {metrics.get('failed', 0)} failed."
         + (f" Baseline `{metrics['baseline'].get('model')}`." if has_baseline else ""),
         "",
-        "Values with 95% bootstrap intervals; docs/EVALUATION.md explains each number and its limits.",
+        "Values with 95% bootstrap intervals; docs/EVALUATION.md explains each number and its limits."
+        + (
+            f" Model - baseline on the {metrics['comparison']['n']} samples both scored: the paired "
+            "difference, its 95% bootstrap interval and the p-value of a paired approximate-randomisation "
+            "test."
+            if metrics.get("comparison")
+            else ""
+        ),
         "",
-        "| metric | model | baseline |" if has_baseline else "| metric | model |",
-        "|---|---|---|" if has_baseline else "|---|---|",
+        "| metric | model | baseline | model - baseline |" if has_baseline else "| metric | model |",
+        "|---|---|---|---|" if has_baseline else "|---|---|",
     ]
-    for label, model, base in comparison_rows(metrics):
-        lines.append(f"| {label} | {model} | {base} |" if has_baseline else f"| {label} | {model} |")
+    for label, model, base, difference in comparison_rows(metrics):
+        cells = [label, model, base, difference] if has_baseline else [label, model]
+        lines.append("| " + " | ".join(cells) + " |")
+    if swap := metrics.get("image_swap"):
+        lines += [
+            "",
+            f"## Image reliance: each image swapped for another record's ({swap['mode']})",
+            "",
+            f"The model described {swap['swapped']} test images again, each replaced by the image of another "
+            f"record ({'of the same body region' if swap['mode'] == 'same-region' else 'of any region'}), "
+            "scored against the original reference. A model that reads the image loses; one that writes "
+            "the likely report whatever the image does not."
+            + (f" Not swapped: {swap['skipped']}." if swap["skipped"] else ""),
+            "",
+            "| metric | own image | swapped image | drop |",
+            "|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in image_swap_rows(metrics)]
     if counted := box_count(metrics):
         lines += ["", counted]
     if metrics.get("per_region"):

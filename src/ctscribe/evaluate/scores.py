@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ctscribe.clinical.findings import parse_findings
 from ctscribe.conversation.boxes import strip_grounding
-from ctscribe.evaluate.bootstrap import json_number
-from ctscribe.evaluate.findings_scores import findings_intervals, findings_sentence, score_findings
-from ctscribe.evaluate.grounding import score_boxes
+from ctscribe.evaluate.bootstrap import Columns, json_number
+from ctscribe.evaluate.findings_scores import (
+    findings_columns,
+    findings_intervals,
+    findings_sentence,
+    score_findings,
+)
+from ctscribe.evaluate.grounding import box_columns, score_boxes
+from ctscribe.evaluate.significance import compare_columns
 from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
+from ctscribe.predict import record_key
 
 FINDINGS_METRICS = (
     "region_acc",
@@ -45,6 +53,22 @@ def read_predictions(path: Path) -> list[dict]:
     return records
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One system's scores: metrics.json's block, and every metric as :class:`Columns` with one row
+    per scored record (``keys``, in order), for paired comparisons with another system."""
+
+    block: dict
+    keys: list[str]
+    columns: dict[tuple[str, ...], Columns]
+
+
+def record_id(record: dict) -> str:
+    """What pairs two systems' records of one test sample: the split record's id, else the input (a
+    record with neither can be scored, not paired: comparing refuses the repeated empty key)."""
+    return str(record.get("id") or record_key(record.get("input", ""), record.get("slice")))
+
+
 def _text_block(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -52,7 +76,9 @@ def _text_block(
     seed: int,
     ptb: Mapping[str, str] | None,
     bertscore_model: Path | None = None,
+    columns: dict[str, Columns] | None = None,
 ) -> dict:
+    """The text metrics' block; with ``columns``, each metric's :class:`Columns` is added to it."""
     block: dict = {"n": len(predictions), "ci95": {}}
     if not predictions:
         return block
@@ -67,6 +93,8 @@ def _text_block(
     for name, result in results.items():
         block[name] = json_number(result.score)
         block["ci95"][name] = [json_number(v) for v in result.ci(seed=seed)]
+        if columns is not None:
+            columns[name] = result.columns()
     return block
 
 
@@ -101,23 +129,50 @@ def score_records(
     bertscore_model: Path | None = None,
     ptb: Mapping[str, str] | None = None,
 ) -> dict:
-    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions.
+    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions
+    (:func:`score_system`'s block)."""
+    return score_system(
+        records, with_meteor=with_meteor, seed=seed, bertscore_model=bertscore_model, ptb=ptb
+    ).block
+
+
+def _spread(columns: Columns, rows: Sequence[int], n: int) -> Columns:
+    """Columns of a subset of the samples (``rows``) on all ``n``, the others zero: not counted."""
+    values = np.zeros((n, columns.values.shape[1]))
+    values[np.asarray(rows, dtype=int)] = columns.values
+    return Columns(values, columns.statistic)
+
+
+def score_system(
+    records: Sequence[dict],
+    *,
+    with_meteor: bool = False,
+    seed: int = 0,
+    bertscore_model: Path | None = None,
+    ptb: Mapping[str, str] | None = None,
+) -> Scored:
+    """One system's scores on its predictions' records (see :class:`Scored`).
 
     ``ptb``: :func:`ptb_tokenize` of :func:`scored_texts` (an evaluation tokenises model and baseline
     together, in one JVM start); without it the texts are tokenised here.
     """
     scored = _scored(records)
+    keys = [record_id(r) for r in scored]
     failed = sum(1 for r in records if r.get("status") != "ok")
     predictions, references = plain_texts(records)
     if ptb is None:
         ptb = ptb_tokenize(scored_texts(records))
+    text_columns: dict[str, Columns] = {}
     metrics = {
         "failed": failed,
-        **_text_block(predictions, references, with_meteor, seed, ptb, bertscore_model),
+        **_text_block(predictions, references, with_meteor, seed, ptb, bertscore_model, text_columns),
     }
+    columns: dict[tuple[str, ...], Columns] = {(name,): c for name, c in text_columns.items()}
     if not scored:
-        return metrics
-    metrics["boxes"] = score_boxes([model_text(r) for r in scored], [r["reference"] for r in scored], seed)
+        return Scored(metrics, keys, columns)
+    texts, reference_texts = [model_text(r) for r in scored], [r["reference"] for r in scored]
+    metrics["boxes"] = score_boxes(texts, reference_texts, seed)
+    columns |= {("boxes", name): c for name, c in box_columns(texts, reference_texts).items()}
 
     predicted = [parse_findings(text) for text in predictions]
     expected = [parse_findings(text) for text in references]
@@ -130,14 +185,24 @@ def score_records(
             name: [json_number(v) for v in intervals[name]] for name in FINDINGS_METRICS if name in intervals
         },
     }
+    found = findings_columns(findings)
+    columns |= {("findings", name): found[name] for name in FINDINGS_METRICS}
 
     # The same text metrics on the findings sentence alone: the templated anatomy overview that
     # inflates n-gram scores is left out. Samples whose reference has no findings sentence are skipped.
     pairs = [
-        (findings_sentence(p), findings_sentence(r)) for p, r in zip(predictions, references, strict=True)
+        (i, findings_sentence(p), findings_sentence(r))
+        for i, (p, r) in enumerate(zip(predictions, references, strict=True))
     ]
-    pairs = [(p, r) for p, r in pairs if r]
-    metrics["findings_sentence"] = _text_block([p for p, _ in pairs], [r for _, r in pairs], False, seed, ptb)
+    pairs = [(i, p, r) for i, p, r in pairs if r]
+    sentence_columns: dict[str, Columns] = {}
+    metrics["findings_sentence"] = _text_block(
+        [p for _, p, _ in pairs], [r for *_, r in pairs], False, seed, ptb, columns=sentence_columns
+    )
+    rows = [i for i, *_ in pairs]
+    columns |= {
+        ("findings_sentence", name): _spread(c, rows, len(scored)) for name, c in sentence_columns.items()
+    }
 
     regions: dict[str, list[int]] = {}
     for index, reference in enumerate(expected):
@@ -157,4 +222,27 @@ def score_records(
         for part, indices in sorted(regions.items())
         if len(indices) >= MIN_REGION_SAMPLES
     }
-    return metrics
+    return Scored(metrics, keys, columns)
+
+
+def compare_systems(a: Scored, b: Scored, *, seed: int = 0) -> dict:
+    """metrics.json's comparison of A against B on the samples both scored, matched by
+    :func:`record_id`: ``n`` and, for every metric, the difference A - B with its interval and p
+    (:func:`ctscribe.evaluate.significance.compare_columns`).
+
+    Each metric keeps the rows each system was scored with, so where one system failed on samples
+    the other scored, CIDEr keeps the IDF of its own references (a slight approximation).
+    """
+    position = {key: i for i, key in enumerate(b.keys)}
+    if len(position) != len(b.keys) or len(set(a.keys)) != len(a.keys):
+        raise ValueError("records are paired by id, and some id occurs twice in one predictions file")
+    shared = [(i, position[key]) for i, key in enumerate(a.keys) if key in position]
+    rows_a, rows_b = [i for i, _ in shared], [j for _, j in shared]
+    return {
+        "n": len(shared),
+        **compare_columns(
+            {path: c.rows(rows_a) for path, c in a.columns.items()},
+            {path: c.rows(rows_b) for path, c in b.columns.items()},
+            seed=seed,
+        ),
+    }

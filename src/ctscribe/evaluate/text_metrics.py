@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rouge_score import tokenizers as rouge_tokenizers
 
-from ctscribe.evaluate.bootstrap import bootstrap_ci
+from ctscribe.evaluate.bootstrap import Columns
 from ctscribe.text import CJK_RANGES, is_chinese
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,16 @@ class MetricResult:
     per_sample: np.ndarray
     stats: np.ndarray | None = field(default=None, repr=False)
 
+    def columns(self) -> Columns:
+        """What the bootstrap and the paired tests resample: BLEU's statistics, else the per-sample
+        values (a mean)."""
+        if self.stats is not None:
+            return Columns.of(self.stats, bleu_from_stats)
+        return Columns.of(self.per_sample)
+
     def ci(self, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
         """Percentile bootstrap interval for ``score`` (see :mod:`ctscribe.evaluate.bootstrap`)."""
-        if self.stats is not None:
-            return bootstrap_ci(self.stats, bleu_from_stats, n_resamples=n_resamples, seed=seed, alpha=alpha)
-        return bootstrap_ci(self.per_sample, n_resamples=n_resamples, seed=seed, alpha=alpha)
+        return self.columns().ci(n_resamples=n_resamples, seed=seed, alpha=alpha)
 
 
 def _check(predictions: Sequence[str], references: Sequence[str]) -> None:

@@ -188,10 +188,30 @@ class TransformersEngine(ImagePathMixin):
             from peft import PeftModel
 
             loaded = PeftModel.from_pretrained(loaded, str(adapter_dir))
-        self.model = loaded.to(self.device).eval()
-        self.generation_config = copy.deepcopy(loaded.generation_config)
+        self._attach(
+            loaded.to(self.device).eval(), max_pixels, min_pixels, name or engine_name(model, adapter_dir)
+        )
+
+    @classmethod
+    def from_loaded(
+        cls, model, processor, *, max_pixels: int, min_pixels: int, name: str
+    ) -> TransformersEngine:
+        """An engine over a model already in memory (a training run's, between steps) and a copy of
+        its processor: the same prompts, batching and decoding as every other use of the engine. The
+        caller puts the model in eval mode for the call and back after."""
+        engine = cls.__new__(cls)
+        engine.device = str(next(model.parameters()).device)
+        engine.processor = copy.deepcopy(processor)  # left padding here must not reach the trainer's
+        engine.processor.tokenizer.padding_side = "left"
+        set_processor_budget(engine.processor, max_pixels, min_pixels)
+        engine._attach(model, max_pixels, min_pixels, name)
+        return engine
+
+    def _attach(self, model, max_pixels: int, min_pixels: int, name: str) -> None:
+        self.model = model
+        self.generation_config = copy.deepcopy(model.generation_config)
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.name = name or engine_name(model, adapter_dir)
+        self.name = name
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
         self.hidden_ids = hidden_special_ids(self.processor.tokenizer)
 

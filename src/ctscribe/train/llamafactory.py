@@ -86,6 +86,10 @@ NATIVE_ONLY = (
     "packing",
     "group_by_length",
 )
+# Choosing the best checkpoint by a clinical score needs descriptions generated at each evaluation;
+# LLaMA-Factory has no hook for a generation-time metric, so it refuses any but eval_loss
+# (refuse_native_scoring) and its runs name no best checkpoint.
+NATIVE_SCORING = ("metric_for_best_model", "generation_eval_samples")
 # Recipe keys translated below (or, like max_samples and deepspeed, passed only when set).
 TRANSLATED = (
     "finetuning_type",
@@ -131,8 +135,19 @@ def dataset_names(data_dir: Path) -> tuple[str, str | None]:
     return by_file["train.json"], val
 
 
+def refuse_native_scoring(recipe: Recipe) -> None:
+    """A clinical ``metric_for_best_model`` is the native engine's: stop before anything starts."""
+    if recipe.metric_for_best_model != "eval_loss":
+        raise RecipeError(
+            f"metric_for_best_model={recipe.metric_for_best_model} needs the native engine: LLaMA-Factory "
+            "has no hook to generate and score descriptions at each evaluation; use --engine native or "
+            "metric_for_best_model=eval_loss"
+        )
+
+
 def train_config(recipe: Recipe, cli: Path | None = None, resume_from: Path | None = None) -> dict:
     """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML)."""
+    refuse_native_scoring(recipe)
     data_dir, run_dir = training_folders(recipe)
     train_set, val_set = dataset_names(data_dir)
     settings = recipe.to_dict()
@@ -205,6 +220,7 @@ def _stage(output: Path, staging: Path) -> None:
 
 def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = None) -> Path:
     """Run ``llamafactory-cli train`` on the recipe; returns the adapter (or full model) folder."""
+    refuse_native_scoring(recipe)
     executable = find_cli(cli)
     data_dir, run_dir = training_folders(recipe)
     check_data_budget(recipe.image_max_pixels, data_dir)

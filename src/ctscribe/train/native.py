@@ -35,7 +35,14 @@ from ctscribe.model_settings import (
     set_processor_budget,
     training_settings,
 )
-from ctscribe.recipe import Recipe, RecipeError, parameter_sharding, training_folders, validate
+from ctscribe.recipe import (
+    CLINICAL_METRICS,
+    Recipe,
+    RecipeError,
+    parameter_sharding,
+    training_folders,
+    validate,
+)
 from ctscribe.run_folder import (
     LOSS_PLOT,
     TRAIN_LOG,
@@ -54,6 +61,7 @@ from ctscribe.run_folder import (
     write_data_stats,
     write_recipe,
 )
+from ctscribe.train.checkpoint_metric import ValidationScorer
 from ctscribe.train.feature_cache import (
     FeatureCache,
     build_feature_cache,
@@ -125,9 +133,27 @@ class CtscribeTrainer(Trainer):
     that looks like a checkpoint. The marker, written last, is what `--resume` looks for.
     """
 
-    def __init__(self, *args, labelled_only: bool = False, group_by_length: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        labelled_only: bool = False,
+        group_by_length: bool = False,
+        scorer: ValidationScorer | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.labelled_only, self.group_by_length = labelled_only, group_by_length
+        self.labelled_only, self.group_by_length, self.scorer = labelled_only, group_by_length, scorer
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """The validation loss and, with a scorer, the clinical scores of the validation subset's
+        descriptions (``eval_region_acc``, …): logged before the loss, so train_log.jsonl writes them on
+        the loss's line, and returned with it, so the best checkpoint can follow any of them."""
+        scores = {}
+        if self.scorer is not None:
+            scores = {f"eval_{name}": value for name, value in self.scorer(self.model).items()}
+            self.log(scores)
+        metrics = super().evaluate(*args, **kwargs)
+        return {**metrics, **scores}
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -157,7 +183,7 @@ class CtscribeTrainer(Trainer):
 
 
 class JsonlLogger(TrainerCallback):
-    """``train_log.jsonl``: one line per logged step, its validation loss on the same line."""
+    """``train_log.jsonl``: one line per logged step, its validation loss and scores on the same line."""
 
     def __init__(self, path: Path, samples_per_step: int) -> None:
         self.path = path
@@ -189,16 +215,21 @@ class JsonlLogger(TrainerCallback):
                 "learning_rate": logs.get("learning_rate"),
                 "samples_per_s": round(samples / elapsed, 3) if elapsed > 0 else None,
             }
-        elif "eval_loss" in logs:
+        elif any(key.startswith("eval_") for key in logs):
             if self.pending is None or self.pending["step"] != step:
                 self._flush()
                 self.pending = {"step": step}
-            self.pending["eval_loss"] = logs["eval_loss"]
-            self._flush()
+            # The loss and the clinical scores, not the timings; the loss comes last and ends the line.
+            self.pending.update({key: logs[key] for key in logs if key in EVAL_LOG_KEYS})
+            if "eval_loss" in logs:
+                self._flush()
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
         if state.is_world_process_zero:
             self._flush()
+
+
+EVAL_LOG_KEYS = ("eval_loss", *(f"eval_{name}" for name in CLINICAL_METRICS))
 
 
 def _has_argument(name: str) -> bool:
@@ -250,8 +281,8 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
         # back at the end is left off: transformers 5.24 saves Qwen2-VL under converted key names
         # and then fails to load them, silently keeping the last weights.
         load_best_model_at_end=False,
-        metric_for_best_model="eval_loss" if evaluate else None,
-        greater_is_better=False if evaluate else None,
+        metric_for_best_model=recipe.metric_for_best_model if evaluate else None,
+        greater_is_better=recipe.metric_for_best_model in CLINICAL_METRICS if evaluate else None,
         seed=recipe.seed,
         data_seed=recipe.seed,
         dataloader_num_workers=recipe.dataloader_num_workers,
@@ -399,6 +430,12 @@ class NativeTrainingRecipe:
         self.train_set, self.eval_set = self._dataset("train"), self._dataset("val")
         if self.eval_set is not None and len(self.eval_set) == 0:
             self.eval_set = None
+        if self.recipe.metric_for_best_model in CLINICAL_METRICS and self.eval_set is None:
+            raise RecipeError(
+                f"metric_for_best_model={self.recipe.metric_for_best_model} scores descriptions of the "
+                f"validation split, and {self.data_dir / 'val.json'} has no usable sample; prepare one "
+                "or use eval_loss"
+            )
         if len(self.train_set) == 0:
             dropped = dict(self.train_set.dropped)
             raise RecipeError(f"no usable training samples in {self.data_dir / 'train.json'}: {dropped}")
@@ -447,6 +484,15 @@ class NativeTrainingRecipe:
 
             writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
             loggers.append(TensorBoardCallback(tb_writer=writer))
+        scorer = None
+        if recipe.metric_for_best_model in CLINICAL_METRICS:
+            scorer = ValidationScorer(
+                self.data_dir / "val.json",
+                recipe.generation_eval_samples,
+                self.processor,
+                self.image_options,
+                args.per_device_eval_batch_size,
+            )
         self.trainer = CtscribeTrainer(
             model=self.model,
             args=args,
@@ -459,6 +505,7 @@ class NativeTrainingRecipe:
             # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
             labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),
             group_by_length=recipe.group_by_length,
+            scorer=scorer,
         )
 
     def train(self) -> Path:
@@ -478,16 +525,19 @@ class NativeTrainingRecipe:
             publish(staging, final)
             plot_loss(self.log_path, self.run_dir / LOSS_PLOT)
             best = trainer.state.best_model_checkpoint
+            losses = [row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row]
             RunSummary(
                 engine="native",
                 final=final.name,
                 global_step=trainer.state.global_step,
                 train_loss=result.training_loss,
                 best_checkpoint=Path(best).name if best else None,
-                best_eval_loss=trainer.state.best_metric,
+                best_eval_loss=min(losses) if losses else None,
                 train_samples_per_second=result.metrics.get("train_samples_per_second"),
                 train_runtime=result.metrics.get("train_runtime"),
                 feature_cache_seconds=round(self.feature_cache_seconds, 3),
+                best_metric=recipe.metric_for_best_model if best else None,
+                best_score=trainer.state.best_metric if best else None,
             ).write(self.run_dir)
         return final
 
