@@ -21,6 +21,13 @@ from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, trai
 
 @pytest.mark.slow
 def test_the_model_learns_the_body_region_from_the_image(trained_run, tiny_model_dir):
+    """The shipped tiny-cpu recipe (400 steps) learns the region from the pixels.
+
+    Margin, measured with 5 training seeds at 400 steps (bench/learning_test_seeds.py,
+    bench/results/learning_test_seeds-cpu.json): seeds 42, 1, 2, 3 and 4 all reached region accuracy
+    1.00 (n = 90), same-size accuracy 1.00 (n = 62) and shape-only accuracy 0.70, against the
+    thresholds 0.95, 0.9 and 0.8 below; 400 steps stays the shipped count.
+    """
     untrained = score_on_phantom(TransformersEngine(tiny_model_dir, max_pixels=LEARNING_PIXELS))
     learned = score_on_phantom(TransformersEngine(trained_run / "model", max_pixels=LEARNING_PIXELS))
     assert untrained.region_accuracy <= 0.5
