@@ -479,6 +479,15 @@ class DescriptionLang(StrEnum):
 
 # The generation options predict and evaluate share: declared once, used by both commands.
 BackendOption = Annotated[Backend, option(GenerateOptions, "backend")]
+# The model a command describes with (predict and study).
+ModelOption = Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")]
+AdapterOption = Annotated[
+    Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
+]
+DescriptionLangOption = Annotated[
+    DescriptionLang | None,
+    typer.Option(help="Language of the description. Default: the one the model was trained in, else en."),
+]
 BatchSize = Annotated[int, option(GenerateOptions, "batch_size", min=1)]
 MaxNewTokens = Annotated[int, option(GenerateOptions, "max_new_tokens", min=1)]
 BaseUrlOption = Annotated[
@@ -505,16 +514,11 @@ def predict(
             show_default=False,
         ),
     ],
-    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    model: ModelOption,
     out: Annotated[Path, typer.Option(help="JSONL output; rerunning skips inputs already answered.")],
-    adapter: Annotated[
-        Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
-    ] = None,
+    adapter: AdapterOption = None,
     csv: Annotated[Path | None, typer.Option(help="Also write the results as a CSV table.")] = None,
-    lang: Annotated[
-        DescriptionLang | None,
-        typer.Option(help="Language of the description. Default: the one the model was trained in, else en."),
-    ] = None,
+    lang: DescriptionLangOption = None,
     prompt: Annotated[
         str | None,
         typer.Option(
@@ -579,17 +583,10 @@ def study(
             show_default=False,
         ),
     ],
-    model: Annotated[str, typer.Option(help="Model: Hub id or folder (a merged export, or the base).")],
+    model: ModelOption,
     out: Annotated[Path, typer.Option(help="Report folder; rerunning resumes an interrupted study.")],
-    adapter: Annotated[
-        Path | None, typer.Option(help="LoRA adapter (or its run folder) to apply to --model.")
-    ] = None,
-    lang: Annotated[
-        DescriptionLang | None,
-        typer.Option(
-            help="Language of the descriptions. Default: the one the model was trained in, else en."
-        ),
-    ] = None,
+    adapter: AdapterOption = None,
+    lang: DescriptionLangOption = None,
     window: Annotated[str, option(InputOptions, "window")] = InputOptions.window,
     slices: Annotated[str, option(StudyOptions, "slices")] = StudyOptions.slices,
     batch_size: BatchSize = GenerateOptions.batch_size,

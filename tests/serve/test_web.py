@@ -368,47 +368,41 @@ def page_server(request, tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def spot_page(request):
-    """The page and API in this process, in front of the bright-spot stand-in engine
-    (tests/support/pointing): no model writes boxes yet, and this server tests how the page maps
-    and draws them. No model to load, so it starts in seconds."""
+def _stand_in_page(request, engine):
+    """The page and API in this process in front of a stand-in ``engine``: no model to load, so it
+    starts in seconds."""
     missing = _missing_browser()
     if missing:
         request.getfixturevalue("unavailable")(missing)
     from ctscribe.serve.app import build_server
     from ctscribe.serve.options import ServeOptions
-    from support.pointing import BrightSpotEngine
 
     port = free_port()  # the page calls the API on its own port
-    app = build_server(BrightSpotEngine(LEARNING_PIXELS), ServeOptions(port=port))
+    app = build_server(engine, ServeOptions(port=port))
     try:
         with app_in_thread(app, start_s=60, port=port) as url:
             yield url
     finally:
         app.state.batcher.close()
+
+
+@pytest.fixture(scope="module")
+def spot_page(request):
+    """In front of the bright-spot stand-in engine (tests/support/pointing): no model writes boxes
+    yet, and this server tests how the page maps and draws them."""
+    from support.pointing import BrightSpotEngine
+
+    yield from _stand_in_page(request, BrightSpotEngine(LEARNING_PIXELS))
 
 
 @pytest.fixture(scope="module")
 def study_page(request):
-    """The page and API in this process, in front of the phantom reader stand-in
-    (tests/support/study_reader.py): it states each slice's region, the lesion it sees, its side and
-    its box, as a model trained on whole series would; this server tests how the page gathers and
-    shows a series' findings."""
-    missing = _missing_browser()
-    if missing:
-        request.getfixturevalue("unavailable")(missing)
-    from ctscribe.serve.app import build_server
-    from ctscribe.serve.options import ServeOptions
+    """In front of the phantom reader stand-in (tests/support/study_reader.py): it states each
+    slice's region, the lesion it sees, its side and its box, as a model trained on whole series
+    would; this server tests how the page gathers and shows a series' findings."""
     from support.study_reader import PhantomReaderEngine
 
-    port = free_port()
-    app = build_server(PhantomReaderEngine(LEARNING_PIXELS), ServeOptions(port=port))
-    try:
-        with app_in_thread(app, start_s=60, port=port) as url:
-            yield url
-    finally:
-        app.state.batcher.close()
+    yield from _stand_in_page(request, PhantomReaderEngine(LEARNING_PIXELS))
 
 
 @pytest.fixture(scope="module")
