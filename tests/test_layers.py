@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import ctscribe
-from support.import_graph import import_graph
+from support.import_graph import import_graph, write_tree
 
 SRC = Path(ctscribe.__file__).parent
 DOC = Path(__file__).parents[1] / "docs" / "ARCHITECTURE.md"
@@ -131,17 +131,9 @@ def test_no_two_files_and_no_two_packages_import_each_other():
 # Controls: the same checks on trees with the faults they look for.
 
 
-def _tree(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / "ctscribe" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root / "ctscribe"
-
-
 @pytest.fixture
 def control(tmp_path) -> tuple[Path, list]:
-    root = _tree(
+    root = write_tree(
         tmp_path,
         {
             "__init__.py": "",

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 import ctscribe
-from support.import_graph import import_graph, module_name
+from support.import_graph import import_graph, module_name, write_tree
 
 SRC = Path(ctscribe.__file__).parent
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
@@ -68,18 +68,10 @@ def test_every_module_is_reached_from_a_command():
     assert len(import_graph(SRC)) - len(left) > 60
 
 
-def _tree(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / "ctscribe" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root / "ctscribe"
-
-
 def test_control_a_module_only_tests_import_is_found(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "x"\n[project.scripts]\nx = "ctscribe.cli:main"\n')
-    root = _tree(
+    root = write_tree(
         tmp_path,
         {
             "__init__.py": "",

@@ -66,3 +66,12 @@ def imports(path: Path, root: Path, package: str = "ctscribe") -> set[str]:
 def import_graph(root: Path) -> dict[str, set[str]]:
     """Each module of the tree under ``root`` -> the tree's modules it imports."""
     return {module_name(p, root): imports(p, root) for p in sorted(root.rglob("*.py"))}
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A small ``ctscribe`` package under ``root`` (file name -> text), for the checks' controls."""
+    for name, text in files.items():
+        path = root / "ctscribe" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "ctscribe"
