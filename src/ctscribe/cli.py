@@ -16,7 +16,7 @@ import typer
 
 from ctscribe import __version__
 from ctscribe.ct.options import ImageOptions, InputOptions
-from ctscribe.evaluate.options import EvaluateOptions
+from ctscribe.evaluate.options import ENTITY_METRICS, ENTITY_MODELS, EvaluateOptions
 from ctscribe.fixtures.options import DemoOptions, PhantomOptions, PhantomSeriesOptions, TinyModelOptions
 from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
@@ -710,6 +710,20 @@ def evaluate(
         Path | None,
         typer.Option(help="Local folder of a BERT-family model: adds BERTScore F1 (never downloads)."),
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Clinical entity metrics to add, comma-separated: {', '.join(ENTITY_METRICS)}. They run in "
+            "their own environment (make metrics-env) and load their models from the Hugging Face Hub.",
+        ),
+    ] = None,
+    metric_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=MODEL: a Hub id or local folder instead of a metric's default model "
+            f"({', '.join(f'{k}={v}' for k, v in ENTITY_MODELS.items())}); repeat for each.",
+        ),
+    ] = None,
     backend: BackendOption = GenerateOptions.backend,
     base_url: BaseUrlOption = None,
     study: Annotated[
@@ -728,15 +742,22 @@ def evaluate(
     for the model card) and gallery.html. With --baseline (or --compare) each metric's paired
     difference comes with its interval and a permutation test's p-value. A split prepared with
     --dialogue also gets its follow-up questions answered (dialogue_predictions.jsonl) and scored:
-    closed-question accuracy and open-question recall. See docs/EVALUATION.md.
+    closed-question accuracy and open-question recall. --metrics ratescore,radgraph adds RaTEScore and
+    RadGraph-F1. See docs/EVALUATION.md.
 
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
     --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora
     """
+    from ctscribe.evaluate.entity_metrics import EntityMetrics, parse_metrics, parse_models
     from ctscribe.evaluate.image_swap import SWAP_MODES
     from ctscribe.evaluate.report import box_count, comparison_rows, image_swap_rows
     from ctscribe.evaluate.run import compare_predictions, run_evaluation
 
+    try:
+        names = parse_metrics(metrics or "")
+        entity = EntityMetrics(names, parse_models(metric_model or ())) if names else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--metrics/--metric-model") from None
     if (model is None) == (compare is None):
         raise typer.BadParameter("give either --model or --compare A.jsonl B.jsonl", param_hint="--model")
     if image_swap is not None and image_swap not in SWAP_MODES:
@@ -748,7 +769,9 @@ def evaluate(
                 "image swap, run folder or study",
                 param_hint="--compare",
             )
-        metrics = compare_predictions(*compare, data, out, examples=examples, bertscore_model=bertscore_model)
+        scores = compare_predictions(
+            *compare, data, out, examples=examples, bertscore_model=bertscore_model, entity=entity
+        )
     else:
         # The baseline is scored at the fine-tuned model's budget: the comparison is then of models alone.
         settings = _settings(backend, model, adapter, max_pixels)
@@ -769,7 +792,7 @@ def evaluate(
                 typer.echo(f"{label:<20} {value:<36} {base_value if baseline else ''}")
             typer.echo(f"wrote {out / STUDY_METRICS_JSON}")
             return
-        metrics = run_evaluation(
+        scores = run_evaluation(
             lambda: _backend(backend, model, adapter, settings, base_url),
             data,
             out,
@@ -783,14 +806,15 @@ def evaluate(
             examples=examples,
             bertscore_model=bertscore_model,
             image_swap=image_swap,
+            entity=entity,
         )
-    for row in comparison_rows(metrics):
+    for row in comparison_rows(scores):
         typer.echo("  ".join(f"{cell:<26}" for cell in row).rstrip())
-    if rows := image_swap_rows(metrics):
+    if rows := image_swap_rows(scores):
         typer.echo(f"image swap ({image_swap}): metric, own image, swapped image, drop")
         for row in rows:
             typer.echo("  ".join(f"{cell:<26}" for cell in row).rstrip())
-    if counted := box_count(metrics):
+    if counted := box_count(scores):
         typer.echo(counted)
     typer.echo(f"wrote {out / 'report.md'}")
 

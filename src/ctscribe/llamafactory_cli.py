@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ctscribe.atomic import atomic_write_text
+from ctscribe.environments import child_environment, find_program
 
 CLI_NAME = "llamafactory-cli"
 ENV_DIR = ".venv-lf"
@@ -36,35 +36,17 @@ class LlamaFactoryError(RuntimeError):
     """LLaMA-Factory is missing or failed; the message says what to do or shows its last output."""
 
 
-def _checkout_root() -> Path:
-    """The source checkout ctscribe runs from (where ``make lf-env`` puts ``.venv-lf``)."""
-    return Path(__file__).resolve().parents[2]
-
-
 def find_cli(explicit: str | os.PathLike | None = None) -> Path:
-    """The ``llamafactory-cli`` to run.
-
-    In order: ``explicit`` (``--llamafactory-cli``), ``$CTSCRIBE_LLAMAFACTORY_CLI``, ``.venv-lf`` in
-    the current folder or the source checkout, then ``llamafactory-cli`` on the PATH. An explicit
-    path that is wrong is an error rather than a fall-through, so a typo never silently runs
-    another installation.
-    """
-    for given in (explicit, os.environ.get(CLI_ENV_VAR) or None):
-        if given is not None:
-            path = Path(given).expanduser()
-            if not (path.is_file() and os.access(path, os.X_OK)):
-                raise LlamaFactoryError(f"{path} is not an executable llamafactory-cli")
-            return path
-    for root in (Path.cwd(), _checkout_root()):
-        path = root / ENV_DIR / "bin" / CLI_NAME
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    found = shutil.which(CLI_NAME)
-    if found:
-        return Path(found)
-    raise LlamaFactoryError(
-        f"{CLI_NAME} not found: run `make lf-env` in the ctscribe checkout (it builds {ENV_DIR}), or pass "
-        f"--llamafactory-cli PATH / set {CLI_ENV_VAR}"
+    """The ``llamafactory-cli`` to run: ``explicit`` (``--llamafactory-cli``),
+    ``$CTSCRIBE_LLAMAFACTORY_CLI``, ``.venv-lf`` in the current folder or the source checkout, then
+    ``llamafactory-cli`` on the PATH (:func:`ctscribe.environments.find_program`)."""
+    return find_program(
+        CLI_NAME,
+        ENV_DIR,
+        CLI_ENV_VAR,
+        explicit,
+        LlamaFactoryError,
+        "run `make lf-env` in the ctscribe checkout, or pass --llamafactory-cli PATH",
     )
 
 
@@ -74,15 +56,8 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def _environment() -> dict[str, str]:
-    """The child's environment: LLaMA-Factory's version check off, nothing of ctscribe's venv leaking.
-
-    PYTHONPATH and VIRTUAL_ENV would point LLaMA-Factory's interpreter at ctscribe's packages
-    (newer transformers), which is exactly the mix the separate environment exists to avoid.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["DISABLE_VERSION_CHECK"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"  # progress arrives as it happens, not when a buffer fills
-    return env
+    """The child's environment: ctscribe's packages out of reach, LLaMA-Factory's version check off."""
+    return child_environment(DISABLE_VERSION_CHECK="1")
 
 
 def run_cli(cli: Path, command: str, config: Path, log_path: Path, echo: bool = True) -> None:

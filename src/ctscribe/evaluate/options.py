@@ -15,3 +15,13 @@ class EvaluateOptions:
     """How an evaluation is reported."""
 
     examples: int = field(default=24, metadata={"help": "Examples in gallery.html."})
+
+
+# The clinical entity metrics (ctscribe.evaluate.entity_metrics) and the models they load by default,
+# by the names --metric-model takes: the packages' own defaults.
+ENTITY_METRICS = ("ratescore", "radgraph")
+ENTITY_MODELS = {
+    "ratescore-ner": "Angelakeke/RaTE-NER-Deberta",
+    "ratescore-encoder": "FremyCompany/BioLORD-2023-C",
+    "radgraph": "radgraph-xl",  # radgraph downloads its archive from StanfordAIMI/RRG_scorers
+}

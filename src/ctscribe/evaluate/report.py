@@ -19,6 +19,7 @@ from ctscribe.atomic import atomic_write_text
 from ctscribe.clinical.findings import Findings, parse_findings
 from ctscribe.conversation.boxes import GridBox, box_iou, strip_grounding, to_pixels
 from ctscribe.ct.images import BadImageError, open_image
+from ctscribe.evaluate.entity_metrics import RADGRAPH_LEVELS
 from ctscribe.evaluate.grounding import first_box
 from ctscribe.evaluate.scores import FINDINGS_METRICS, model_text
 from ctscribe.run_folder import LOSS_PLOT, TRAIN_LOG, plot_loss
@@ -30,6 +31,8 @@ ROWS = (
     ("CIDEr", ("cider",)),
     ("METEOR", ("meteor",)),
     ("BERTScore F1", ("bertscore",)),
+    ("RaTEScore", ("ratescore",)),
+    *((f"RadGraph F1, {level}", (f"radgraph_{level}",)) for level in RADGRAPH_LEVELS),
     *((name.replace("_", " "), ("findings", name)) for name in FINDINGS_METRICS),
     ("box IoU", ("boxes", "mean_iou")),
     ("box IoU >= 0.5", ("boxes", "iou50")),

@@ -20,6 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ctscribe.conversation.records import record_text
 from ctscribe.evaluate.dialogue import answer_followups, followup_records, score_dialogues
@@ -32,6 +33,9 @@ from ctscribe.generate.engine import GenerationBackend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.predict import predict
 from ctscribe.run_folder import write_evaluation
+
+if TYPE_CHECKING:
+    from ctscribe.evaluate.entity_metrics import EntityMetrics
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +78,13 @@ def _score_and_report(
     examples: int = EvaluateOptions.examples,
     with_meteor: bool = True,
     bertscore_model: Path | None = None,
+    entity: EntityMetrics | None = None,
 ) -> dict:
     """Score one or two systems ``(name, records, dialogue answers' file)``, compare the first with
     the second, and with ``swapped`` (the swap's summary and the model's swapped-image records) with
     its own images; write the report. ``skipped``: records left out before scoring, {reason: count}.
     Returns metrics.json's content."""
-    scoring = {"with_meteor": with_meteor, "bertscore_model": bertscore_model}
+    scoring = {"with_meteor": with_meteor, "bertscore_model": bertscore_model, "entity": entity}
     swapped_records = swapped[1] if swapped else []
     # Every text through the PTB tokeniser at once: one JVM start per evaluation.
     every = [records for _, records, _ in systems] + [swapped_records]
@@ -127,16 +132,20 @@ def run_evaluation(
     with_meteor: bool = True,
     bertscore_model: Path | None = None,
     image_swap: str | None = None,
+    entity: EntityMetrics | None = None,
 ) -> dict:
     """Evaluate on the split JSON ``data``; writes REPORT_DIR ``out`` and returns metrics.json's content.
 
     With ``run_dir`` (the training run of the evaluated model) the report gets its loss curve, and
     metrics.json is also kept in the run folder, where the model card of a later export reads it.
     With ``image_swap`` (``any`` or ``same-region``) the model also describes the split with swapped
-    images, and metrics.json's ``image_swap`` says how much each score drops.
+    images, and metrics.json's ``image_swap`` says how much each score drops. With ``entity`` its
+    models are loaded once before anything is generated, so that they fail early if they must.
     """
     if not data.is_file():
         raise FileNotFoundError(f"no test split at {data}; give the test.json that ctscribe prepare wrote")
+    if entity is not None:
+        entity.check()
     out.mkdir(parents=True, exist_ok=True)
     options = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
     has_dialogue = bool(followup_records(data, limit))
@@ -168,6 +177,7 @@ def run_evaluation(
         examples=examples,
         with_meteor=with_meteor,
         bertscore_model=bertscore_model,
+        entity=entity,
     )
 
 
@@ -195,6 +205,7 @@ def compare_predictions(
     examples: int = EvaluateOptions.examples,
     with_meteor: bool = True,
     bertscore_model: Path | None = None,
+    entity: EntityMetrics | None = None,
 ) -> dict:
     """Score two predictions files (``ctscribe predict``'s JSONL over the split) against the split's
     references, matched by ``id``, and compare the first with the second; no model is loaded.
@@ -208,6 +219,8 @@ def compare_predictions(
         and record.get("id") is not None
         and (text := record_text(record, "assistant")) is not None
     }
+    if entity is not None:
+        entity.check()
     skipped: Counter[str] = Counter()
     systems = [(str(path), _with_references(path, references, skipped), None) for path in (first, second)]
     out.mkdir(parents=True, exist_ok=True)
@@ -221,4 +234,5 @@ def compare_predictions(
         examples=examples,
         with_meteor=with_meteor,
         bertscore_model=bertscore_model,
+        entity=entity,
     )

@@ -10,9 +10,11 @@ scored on their own (:mod:`ctscribe.evaluate.grounding`).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +31,11 @@ from ctscribe.evaluate.grounding import box_columns, score_boxes
 from ctscribe.evaluate.significance import compare_columns
 from ctscribe.evaluate.text_metrics import ptb_tokenize, text_metrics
 from ctscribe.predict import record_key
+
+if TYPE_CHECKING:
+    from ctscribe.evaluate.entity_metrics import EntityMetrics
+
+log = logging.getLogger(__name__)
 
 FINDINGS_METRICS = (
     "region_acc",
@@ -77,8 +84,13 @@ def _text_block(
     ptb: Mapping[str, str] | None,
     bertscore_model: Path | None = None,
     columns: dict[str, Columns] | None = None,
+    entity: EntityMetrics | None = None,
 ) -> dict:
-    """The text metrics' block; with ``columns``, each metric's :class:`Columns` is added to it."""
+    """The text metrics' block; with ``columns``, each metric's :class:`Columns` is added to it.
+
+    ``entity``: RaTEScore/RadGraph-F1 to add. Results of stand-in models (random weights: the tests'
+    wiring check) are not scores: they go to ``entity_wiring_check`` as counts, never beside the scores.
+    """
     block: dict = {"n": len(predictions), "ci95": {}}
     if not predictions:
         return block
@@ -90,6 +102,17 @@ def _text_block(
 
         results["bertscore"] = bertscore(predictions, references, bertscore_model)
         block["bertscore_layer"] = default_layer(bertscore_model)
+    if entity is not None:
+        found = entity.score(predictions, references)
+        if found.stand_in:
+            log.warning("%s ran on stand-in models (random weights): a wiring check, no score", entity.names)
+            block["entity_wiring_check"] = {
+                "stand_in_models": found.models,
+                "scored": {name: len(result.per_sample) for name, result in found.results.items()},
+            }
+        else:
+            results |= found.results
+            block["entity_models"] = found.models
     for name, result in results.items():
         block[name] = json_number(result.score)
         block["ci95"][name] = [json_number(v) for v in result.ci(seed=seed)]
@@ -128,11 +151,12 @@ def score_records(
     seed: int = 0,
     bertscore_model: Path | None = None,
     ptb: Mapping[str, str] | None = None,
+    entity: EntityMetrics | None = None,
 ) -> dict:
     """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions
     (:func:`score_system`'s block)."""
     return score_system(
-        records, with_meteor=with_meteor, seed=seed, bertscore_model=bertscore_model, ptb=ptb
+        records, with_meteor=with_meteor, seed=seed, bertscore_model=bertscore_model, ptb=ptb, entity=entity
     ).block
 
 
@@ -150,11 +174,13 @@ def score_system(
     seed: int = 0,
     bertscore_model: Path | None = None,
     ptb: Mapping[str, str] | None = None,
+    entity: EntityMetrics | None = None,
 ) -> Scored:
     """One system's scores on its predictions' records (see :class:`Scored`).
 
     ``ptb``: :func:`ptb_tokenize` of :func:`scored_texts` (an evaluation tokenises model and baseline
-    together, in one JVM start); without it the texts are tokenised here.
+    together, in one JVM start); without it the texts are tokenised here. ``entity``: the clinical
+    entity metrics to add (:mod:`ctscribe.evaluate.entity_metrics`).
     """
     scored = _scored(records)
     keys = [record_id(r) for r in scored]
@@ -165,7 +191,7 @@ def score_system(
     text_columns: dict[str, Columns] = {}
     metrics = {
         "failed": failed,
-        **_text_block(predictions, references, with_meteor, seed, ptb, bertscore_model, text_columns),
+        **_text_block(predictions, references, with_meteor, seed, ptb, bertscore_model, text_columns, entity),
     }
     columns: dict[tuple[str, ...], Columns] = {(name,): c for name, c in text_columns.items()}
     if not scored:
