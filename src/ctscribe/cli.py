@@ -48,7 +48,15 @@ class Layout(StrEnum):
 class ModelSize(StrEnum):
     tiny = "tiny"
     small = "small"
-    b2 = "2b"
+    real = "real"
+    b2 = "2b"  # the old name of qwen2_vl's real size
+
+
+class ModelFamily(StrEnum):
+    qwen2_vl = "qwen2_vl"
+    qwen2_5_vl = "qwen2_5_vl"
+    qwen3_vl = "qwen3_vl"
+    qwen3_5 = "qwen3_5"
 
 
 def option(options: type, name: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -81,18 +89,24 @@ def _root(
 @fixtures_app.command("tiny-model")
 def fixtures_tiny_model(
     out: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
+    family: Annotated[ModelFamily, option(TinyModelOptions, "family")] = TinyModelOptions.family,
     size: Annotated[ModelSize, option(TinyModelOptions, "size")] = TinyModelOptions.size,
     seed: Annotated[int, option(TinyModelOptions, "seed")] = TinyModelOptions.seed,
 ) -> None:
-    """Build a random-weight Qwen2-VL with the real Qwen tokenizer, chat template and file layout.
+    """Build a random-weight vision-language model with its family's real tokenizer, chat template,
+    processor settings and file layout.
 
     The folder loads with the standard transformers calls, e.g.
-    `Qwen2VLForConditionalGeneration.from_pretrained(OUT)` and `AutoProcessor.from_pretrained(OUT)`.
+    `AutoModelForImageTextToText.from_pretrained(OUT)` and `AutoProcessor.from_pretrained(OUT)`.
     """
-    from ctscribe.fixtures.tiny_model import build_tiny_model
+    from ctscribe.fixtures.families import build_family_model
 
-    path = build_tiny_model(out, size=size.value, seed=seed)
-    typer.echo(f"wrote {size.value} Qwen2-VL fixture to {path}")
+    if size is ModelSize.b2 and family is not ModelFamily.qwen2_vl:
+        raise typer.BadParameter(
+            f"2b is the old name of qwen2_vl's real size; for {family.value} use --size real"
+        )
+    path = build_family_model(out, family.value, size.value, seed=seed)
+    typer.echo(f"wrote {size.value} {family.value} fixture to {path}")
 
 
 @fixtures_app.command("phantom")
