@@ -17,7 +17,14 @@ import typer
 from ctscribe import __version__
 from ctscribe.ct.options import ImageOptions, InputOptions
 from ctscribe.evaluate.options import EvaluateOptions
-from ctscribe.fixtures.options import DemoOptions, PhantomOptions, PhantomSeriesOptions, TinyModelOptions
+from ctscribe.fixtures.options import (
+    FAMILY_NAMES,
+    MODEL_SIZES,
+    DemoOptions,
+    PhantomOptions,
+    PhantomSeriesOptions,
+    TinyModelOptions,
+)
 from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
@@ -45,18 +52,9 @@ class Layout(StrEnum):
     full = "full"
 
 
-class ModelSize(StrEnum):
-    tiny = "tiny"
-    small = "small"
-    real = "real"
-    b2 = "2b"  # the old name of qwen2_vl's real size
-
-
-class ModelFamily(StrEnum):
-    qwen2_vl = "qwen2_vl"
-    qwen2_5_vl = "qwen2_5_vl"
-    qwen3_vl = "qwen3_vl"
-    qwen3_5 = "qwen3_5"
+# The choices of `ctscribe fixtures tiny-model`, from the fixtures' options (which name the families).
+ModelSize = StrEnum("ModelSize", {name: name for name in MODEL_SIZES})
+ModelFamily = StrEnum("ModelFamily", {name: name for name in FAMILY_NAMES})
 
 
 def option(options: type, name: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -101,10 +99,6 @@ def fixtures_tiny_model(
     """
     from ctscribe.fixtures.families import build_family_model
 
-    if size is ModelSize.b2 and family is not ModelFamily.qwen2_vl:
-        raise typer.BadParameter(
-            f"2b is the old name of qwen2_vl's real size; for {family.value} use --size real"
-        )
     path = build_family_model(out, family.value, size.value, seed=seed)
     typer.echo(f"wrote {size.value} {family.value} fixture to {path}")
 
