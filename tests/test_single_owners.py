@@ -133,16 +133,38 @@ def _comments(text: str) -> list[str]:
     ]
 
 
+# Keys whose value is a model's context length in tokens: Qwen3-VL's and Qwen3.5's is 262,144, the same
+# number as the pixel budget, and the fixtures that copy those configs must write it.
+CONTEXT_LENGTH_KEYS = {"max_position_embeddings", "model_max_length"}
+
+
+def _context_lengths(tree: ast.Module) -> set[int]:
+    """ids of the values given to a context-length key, in a dict literal or as a keyword argument."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            found |= {
+                id(value)
+                for key, value in zip(node.keys, node.values, strict=True)
+                if isinstance(key, ast.Constant) and key.value in CONTEXT_LENGTH_KEYS
+            }
+        elif isinstance(node, ast.keyword) and node.arg in CONTEXT_LENGTH_KEYS:
+            found.add(id(node.value))
+    return found
+
+
 def test_the_default_pixel_budget_is_written_once():
     """One number in code; help text and comments name the constant, not the number (the fixtures,
-    which describe their own files, and the owner's reasoning aside)."""
+    which describe their own files, and the owner's reasoning aside; a context length that happens
+    to be the same number is not the budget)."""
     spelled = re.compile(r"\b262[,_ ]?144\b|\b512 ?[x\u00d7*] ?512\b")
     numbers, texts = [], []
     for name, tree, text in SOURCES:
+        lengths = _context_lengths(tree)
         numbers += [
             f"{name}:{node.lineno}"
             for node, value in _literal_expressions(tree)
-            if type(value) is int and value == DEFAULT_MAX_PIXELS
+            if type(value) is int and value == DEFAULT_MAX_PIXELS and id(node) not in lengths
         ]
         if name == "model_settings.py" or name.startswith("fixtures/"):
             continue
@@ -154,6 +176,19 @@ def test_the_default_pixel_budget_is_written_once():
         texts += [f"{name}: {comment}" for comment in _comments(text) if spelled.search(comment)]
     assert numbers == [f"model_settings.py:{_line_of('model_settings.py', 'DEFAULT_MAX_PIXELS =')}"]
     assert not texts, f"the budget spelled out instead of DEFAULT_MAX_PIXELS: {texts}"
+
+
+def test_a_context_length_is_not_the_pixel_budget():
+    """Control: only the value of a context-length key is let through, not the same number elsewhere."""
+    n = DEFAULT_MAX_PIXELS
+    tree = ast.parse(f"a = {{'max_position_embeddings': {n}}}\nf(model_max_length={n})\nb = {n}\n")
+    lengths = _context_lengths(tree)
+    flagged = [
+        node.lineno
+        for node, value in _literal_expressions(tree)
+        if value == DEFAULT_MAX_PIXELS and id(node) not in lengths
+    ]
+    assert flagged == [3]
 
 
 def _line_of(file: str, start: str) -> int:

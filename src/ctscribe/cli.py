@@ -17,7 +17,14 @@ import typer
 from ctscribe import __version__
 from ctscribe.ct.options import ImageOptions, InputOptions
 from ctscribe.evaluate.options import ENTITY_METRICS, ENTITY_MODELS, EvaluateOptions
-from ctscribe.fixtures.options import DemoOptions, PhantomOptions, PhantomSeriesOptions, TinyModelOptions
+from ctscribe.fixtures.options import (
+    FAMILY_NAMES,
+    MODEL_SIZES,
+    DemoOptions,
+    PhantomOptions,
+    PhantomSeriesOptions,
+    TinyModelOptions,
+)
 from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
@@ -45,10 +52,9 @@ class Layout(StrEnum):
     full = "full"
 
 
-class ModelSize(StrEnum):
-    tiny = "tiny"
-    small = "small"
-    b2 = "2b"
+# The choices of `ctscribe fixtures tiny-model`, from the fixtures' options (which name the families).
+ModelSize = StrEnum("ModelSize", {name: name for name in MODEL_SIZES})
+ModelFamily = StrEnum("ModelFamily", {name: name for name in FAMILY_NAMES})
 
 
 def option(options: type, name: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -81,18 +87,20 @@ def _root(
 @fixtures_app.command("tiny-model")
 def fixtures_tiny_model(
     out: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
+    family: Annotated[ModelFamily, option(TinyModelOptions, "family")] = TinyModelOptions.family,
     size: Annotated[ModelSize, option(TinyModelOptions, "size")] = TinyModelOptions.size,
     seed: Annotated[int, option(TinyModelOptions, "seed")] = TinyModelOptions.seed,
 ) -> None:
-    """Build a random-weight Qwen2-VL with the real Qwen tokenizer, chat template and file layout.
+    """Build a random-weight vision-language model with its family's real tokenizer, chat template,
+    processor settings and file layout.
 
     The folder loads with the standard transformers calls, e.g.
-    `Qwen2VLForConditionalGeneration.from_pretrained(OUT)` and `AutoProcessor.from_pretrained(OUT)`.
+    `AutoModelForImageTextToText.from_pretrained(OUT)` and `AutoProcessor.from_pretrained(OUT)`.
     """
-    from ctscribe.fixtures.tiny_model import build_tiny_model
+    from ctscribe.fixtures.families import build_family_model
 
-    path = build_tiny_model(out, size=size.value, seed=seed)
-    typer.echo(f"wrote {size.value} Qwen2-VL fixture to {path}")
+    path = build_family_model(out, family.value, size.value, seed=seed)
+    typer.echo(f"wrote {size.value} {family.value} fixture to {path}")
 
 
 @fixtures_app.command("phantom")
