@@ -58,25 +58,20 @@ def test_an_unknown_model_type_is_refused_naming_the_families_before_any_weight_
     ]
 
 
-def test_an_unknown_base_is_refused_by_training_before_its_processor_loads(tmp_path, monkeypatch):
-    """The native engine asks the family first: a checkpoint of no supported family never loads."""
-    import transformers
-
-    from ctscribe.recipe import Recipe
+def test_an_unknown_base_is_refused_by_training_before_the_run_folder_is_touched(tmp_path):
+    """The native engine asks the family with its first checks: nothing of the checkpoint loads and
+    no run folder is written."""
+    from ctscribe.recipe import load_recipe
     from ctscribe.train.native import NativeTrainingRecipe
 
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
-
-    def never(*args, **kwargs):
-        raise AssertionError("the processor loaded before the family was checked")
-
-    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", never)
-    recipe = NativeTrainingRecipe.__new__(NativeTrainingRecipe)
-    recipe.recipe = Recipe(model_name_or_path=str(folder))
+    recipe = load_recipe(dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "run"))
+    recipe.model_name_or_path = str(folder)
     with pytest.raises(UnsupportedModelError, match="supported: qwen2_vl"):
-        recipe._setup_data()
+        NativeTrainingRecipe(recipe).setup()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

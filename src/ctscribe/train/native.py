@@ -394,9 +394,11 @@ class NativeTrainingRecipe:
         self._setup_trainer()
 
     def _setup_run_dir(self) -> None:
-        # The data's pixel budget against the recipe's: read from the data folder's stats.json, so it
-        # fails before the run folder is touched.
+        # The data's pixel budget against the recipe's, and the base's family: read from the data
+        # folder's stats.json and the base's config.json, so both fail before the run folder is touched
+        # (a checkpoint of no supported family is refused before anything of it loads).
         check_data_budget(self.recipe.image_max_pixels, self.data_dir)
+        self.family = family_for(self.recipe.model_name_or_path)
         if claim_run_dir(self.recipe, self.resume, started=any(self.run_dir.glob("checkpoint-*"))):
             removed = remove_incomplete_checkpoints(self.run_dir)
             if removed:
@@ -428,8 +430,6 @@ class NativeTrainingRecipe:
     def _setup_data(self) -> None:
         from transformers import AutoProcessor
 
-        # The family first: a checkpoint of no supported family is refused before anything loads.
-        self.family = family_for(self.recipe.model_name_or_path)
         self.processor = AutoProcessor.from_pretrained(self.recipe.model_name_or_path)
         # The budget is saved with the model (ctscribe.model_settings), so inference uses it too.
         set_processor_budget(self.processor, self.recipe.image_max_pixels, self.recipe.image_min_pixels)
