@@ -19,13 +19,21 @@ pytest_plugins = ["support.missing"]
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The random tiny Qwen2-VL (real tokenizer), built once for the whole session."""
+    """The random tiny model of the default family (real tokenizer), built once for the whole session."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
+def family(tiny_model_dir: Path):
+    """The tiny model's family, chosen from its config.json as training and inference choose it."""
+    from ctscribe.models import family_for
+
+    return family_for(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def processor(tiny_model_dir: Path):
-    """The tiny model's processor: the real Qwen2-VL tokenizer and chat template."""
+    """The tiny model's processor: the real tokenizer and chat template of its family."""
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_model_dir)

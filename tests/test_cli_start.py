@@ -28,5 +28,6 @@ def test_defining_the_commands_loads_no_heavy_library():
 
 
 def test_the_check_sees_a_heavy_import():
-    """Control: the image path loads transformers (and torch), and the check sees it."""
-    assert {"torch", "transformers", "numpy", "PIL"} <= _loaded("ctscribe.ct.images")
+    """Control: the native training engine loads transformers, torch and the image path's numpy and
+    PIL, and the check sees them."""
+    assert {"torch", "transformers", "numpy", "PIL"} <= _loaded("ctscribe.train.native")

@@ -1,4 +1,5 @@
-"""ctscribe: fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images for clinicians."""
+"""ctscribe: fine-tune a Qwen vision-language model on MedTrinity-25M CT images and describe CT images
+for clinicians (the supported base families: ``ctscribe.models``)."""
 
 __version__ = "0.1.0"
 

@@ -28,13 +28,15 @@ from ctscribe.fixtures.options import (
 from ctscribe.generate.backends import Backend
 from ctscribe.generate.options import GenerateOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare.options import FinalizeOptions, ReadOptions, StageOptions, TranslateOptions
 from ctscribe.serve.options import ServeOptions
 from ctscribe.study.options import StudyOptions
 from ctscribe.train.options import ExportOptions, TrainOptions
 
 app = typer.Typer(
-    help="Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians.",
+    help="Fine-tune a Qwen vision-language model on MedTrinity-25M CT images and describe CT images to "
+    "assist clinicians.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -81,7 +83,8 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Fine-tune Qwen2-VL on MedTrinity-25M CT images and describe CT images to assist clinicians."""
+    """Fine-tune a Qwen vision-language model on MedTrinity-25M CT images and describe CT images to
+    assist clinicians."""
 
 
 @fixtures_app.command("tiny-model")
@@ -404,7 +407,8 @@ def train(
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared data folder (from ctscribe prepare).")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Base model: a Hub id (Qwen/Qwen2-VL-2B-Instruct) or a local folder.")
+        str | None,
+        typer.Option(help=f"Base model: a Hub id ({DEFAULT_FAMILY.example_checkpoint}) or a local folder."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder: adapter, logs, checkpoints.")] = None,
     set_: Annotated[
@@ -417,12 +421,12 @@ def train(
     engine: Annotated[TrainingEngine, option(TrainOptions, "engine")] = TrainOptions.engine,
     llamafactory_cli: LlamaFactoryCliOption = None,
 ) -> None:
-    """Fine-tune Qwen2-VL on prepared data (LoRA by default; QLoRA and full fine-tuning too).
+    """Fine-tune a base model on prepared data (LoRA by default; QLoRA and full fine-tuning too).
 
     The default recipe is the original project's: LoRA r8/alpha16, lr 5e-5, 3 epochs, batch 2 x 8.
     Several GPUs: accelerate launch -m ctscribe train ... or torchrun --nproc_per_node N -m ctscribe train ...
 
-    Example: ctscribe train --data data/ct --model Qwen/Qwen2-VL-2B-Instruct --out runs/lora
+    Example (the default recipe's base): ctscribe train --data data/ct --out runs/lora
     With LLaMA-Factory: ctscribe train --engine llamafactory --data data/ct --out runs/lf-lora
     """
     from ctscribe.recipe import load_recipe
@@ -467,7 +471,7 @@ def export(
     the merged model must match base + adapter; otherwise nothing is written. Adapters of either
     engine merge with either engine.
 
-    Example: ctscribe export --base Qwen/Qwen2-VL-2B-Instruct --adapter runs/lora --out models/ct-2b
+    Example: ctscribe export --base BASE --adapter runs/lora --out models/ct-2b (BASE: the run's --model)
     """
     from ctscribe.export import export_llamafactory, export_merged
 
@@ -754,7 +758,7 @@ def evaluate(
     RadGraph-F1. See docs/EVALUATION.md.
 
     Example: ctscribe evaluate --model models/ct-2b --data data/ct/test.json --out reports/ct-2b
-    --baseline Qwen/Qwen2-VL-2B-Instruct --run-dir runs/lora
+    --baseline BASE --run-dir runs/lora (BASE: the base model the run trained)
     """
     from ctscribe.evaluate.entity_metrics import EntityMetrics, parse_metrics, parse_models
     from ctscribe.evaluate.image_swap import SWAP_MODES

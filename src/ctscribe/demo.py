@@ -1,8 +1,8 @@
 """`ctscribe demo`: the pipeline run offline on the built-in fixtures, in minutes on 2 CPU cores.
 
 It builds the fixtures, prepares the phantom set the way MedTrinity-25M is prepared (CT filter,
-clean captions, the one image path, de-duplication, splits), trains the tiny Qwen2-VL on it with
-the tiny-cpu recipe, and shows what it learned on fresh phantom slices it never saw. The phantom's
+clean captions, the one image path, de-duplication, splits), trains the tiny model of the default family on
+it with the tiny-cpu recipe, and shows what it learned on fresh phantom slices it never saw. The phantom's
 CT captions are short ("CT of the chest. ..."), which a 10M-parameter model learns in a few hundred
 CPU steps. It ends with `ctscribe evaluate` of the trained model against its untrained base on the test split.
 """

@@ -1,7 +1,7 @@
 """Merge a LoRA adapter into its base model and write a standalone Hugging Face folder.
 
-The result is a plain ``Qwen2VLForConditionalGeneration`` folder (safetensors, processor, chat
-template, generation config, model card): transformers, vLLM and LLaMA-Factory load it with no
+The result is a plain folder of the base's own model class (safetensors, processor, chat template,
+generation config, model card): transformers, vLLM and LLaMA-Factory load it with no
 ctscribe code. Export checks its own work on a probe input before writing anything:
 
 1. the adapter must change the base model's logits: an untrained LoRA (B = 0) or an adapter put on
@@ -36,6 +36,7 @@ from ctscribe.conversation.prompts import DEFAULT_PROMPTS
 from ctscribe.conversation.records import user_message
 from ctscribe.generate.engine import check_model_reference
 from ctscribe.model_settings import ModelSettings, record_settings, recorded_settings, resolve_adapter
+from ctscribe.models import Family, family_for
 from ctscribe.run_folder import RECIPE, RunSummary, read_data_stats, read_evaluation
 from ctscribe.train.options import ExportOptions
 
@@ -91,12 +92,13 @@ def _adapted(base: str | Path, adapter_dir: Path):
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import AutoProcessor
 
     check_model_reference(base)
+    family = family_for(base)  # an unsupported base is refused before anything loads
     processor = AutoProcessor.from_pretrained(str(base))
     inputs = _probe_inputs(processor)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32).eval()
+    model = family.model_class().from_pretrained(str(base), dtype=torch.float32).eval()
     model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     with model.disable_adapter():
         base_logits = _logits(model, inputs)
@@ -182,9 +184,8 @@ def verify_written(folder: Path, merged, dtype: str, probe: tuple) -> None:
     the reloaded model's probe logits, computed in ``dtype``, must be base + adapter's (``probe``)
     within that dtype's rounding.
     """
-    from transformers import Qwen2VLForConditionalGeneration
-
-    reloaded = Qwen2VLForConditionalGeneration.from_pretrained(str(folder), dtype=_torch_dtype(dtype)).eval()
+    model_class = family_for(folder).model_class()
+    reloaded = model_class.from_pretrained(str(folder), dtype=_torch_dtype(dtype)).eval()
     expected = merged.state_dict()
     wrong = [
         name
@@ -208,17 +209,17 @@ def verify_merged(base: str | Path, adapter_dir: Path, merged_dir: Path, dtype: 
     model must also sit closer to base + adapter than the base alone does.
     """
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
 
     model, _, inputs, adapted, scale, effect = _adapted(base, adapter_dir)
     del model
-    merged = Qwen2VLForConditionalGeneration.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    merged = family_for(merged_dir).model_class().from_pretrained(str(merged_dir), dtype=torch.float32).eval()
     error = _merge_error(merged, inputs, adapted, scale, min(DTYPE_TOLERANCE[dtype], effect / 2))
     return ExportCheck(adapter_effect=effect, merge_error=error)
 
 
-def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> str:
-    """README.md for the merged model: what it is, what it was trained on, how well, and its limits."""
+def model_card(family: Family, base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> str:
+    """README.md for the merged model (of ``family``): what it is, what it was trained on, how well,
+    and its limits."""
     run_dir = adapter_dir.parent
     recipe_path = run_dir / RECIPE
     recipe = recipe_path.read_text() if recipe_path.is_file() else None
@@ -230,17 +231,17 @@ def model_card(base: str, adapter_dir: Path, dtype: str, check: ExportCheck) -> 
         f"base_model: {base}",
         "library_name: transformers",
         "pipeline_tag: image-text-to-text",
-        "tags: [ctscribe, qwen2-vl, ct, radiology, lora-merged]",
+        f"tags: [ctscribe, {family.model_type.replace('_', '-')}, ct, radiology, lora-merged]",
         "---",
         "",
         "# CT description model (ctscribe)",
         "",
         f"> **Intended use: assistance, not diagnosis.** {CLINICAL_NOTICE}",
         "",
-        f"Qwen2-VL `{base}` with the LoRA adapter `{adapter_dir}` merged in, saved as {dtype} by "
+        f"{family.name} `{base}` with the LoRA adapter `{adapter_dir}` merged in, saved as {dtype} by "
         f"ctscribe {__version__}. Load it with plain transformers "
-        "(`Qwen2VLForConditionalGeneration.from_pretrained`, `AutoProcessor.from_pretrained`), "
-        "vLLM or LLaMA-Factory (template `qwen2_vl`).",
+        f"(`{family.model_class().__name__}.from_pretrained`, `AutoProcessor.from_pretrained`), "
+        f"vLLM or LLaMA-Factory (template `{family.llamafactory_template}`).",
         "",
         "## Training data",
         "",
@@ -300,7 +301,8 @@ def _publish(
     """Add the model card and export record, then rename: ``out`` appears only when complete."""
     record = {"engine": engine, "base": str(base), "adapter": str(adapter_dir), "dtype": dtype}
     record.update(asdict(check))
-    (partial / "README.md").write_text(model_card(str(base), adapter_dir, dtype, check))
+    card = model_card(family_for(partial), str(base), adapter_dir, dtype, check)
+    (partial / "README.md").write_text(card)
     (partial / "ctscribe_export.json").write_text(json.dumps(record, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -326,7 +328,7 @@ def export_merged(
     )
 
     merged = merged.to(_torch_dtype(dtype))
-    # Training turns the KV cache off; generation needs it. Qwen2-VL keeps the flag in its text config.
+    # Training turns the KV cache off; generation needs it. Models with a text config keep the flag there.
     getattr(merged.config, "text_config", merged.config).use_cache = True
     try:
         merged.save_pretrained(str(partial), safe_serialization=True)
@@ -354,7 +356,7 @@ def export_llamafactory(
     The YAML and LLaMA-Factory's output are kept in the folder (``llamafactory_export.yaml``,
     ``llamafactory_export.log``) so the merge can be repeated without ctscribe.
     """
-    from ctscribe.llamafactory_cli import TEMPLATE, find_cli, run_cli, write_config
+    from ctscribe.llamafactory_cli import find_cli, run_cli, write_config
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -363,10 +365,11 @@ def export_llamafactory(
     partial = _claim_out(out, force)
     adapter_dir = resolve_adapter(adapter)
     check_model_reference(base)
+    family = family_for(base)  # an unsupported base is refused before LLaMA-Factory runs
     config = {
         "model_name_or_path": str(Path(base).resolve()) if Path(base).exists() else str(base),
         "adapter_name_or_path": str(adapter_dir.resolve()),
-        "template": TEMPLATE,
+        "template": family.llamafactory_template,
         "finetuning_type": "lora",
         "export_dir": str(partial.resolve()),
         "export_device": "cpu",

@@ -24,7 +24,6 @@ from ctscribe.environments import child_environment, find_program
 CLI_NAME = "llamafactory-cli"
 ENV_DIR = ".venv-lf"
 CLI_ENV_VAR = "CTSCRIBE_LLAMAFACTORY_CLI"
-TEMPLATE = "qwen2_vl"  # LLaMA-Factory's chat template for Qwen2-VL-Instruct
 # The last lines of LLaMA-Factory's output repeated in the error when it fails.
 ERROR_TAIL_LINES = 40
 # Seconds for .venv-lf's interpreter to say whether it has a module: it starts and looks the name up

@@ -32,13 +32,15 @@ from ctscribe.conversation.prompts import DEFAULT_PROMPTS, description_prompt
 
 log = logging.getLogger(__name__)
 
-# 512 x 512 is the matrix of a standard CT slice. Qwen2-VL spends one token per 28 x 28 pixels, so
-# this budget (504 x 504 after rounding to multiples of 28) costs ~324 image tokens: the slice's fine
-# detail survives at a small fraction of the checkpoint's 16,384-token maximum (28 * 28 * 16384 px),
-# leaving room for the caption and a batch of several images per GPU step. The default of prepare,
-# of the recipe, and of inference on a model that records no budget of its own.
+# 512 x 512 is the matrix of a standard CT slice. The default family (``ctscribe.models``) spends one
+# token per 28 x 28 pixels, so this budget (504 x 504 after rounding to multiples of 28) costs ~324
+# image tokens: the slice's fine detail survives at a small fraction of the checkpoint's 16,384-token
+# maximum (28 * 28 * 16384 px), leaving room for the caption and a batch of several images per GPU
+# step. The default of prepare, of the recipe, and of inference on a model that records no budget of
+# its own.
 DEFAULT_MAX_PIXELS = 512 * 512
-# Qwen2-VL's own lower bound: 4 tokens. Smaller images are upscaled to it.
+# The default family's own lower bound (its processor's ``min_pixels``): 4 tokens. Smaller images are
+# upscaled to it.
 DEFAULT_MIN_PIXELS = 56 * 56
 
 SETTINGS_FILE = "ctscribe_settings.json"

@@ -28,6 +28,7 @@ from typing import Literal
 import yaml
 
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from ctscribe.models import DEFAULT_FAMILY, SMALLEST_TOKEN_PIXELS
 
 # Scores of ``ctscribe evaluate`` a checkpoint can be chosen by (higher is better), as
 # ctscribe.evaluate.checkpoint_scores computes them on generated descriptions; eval_loss is lower-better.
@@ -36,8 +37,8 @@ CLINICAL_METRICS: tuple[str, ...] = typing.get_args(BestModelMetric)[1:]
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
-# Qwen2-VL spends one image token per 28 x 28 pixels; an image needs at least one token.
-MIN_IMAGE_PIXELS = 28 * 28
+# An image needs at least one image token (of the base's family, which validation does not load).
+MIN_IMAGE_PIXELS = SMALLEST_TOKEN_PIXELS
 # Shorter than this, a sequence cannot even hold the chat template, an image and a short caption.
 MIN_CUTOFF_LEN = 64
 
@@ -54,7 +55,7 @@ class Recipe:
     """One training run's settings; defaults are the original LLaMA-Factory recipe (train.sh)."""
 
     # model
-    model_name_or_path: str = "Qwen/Qwen2-VL-2B-Instruct"
+    model_name_or_path: str = DEFAULT_FAMILY.example_checkpoint
     finetuning_type: Literal["lora", "qlora", "full"] = "lora"  # qlora = LoRA on a 4-bit base (GPU only)
     freeze_vision_tower: bool = True
     freeze_multi_modal_projector: bool = True
@@ -361,8 +362,9 @@ def validate(recipe: Recipe) -> None:
     if v["max_steps"] == -1 and v["num_train_epochs"] <= 0:
         raise RecipeError(f"num_train_epochs must be > 0 unless max_steps > 0, got {v['num_train_epochs']}")
     if v["image_min_pixels"] < MIN_IMAGE_PIXELS:
+        side = math.isqrt(MIN_IMAGE_PIXELS)
         raise RecipeError(
-            f"image_min_pixels must be >= {MIN_IMAGE_PIXELS} (one 28x28 image token), "
+            f"image_min_pixels must be >= {MIN_IMAGE_PIXELS} (one {side}x{side} image token), "
             f"got {v['image_min_pixels']}"
         )
     if v["image_min_pixels"] > v["image_max_pixels"]:

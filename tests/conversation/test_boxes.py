@@ -23,6 +23,7 @@ from ctscribe.conversation.boxes import (
     to_pixels,
 )
 from ctscribe.ct.images import ImageOptions, find_roi_box, prepare_image
+from ctscribe.models import DEFAULT_FAMILY
 
 
 def test_the_format_is_qwen2_vls_own():
@@ -99,7 +100,9 @@ def _boxed_scan(box: tuple[int, int, int, int]) -> Image.Image:
 
 def test_a_box_in_the_model_frame_maps_back_through_crop_and_resize_to_the_users_pixels():
     drawn = (200, 90, 289, 169)
-    prepared = prepare_image(_boxed_scan(drawn), ImageOptions(max_pixels=224 * 224, roi_box="keep"))
+    prepared = prepare_image(
+        _boxed_scan(drawn), ImageOptions(max_pixels=224 * 224, roi_box="keep"), grid=DEFAULT_FAMILY.grid
+    )
     assert prepared.crop_box is not None and prepared.crop_box[0] > 100  # the air on the left is cut
     assert prepared.image.width != prepared.crop_box[2] - prepared.crop_box[0]  # and resized
     # What a model that points at the box exactly would write: the box as it appears to the model.

@@ -26,6 +26,7 @@ from ctscribe.ct.images import (
     to_rgb,
 )
 from ctscribe.fixtures.phantom import ROI_GREEN, TruthRow, generate_rows
+from ctscribe.models import DEFAULT_FAMILY
 
 ROI_TOLERANCE = 3  # pixels between a found box and the drawn one
 
@@ -213,7 +214,7 @@ def test_decompression_bomb_is_refused_without_decoding(size):
     assert open_image(_png_bomb(64, 48)).size == (64, 48)  # the generator writes valid PNGs
     before = _max_rss_mb()
     with pytest.raises(BadImageError, match="image too large"):
-        prepare_image(data)
+        prepare_image(data, grid=DEFAULT_FAMILY.grid)
     assert _max_rss_mb() - before < 100  # the header was read, the pixels never allocated
 
 
@@ -374,12 +375,16 @@ def test_crop_background_none_when_nothing_to_gain():
 
 
 def test_default_budget_is_a_ct_slice():
-    assert count_image_tokens(512, 512) == 324
-    assert fit_pixel_budget(Image.new("RGB", (512, 512)), DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS).size == (
+    assert count_image_tokens(512, 512, grid=DEFAULT_FAMILY.grid) == 324
+    assert fit_pixel_budget(
+        Image.new("RGB", (512, 512)), DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, grid=DEFAULT_FAMILY.grid
+    ).size == (
         504,
         504,
     )
-    wide = fit_pixel_budget(Image.new("RGB", (1024, 512)), DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS)
+    wide = fit_pixel_budget(
+        Image.new("RGB", (1024, 512)), DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, grid=DEFAULT_FAMILY.grid
+    )
     assert wide.width % 28 == 0 and wide.height % 28 == 0
     assert wide.width * wide.height <= DEFAULT_MAX_PIXELS
     assert wide.width > wide.height
@@ -401,10 +406,10 @@ def test_tokens_match_qwen2_vl_processor(size, max_pixels, min_pixels):
     processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     image = Image.new("RGB", size, (90, 90, 90))
     grid = processor(images=image, return_tensors="pt")["image_grid_thw"]
-    tokens = count_image_tokens(*size, max_pixels=max_pixels, min_pixels=min_pixels)
+    tokens = count_image_tokens(*size, max_pixels=max_pixels, min_pixels=min_pixels, grid=DEFAULT_FAMILY.grid)
     assert tokens == int(grid.prod()) // 4
     # the fitted image is taken as it is: the processor finds nothing left to resize
-    fitted = fit_pixel_budget(image, max_pixels, min_pixels)
+    fitted = fit_pixel_budget(image, max_pixels, min_pixels, grid=DEFAULT_FAMILY.grid)
     fitted_grid = processor(images=fitted, return_tensors="pt")["image_grid_thw"][0].tolist()
     assert fitted_grid == [1, fitted.height // 14, fitted.width // 14]
     assert int(grid.prod()) // 4 == (fitted.width // 28) * (fitted.height // 28)
@@ -413,7 +418,7 @@ def test_tokens_match_qwen2_vl_processor(size, max_pixels, min_pixels):
 @pytest.mark.parametrize(("size", "reason"), [((20, 100), "too small"), ((6000, 29), "aspect ratio")])
 def test_unusable_shapes_are_bad_images(size, reason):
     with pytest.raises(BadImageError, match=reason):
-        prepare_image(_encode(Image.new("L", size, 80), "PNG"))
+        prepare_image(_encode(Image.new("L", size, 80), "PNG"), grid=DEFAULT_FAMILY.grid)
 
 
 def test_options_are_validated():
@@ -433,9 +438,9 @@ def test_prepare_image_on_phantom(phantom):
     for truth, data in phantom:
         if truth.corrupt:
             with pytest.raises(BadImageError):
-                prepare_image(data)
+                prepare_image(data, grid=DEFAULT_FAMILY.grid)
             continue
-        prepared = prepare_image(data)
+        prepared = prepare_image(data, grid=DEFAULT_FAMILY.grid)
         assert isinstance(prepared, PreparedImage)
         image = prepared.image
         assert image.mode == "RGB" and image.width % 28 == 0 and image.height % 28 == 0
@@ -453,11 +458,14 @@ def test_prepare_image_on_phantom(phantom):
 
 def test_prepare_image_can_keep_the_box(phantom):
     data = next(d for t, d in phantom if t.roi_box and not (t.corrupt or t.duplicate_of))
-    kept = prepare_image(data, ImageOptions(roi_box="keep", crop_background=False))
+    kept = prepare_image(data, ImageOptions(roi_box="keep", crop_background=False), grid=DEFAULT_FAMILY.grid)
     assert kept.roi_box is not None and find_roi_box(kept.full_frame) == kept.roi_box
     assert (
         kept.crop_box is None
-        and kept.image.size == fit_pixel_budget(kept.full_frame, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS).size
+        and kept.image.size
+        == fit_pixel_budget(
+            kept.full_frame, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, grid=DEFAULT_FAMILY.grid
+        ).size
     )
 
 
@@ -465,7 +473,7 @@ def test_prepare_image_takes_a_dicom_like_image():
     hu = np.full((512, 512), -1000, dtype=np.int32)  # air
     yy, xx = np.mgrid[:512, :512]
     hu[(xx - 256) ** 2 / 200**2 + (yy - 256) ** 2 / 160**2 <= 1] = 40  # soft tissue body
-    prepared = prepare_image(Image.fromarray(hu, mode="I"))
+    prepared = prepare_image(Image.fromarray(hu, mode="I"), grid=DEFAULT_FAMILY.grid)
     assert prepared.crop_box is not None and prepared.image_tokens <= 324
     assert prepared.image.width > prepared.image.height  # cropped to the wide body
 
@@ -494,7 +502,9 @@ def test_the_box_lands_where_the_kept_box_shows_in_the_model_image(phantom, max_
     for truth, data in phantom:
         if truth.roi_box is None or truth.corrupt or truth.duplicate_of:
             continue
-        prepared = prepare_image(data, ImageOptions(max_pixels=max_pixels, roi_box="keep"))
+        prepared = prepare_image(
+            data, ImageOptions(max_pixels=max_pixels, roi_box="keep"), grid=DEFAULT_FAMILY.grid
+        )
         seen = find_roi_box(prepared.image)
         assert seen is not None, truth.id
         assert prepared.crop_box is not None and prepared.image.size != (truth.width, truth.height)

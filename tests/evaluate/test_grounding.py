@@ -14,6 +14,7 @@ from ctscribe.evaluate.report import BOX_COLOURS, build_report, comparison_rows
 from ctscribe.evaluate.scores import score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationResult, ImagePathMixin
+from ctscribe.models import DEFAULT_FAMILY
 
 BOX = GridBox(100, 100, 500, 500)
 
@@ -127,6 +128,7 @@ class _Points(ImagePathMixin):
 
     name = "stand-in"
     image_options = ImageOptions(max_pixels=LEARNING_PIXELS)
+    grid = DEFAULT_FAMILY.grid
 
     def generate(self, requests):
         text = caption(GridBox(100, 100, 500, 300))  # half of BOX: IoU 0.5

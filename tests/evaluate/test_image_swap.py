@@ -14,6 +14,7 @@ from ctscribe.evaluate.image_swap import write_swapped_split
 from ctscribe.evaluate.run import run_evaluation
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationResult, ImagePathMixin
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare.records import sft_record
 
 # The region each stand-in image shows, as the grey level of a disk on black.
@@ -40,6 +41,7 @@ class _Reader(ImagePathMixin):
 
     name = "reader"
     image_options = ImageOptions(max_pixels=LEARNING_PIXELS)
+    grid = DEFAULT_FAMILY.grid
 
     def generate(self, requests):
         answers = []

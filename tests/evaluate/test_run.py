@@ -12,6 +12,7 @@ from ctscribe.evaluate.report import build_report, comparison_rows
 from ctscribe.evaluate.scores import read_predictions, score_records
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import ImagePathMixin
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.run_folder import read_evaluation, write_log
 
 REFERENCE = "The image is a CT scan of the chest. A nodule is located in the left lung."
@@ -115,6 +116,7 @@ class _Answers(ImagePathMixin):
 
     name = "stand-in"
     image_options = ImageOptions(max_pixels=LEARNING_PIXELS)
+    grid = DEFAULT_FAMILY.grid
 
     def generate(self, requests):
         from ctscribe.generate.engine import GenerationResult
@@ -175,7 +177,9 @@ def test_evaluate_with_a_run_dir_keeps_the_results_where_the_model_card_reads_th
     (tmp_path / "test.json").write_text(json.dumps([record]))
     run = tmp_path / "run"
     write_log(run / "train_log.jsonl", [{"step": 1, "loss": 2.0}])
-    card = model_card("base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0))
+    card = model_card(
+        DEFAULT_FAMILY, "base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0)
+    )
     assert "evaluation:" not in card and "ctscribe evaluate --run-dir" in card
 
     metrics = run_evaluation(
@@ -183,5 +187,7 @@ def test_evaluate_with_a_run_dir_keeps_the_results_where_the_model_card_reads_th
     )
     assert json.loads((run / "eval" / "metrics.json").read_text()) == metrics
     assert (tmp_path / "report" / "loss.png").is_file()
-    card = model_card("base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0))
+    card = model_card(
+        DEFAULT_FAMILY, "base", run / "adapter", "bf16", ExportCheck(adapter_effect=0.1, merge_error=0.0)
+    )
     assert f"- evaluation: n 1, bleu4 {metrics['bleu4']}, rouge_l {metrics['rouge_l']}" in card

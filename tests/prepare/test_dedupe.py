@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 
 from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.fixtures.phantom import ROI_GREEN, TruthRow, generate_rows
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare.dedupe import DEFAULT_MAX_DISTANCE, HASH_BITS, NearDuplicateIndex, image_hash
 
 
@@ -16,7 +17,7 @@ def hashed() -> list[tuple[TruthRow, str]]:
     rows = []
     for truth, data, _ in generate_rows(400, seed=7):
         if not truth.corrupt:
-            rows.append((truth, image_hash(prepare_image(data).full_frame)))
+            rows.append((truth, image_hash(prepare_image(data, grid=DEFAULT_FAMILY.grid).full_frame)))
     return rows
 
 
@@ -77,7 +78,7 @@ def test_box_drawn_or_not_hashes_alike():
     ]
     assert len(rows) >= 10
     for truth, data in rows:
-        clean = prepare_image(data).full_frame
+        clean = prepare_image(data, grid=DEFAULT_FAMILY.grid).full_frame
         x0, y0, x1, y1 = truth.lesion_box
         boxed = clean.copy()
         box = (max(0, x0 - 4), max(0, y0 - 4), min(clean.width - 1, x1 + 4), min(clean.height - 1, y1 + 4))
@@ -85,7 +86,9 @@ def test_box_drawn_or_not_hashes_alike():
         for fmt, params in (("PNG", {}), ("JPEG", {"quality": 80})):
             buffer = io.BytesIO()
             boxed.save(buffer, format=fmt, **params)
-            prepared = prepare_image(buffer.getvalue(), ImageOptions(roi_box="remove"))
+            prepared = prepare_image(
+                buffer.getvalue(), ImageOptions(roi_box="remove"), grid=DEFAULT_FAMILY.grid
+            )
             assert prepared.roi_box is not None
             distance = _distance(image_hash(clean), image_hash(prepared.full_frame))
             assert distance <= DEFAULT_MAX_DISTANCE, (fmt, distance)
@@ -93,7 +96,7 @@ def test_box_drawn_or_not_hashes_alike():
 
 def test_resized_and_reencoded_copies_match():
     data = next(d for t, d, _ in generate_rows(20, seed=3) if t.modality == "CT" and not t.corrupt)
-    source = prepare_image(data).full_frame
+    source = prepare_image(data, grid=DEFAULT_FAMILY.grid).full_frame
     original = image_hash(source)
     for scale in (0.5, 0.75, 1.25, 2.0):
         resized = source.resize(
@@ -102,7 +105,7 @@ def test_resized_and_reencoded_copies_match():
         for fmt, params in (("PNG", {}), ("JPEG", {"quality": 70})):
             buffer = io.BytesIO()
             resized.save(buffer, format=fmt, **params)
-            copy = image_hash(prepare_image(buffer.getvalue()).full_frame)
+            copy = image_hash(prepare_image(buffer.getvalue(), grid=DEFAULT_FAMILY.grid).full_frame)
             assert _distance(original, copy) <= DEFAULT_MAX_DISTANCE, (scale, fmt)
 
 

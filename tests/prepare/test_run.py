@@ -18,6 +18,7 @@ from ctscribe.conversation.boxes import GRID, GridBox, parse_boxes, to_grid
 from ctscribe.conversation.prompts import HELD_OUT, PROMPTS
 from ctscribe.ct.images import ImageOptions, prepare_image, roi_in_model_frame
 from ctscribe.fixtures.phantom import build_phantom, build_phantom_full, generate_rows, read_truth
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare import run as prepare_module
 from ctscribe.prepare.dialogue import QUESTIONS
 from ctscribe.prepare.grounding import roi_sentence, unground
@@ -179,7 +180,7 @@ def test_answers_are_grounded_exactly_where_the_image_had_a_green_box(prepared, 
         (found,) = boxes
         assert found.phrase in ("The region of interest", "The area of interest")
         size = (row.width, row.height)
-        crop = prepare_image(data[row.id]).crop_box
+        crop = prepare_image(data[row.id], grid=DEFAULT_FAMILY.grid).crop_box
         assert _near(found.box, roi_in_model_frame(tuple(row.roi_box), crop, size))
         moved += not _near(found.box, to_grid(tuple(row.roi_box), *size))  # the crop moved it
     stats = json.loads((prepared / "stats.json").read_text())

@@ -34,6 +34,7 @@ from ctscribe.fixtures.dicom_samples import pydicom_ct_slices, write_sentinel_di
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError, openai_messages
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import BOX_COLOUR, draw_boxes, report_markdown, write_report
 from ctscribe.serve.web import EmptyReplyError, error_message, page_messages, password_check
@@ -57,7 +58,7 @@ KEY = "page-key-123"
 
 
 def test_dicom_upload_is_windowed_and_labelled():
-    upload = load_upload([CT_SMALL])
+    upload = load_upload([CT_SMALL], grid=DEFAULT_FAMILY.grid)
     assert upload.name == "CT_small.dcm"
     assert upload.window.startswith("soft-tissue 400/50 (auto: HU histogram")
     assert upload.image.mode == "RGB" and upload.image.size == (128, 128)
@@ -66,8 +67,8 @@ def test_dicom_upload_is_windowed_and_labelled():
 
 
 def test_window_presets_and_custom_windows_change_the_pixels():
-    lung = load_upload([CT_SMALL], window_spec("lung"))
-    custom = load_upload([CT_SMALL], window_spec("custom", " 400/50 "))
+    lung = load_upload([CT_SMALL], window_spec("lung"), grid=DEFAULT_FAMILY.grid)
+    custom = load_upload([CT_SMALL], window_spec("custom", " 400/50 "), grid=DEFAULT_FAMILY.grid)
     assert lung.window == "lung 1500/-600"
     assert custom.window == "400/50"
     assert not np.array_equal(np.asarray(lung.image), np.asarray(custom.image))
@@ -82,7 +83,7 @@ def test_bad_custom_windows_are_explained(custom):
 def test_image_upload_is_not_windowed(tmp_path):
     path = tmp_path / "slice.png"
     Image.fromarray(np.tile(np.arange(128, dtype=np.uint8), (128, 1))).save(path)
-    upload = load_upload([path], window_spec("lung"))
+    upload = load_upload([path], window_spec("lung"), grid=DEFAULT_FAMILY.grid)
     assert upload.window is None and NO_WINDOW in upload.info and upload.name == "slice.png"
 
 
@@ -90,14 +91,14 @@ def test_bad_uploads_are_explained(tmp_path):
     fake = tmp_path / "scan.png"
     fake.write_text("not an image")
     with pytest.raises(UploadError) as caught:
-        load_upload([fake])
+        load_upload([fake], grid=DEFAULT_FAMILY.grid)
     assert "Traceback" not in str(caught.value) and str(caught.value)
     for name in ("notes.txt", "test.json"):
         (tmp_path / name).write_text("{}")
         with pytest.raises(UploadError, match="unsupported file"):
-            load_upload([tmp_path / name])
+            load_upload([tmp_path / name], grid=DEFAULT_FAMILY.grid)
     with pytest.raises(UploadError, match="no file"):
-        load_upload([])
+        load_upload([], grid=DEFAULT_FAMILY.grid)
     assert "PNG or JPG" in UNSUPPORTED
 
 
@@ -110,7 +111,7 @@ def test_series_upload_uses_the_middle_slice_by_position(tmp_path):
         position = [float(value) for value in dataset.ImagePositionPatient]
         dataset.ImagePositionPatient = [position[0], position[1], z]
         dataset.save_as(tmp_path / name)
-    upload = load_upload([tmp_path / name for name in ("a.dcm", "b.dcm", "c.dcm")])
+    upload = load_upload([tmp_path / name for name in ("a.dcm", "b.dcm", "c.dcm")], grid=DEFAULT_FAMILY.grid)
     assert upload.name == "c.dcm"
     assert upload.slice == (2, 3) and "**Slice:** 2 of 3" in upload.info
 
@@ -118,7 +119,7 @@ def test_series_upload_uses_the_middle_slice_by_position(tmp_path):
 def test_report_has_the_notice_and_no_dicom_identifiers(tmp_path, caplog):
     caplog.set_level("DEBUG")
     secrets = write_sentinel_dicom(tmp_path / "slice.dcm")
-    upload = load_upload([tmp_path / "slice.dcm"])
+    upload = load_upload([tmp_path / "slice.dcm"], grid=DEFAULT_FAMILY.grid)
     history = [
         {"role": "user", "content": DEFAULT_PROMPTS["en"]},
         {"role": "assistant", "content": "Axial CT of the upper abdomen."},
@@ -153,10 +154,11 @@ def test_uploads_are_deleted_once_read_and_windowed_again_from_memory(tmp_path, 
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
     volume = load_held(held, window_spec("lung"))
-    lung = volume.upload(volume.middle, LEARNING_PIXELS)
+    lung = volume.upload(volume.middle, LEARNING_PIXELS, grid=DEFAULT_FAMILY.grid)
     assert lung.name == "patient.dcm" and lung.window == "lung 1500/-600"
     assert (
-        lung.sent.tobytes() == load_upload([CT_SMALL], "lung", LEARNING_PIXELS).sent.tobytes()
+        lung.sent.tobytes()
+        == load_upload([CT_SMALL], "lung", LEARNING_PIXELS, grid=DEFAULT_FAMILY.grid).sent.tobytes()
     )  # same pixels
     assert list(private.iterdir()) == []  # the private copy lasted one read
 
@@ -201,24 +203,28 @@ def _reply_with_box(upload: Upload) -> str:
     from ctscribe.ct.images import ImageOptions, prepare_image
     from support.pointing import answer_for
 
-    return answer_for(prepare_image(upload.sent, ImageOptions(max_pixels=LEARNING_PIXELS)).image)
+    return answer_for(
+        prepare_image(upload.sent, ImageOptions(max_pixels=LEARNING_PIXELS), grid=DEFAULT_FAMILY.grid).image
+    )
 
 
 def test_a_volume_keeps_every_slice_and_the_slider_position_picks_the_one_described(tmp_path):
     volume = load_held([("case.nii.gz", _spot_volume(tmp_path / "case.nii.gz").read_bytes())], AUTO)
     assert len(volume.slices) == SLICES and volume.middle == 2
-    uploads = [volume.upload(position, LEARNING_PIXELS) for position in range(SLICES)]
+    uploads = [
+        volume.upload(position, LEARNING_PIXELS, grid=DEFAULT_FAMILY.grid) for position in range(SLICES)
+    ]
     assert [upload.slice for upload in uploads] == [(n, SLICES) for n in range(1, SLICES + 1)]
     assert "**Slice:** 2 of 5" in uploads[1].info
     assert len({upload.sent.tobytes() for upload in uploads}) == SLICES  # each slice is its own image
     assert len({_spot(upload.image) for upload in uploads}) == SLICES  # the spot moves
-    single = load_upload([CT_SMALL])
+    single = load_upload([CT_SMALL], grid=DEFAULT_FAMILY.grid)
     assert single.slice is None and "Slice" not in single.info  # a single slice has no slider
 
 
 def test_the_apis_boxes_are_drawn_on_the_shown_slice_where_the_spot_is(tmp_path):
     volume = load_held([("case.nii.gz", _spot_volume(tmp_path / "case.nii.gz").read_bytes())], AUTO)
-    upload = volume.upload(1, LEARNING_PIXELS)
+    upload = volume.upload(1, LEARNING_PIXELS, grid=DEFAULT_FAMILY.grid)
     assert upload.frame.crop is not None  # the air around the body was cut before the model saw it
     (box,) = Answer(upload.frame, keep_markup=False).located(_reply_with_box(upload))
     spot = _spot(upload.image)
@@ -453,7 +459,7 @@ def test_login_form_refuses_a_wrong_key_and_admits_the_right_one(page_server, br
 
 @pytest.mark.slow
 def test_describe_and_follow_up_in_a_real_browser(page_server, browser, tmp_path):
-    load_upload([CT_SMALL]).image.save(tmp_path / "ct.png")
+    load_upload([CT_SMALL], grid=DEFAULT_FAMILY.grid).image.save(tmp_path / "ct.png")
     page = _open(browser, page_server.url)
     try:
         _log_in(page, KEY)
@@ -572,7 +578,9 @@ def test_the_slice_slider_picks_the_slice_described_and_the_box_is_drawn_on_it(s
     """With the bright-spot stand-in engine (see spot_page): the slider changes the slice shown, sent
     and named in the report, and the answer's box is drawn on that slice around its spot."""
     volume = _spot_volume(tmp_path / "case.nii.gz")
-    expected = read_volume([volume]).upload(1, LEARNING_PIXELS)  # slice 2 of 5, as the page will show it
+    expected = read_volume([volume]).upload(
+        1, LEARNING_PIXELS, grid=DEFAULT_FAMILY.grid
+    )  # slice 2 of 5, as the page will show it
     page = _open(browser, spot_page)
     try:
         page.locator("#upload input[type=file]").set_input_files(volume)

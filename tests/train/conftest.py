@@ -42,13 +42,15 @@ def image_records(tmp_path_factory):
 
 
 @pytest.fixture
-def make_dataset(processor, image_records):
+def make_dataset(processor, image_records, family):
     """``make_dataset(max_pixels=..., cutoff_len=...)``: an SFTDataset of ``image_records``."""
 
     def make(max_pixels: int = 262144, cutoff_len: int = 512) -> SFTDataset:
         root, records = image_records
         options = ImageOptions(max_pixels=max_pixels, roi_box="keep", crop_background=False)
-        return SFTDataset(records, root, processor.tokenizer, processor.image_processor, options, cutoff_len)
+        return SFTDataset(
+            records, root, processor.tokenizer, processor.image_processor, options, cutoff_len, family
+        )
 
     return make
 

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from ctscribe.evaluate.checkpoint_scores import checkpoint_scores
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationResult, TransformersEngine
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.recipe import CLINICAL_METRICS, RecipeError, load_recipe
 from ctscribe.run_folder import RunSummary
 from ctscribe.train.llamafactory import train as train_with_llamafactory
@@ -50,7 +51,7 @@ def test_llamafactory_refuses_a_clinical_metric_before_anything_starts(tmp_path)
         output_dir=str(tmp_path / "run"),
     )
     for start in (
-        lambda: train_config(recipe),
+        lambda: train_config(recipe, DEFAULT_FAMILY),
         lambda: train_with_llamafactory(recipe, cli=tmp_path / "none"),
     ):
         with pytest.raises(RecipeError, match="metric_for_best_model=region_acc needs the native engine"):

@@ -6,13 +6,19 @@ import torch
 from ctscribe.recipe import Recipe, RecipeError, validate
 from ctscribe.train import feature_cache
 from ctscribe.train.feature_cache import INDEX, FeatureCache, build_feature_cache, cache_wanted
-from ctscribe.train.model_inputs import model_inputs, qwen_core
+from ctscribe.train.model_inputs import model_inputs
 from ctscribe.train.samples import collate
 
 
 def _build(root, model, processor, dataset):
+    family = dataset.family
     return build_feature_cache(
-        root, qwen_core(model).visual, processor.image_processor, dataset.image_options, dataset.image_paths()
+        root,
+        family,
+        family.vision_tower(model),
+        processor.image_processor,
+        dataset.image_options,
+        dataset.image_paths(),
     )
 
 
@@ -25,14 +31,18 @@ def test_loss_from_cached_features_equals_the_ordinary_loss(
     tmp_path, processor, make_dataset, labelled_count, tiny_model, pack_to
 ):
     dataset = make_dataset()
-    ordinary = collate([dataset[i] for i in range(3)], dataset.tokens)
+    ordinary = collate([dataset[i] for i in range(3)], dataset.tokens, token_types=dataset.token_types)
     count = labelled_count(ordinary)
     dataset.features = _build(tmp_path, tiny_model, processor, dataset)
-    cached = collate([dataset[i] for i in range(3)], dataset.tokens, pack_to=pack_to)
+    cached = collate(
+        [dataset[i] for i in range(3)], dataset.tokens, pack_to=pack_to, token_types=dataset.token_types
+    )
     assert "pixel_values" not in cached and cached["image_features"].dtype == torch.bfloat16
     with torch.no_grad():
         expected = tiny_model(**ordinary, num_items_in_batch=count).loss
-        got = tiny_model(**model_inputs(qwen_core(tiny_model), cached), num_items_in_batch=count).loss
+        got = tiny_model(
+            **model_inputs(dataset.family, dataset.family.core(tiny_model), cached), num_items_in_batch=count
+        ).loss
     # Features are stored in bf16 (what a bf16 run computes anyway); the fp32 model sees them rounded.
     assert got.item() == pytest.approx(expected.item(), rel=2e-3)
 
@@ -57,7 +67,7 @@ def test_cache_is_reused_and_rebuilt_when_budget_or_model_changes(
     full, _ = first.get(dataset.image_paths()[1])
     assert features.shape[0] == int(grid.prod()) // 4 == 10 < full.shape[0] == 32  # 224x112 in 112*112 px
 
-    visual = qwen_core(tiny_model).visual
+    visual = dataset.family.vision_tower(tiny_model)
     weight = next(visual.parameters())
     with torch.no_grad():
         weight.add_(1e-3)
@@ -96,7 +106,8 @@ def test_same_content_is_one_entry_and_a_missing_image_is_a_clear_error(
     shutil.copy(dataset.image_paths()[0], copy)
     cache = build_feature_cache(
         tmp_path / "cache",
-        qwen_core(tiny_model).visual,
+        dataset.family,
+        dataset.family.vision_tower(tiny_model),
         processor.image_processor,
         dataset.image_options,
         [*dataset.image_paths(), copy],
@@ -144,7 +155,7 @@ def test_cache_past_its_bound_is_not_built_and_the_log_says_why(
     recipe = Recipe(vision_feature_cache_max_gb=bound_gb)
     with caplog.at_level("INFO", logger="ctscribe.train.native"):
         cache = feature_cache_within_bound(
-            recipe, args, tiny_model, processor, dataset.image_options, [dataset]
+            recipe, args, dataset.family, tiny_model, processor, dataset.image_options, [dataset]
         )
     assert cache is None and not (tmp_path / "feature_cache").exists()
     (line,) = [r.getMessage() for r in caplog.records]
@@ -155,7 +166,7 @@ def test_cache_past_its_bound_is_not_built_and_the_log_says_why(
     recipe = Recipe(vision_feature_cache_max_gb=estimate * 2 / 1e9)
     with caplog.at_level("INFO", logger="ctscribe.train.native"):
         cache = feature_cache_within_bound(
-            recipe, args, tiny_model, processor, dataset.image_options, [dataset]
+            recipe, args, dataset.family, tiny_model, processor, dataset.image_options, [dataset]
         )
     assert cache is not None and len(cache.where) == 3
     assert f"estimated {estimate / 1e9:.2f} GB" in caplog.records[0].getMessage()

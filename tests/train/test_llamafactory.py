@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.recipe import Recipe, RecipeError, load_recipe
 from ctscribe.run_folder import RunSummary
 from ctscribe.train.llamafactory import (
@@ -46,7 +47,7 @@ def test_every_recipe_key_reaches_llamafactory_or_is_translated():
 
 def test_the_original_recipe_becomes_the_original_train_sh(tmp_path):
     recipe = load_recipe("original", dataset_dir=str(_data_dir(tmp_path)), output_dir=str(tmp_path / "run"))
-    config = train_config(recipe)
+    config = train_config(recipe, DEFAULT_FAMILY)
     expected = {
         "stage": "sft",
         "do_train": True,
@@ -91,7 +92,7 @@ def test_qlora_eager_attention_and_an_empty_validation_split(tmp_path):
         dataset_dir=str(_data_dir(tmp_path, val_rows=0)),
         output_dir=str(tmp_path / "run"),
     )
-    config = train_config(recipe)
+    config = train_config(recipe, DEFAULT_FAMILY)
     assert config["finetuning_type"] == "lora" and config["quantization_bit"] == 4
     assert config["flash_attn"] == "disabled" and config["disable_gradient_checkpointing"] is True
     assert "eval_dataset" not in config and "eval_strategy" not in config and "max_samples" not in config
@@ -100,7 +101,7 @@ def test_qlora_eager_attention_and_an_empty_validation_split(tmp_path):
 def test_a_folder_without_dataset_info_is_refused(tmp_path):
     recipe = load_recipe("original", dataset_dir=str(tmp_path), output_dir=str(tmp_path / "run"))
     with pytest.raises(RecipeError, match=r"dataset_info\.json"):
-        train_config(recipe)
+        train_config(recipe, DEFAULT_FAMILY)
 
 
 def test_llamafactory_logs_become_ctscribe_logs(tmp_path):
@@ -131,12 +132,15 @@ print("resume_from_checkpoint", config.get("resume_from_checkpoint"))
 """
 
 
-def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp_path):
+def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     cli = tmp_path / "llamafactory-cli"
     cli.write_text(FAKE_CLI.format(python=sys.executable))
     cli.chmod(0o755)
     data, run = _data_dir(tmp_path), tmp_path / "run"
-    recipe = load_recipe("tiny-cpu", dataset_dir=str(data), output_dir=str(run), model_name_or_path="m")
+    # The base is read for its family (the template), never loaded: the fake CLI trains nothing.
+    recipe = load_recipe(
+        "tiny-cpu", dataset_dir=str(data), output_dir=str(run), model_name_or_path=str(tiny_model_dir)
+    )
     final = train(recipe, cli=cli)
     assert final == run / "model"  # tiny-cpu is full fine-tuning
     assert sorted(p.name for p in final.iterdir()) == [

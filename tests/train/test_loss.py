@@ -21,7 +21,9 @@ def test_labelled_only_loss_and_gradients_equal_the_models_own(
     make_dataset, labelled_count, tiny_model, count
 ):
     dataset = make_dataset()
-    batch = collate([dataset[i] for i in range(len(dataset))], dataset.tokens)
+    batch = collate(
+        [dataset[i] for i in range(len(dataset))], dataset.tokens, token_types=dataset.token_types
+    )
     extra = {"num_items_in_batch": labelled_count(batch)} if count else {}
 
     tiny_model.zero_grad()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
-from ctscribe.train.model_inputs import model_inputs, qwen_core
+from ctscribe.train.model_inputs import model_inputs
 from ctscribe.train.packing import count_images, pack_rows
 from ctscribe.train.samples import collate
 
@@ -24,7 +24,7 @@ def test_packed_batch_layout(make_dataset):
     dataset = make_dataset()
     samples = [dataset[i] for i in range(3)]
     lengths = [len(s["input_ids"]) for s in samples]
-    batch = collate(samples, dataset.tokens, pack_to=lengths[0] + lengths[1])
+    batch = collate(samples, dataset.tokens, pack_to=lengths[0] + lengths[1], token_types=dataset.token_types)
     assert batch["input_ids"].shape == (2, lengths[0] + lengths[1])
     assert "attention_mask" not in batch
     starts = [(row == 0).nonzero().flatten().tolist() for row in batch["text_position_ids"]]
@@ -38,20 +38,23 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
     make_dataset, labelled_count, tiny_model, attention
 ):
     tiny_model.set_attn_implementation(attention)
-    core = qwen_core(tiny_model)
     dataset = make_dataset()
+    core = dataset.family.core(tiny_model)
     samples = [dataset[i] for i in range(3)]
     lengths = [len(s["input_ids"]) for s in samples]
-    unpacked, packed = collate(samples, dataset.tokens), collate(samples, dataset.tokens, pack_to=512)
+    unpacked, packed = (
+        collate(samples, dataset.tokens, token_types=dataset.token_types),
+        collate(samples, dataset.tokens, pack_to=512, token_types=dataset.token_types),
+    )
     assert packed["input_ids"].shape == (1, sum(lengths))
     count = labelled_count(unpacked)
     assert labelled_count(packed) == count
     with torch.no_grad():
         expected = tiny_model(**unpacked, num_items_in_batch=count)
-        got = tiny_model(**model_inputs(core, packed), num_items_in_batch=count)
+        got = tiny_model(**model_inputs(dataset.family, core, packed), num_items_in_batch=count)
         # Without the per-sample borders (positions running on), samples see each other: another loss.
         leaky = dict(packed, text_position_ids=torch.arange(sum(lengths))[None])
-        leaked = tiny_model(**model_inputs(core, leaky), num_items_in_batch=count)
+        leaked = tiny_model(**model_inputs(dataset.family, core, leaky), num_items_in_batch=count)
     tiny_model.set_attn_implementation("sdpa")
     assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
     offsets = [0, lengths[0], lengths[0] + lengths[1]]

@@ -30,10 +30,10 @@ def _as_template_messages(messages):
     return out
 
 
-def test_chinese_answers_are_labelled_whole_and_nothing_else(processor, conversations):
+def test_chinese_answers_are_labelled_whole_and_nothing_else(processor, conversations, family):
     chinese = conversations["chinese"]
     tokenizer = processor.tokenizer
-    encoded = encode_text(tokenizer, chinese)
+    encoded = encode_text(tokenizer, chinese, family.template)
     labelled = [
         token for token, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX
     ]
@@ -46,10 +46,10 @@ def test_chinese_answers_are_labelled_whole_and_nothing_else(processor, conversa
     assert "病变在右侧吗？" in unlabelled and "不是" not in unlabelled
 
 
-def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor, conversations):
+def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor, conversations, family):
     dialogue = conversations["dialogue"]
     tokenizer = processor.tokenizer
-    encoded = encode_text(tokenizer, dialogue)
+    encoded = encode_text(tokenizer, dialogue, family.template)
     labelled = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
     answers = [tokenizer("The brain.")["input_ids"], tokenizer("Yes, on the left.")["input_ids"]]
     # Find each answer in the ids: the labelled positions are the answer tokens plus the <|im_end|> after.
@@ -64,16 +64,20 @@ def test_loss_mask_covers_exactly_the_answers_and_their_im_end(processor, conver
     assert [encoded.labels[i] for i in labelled] == [encoded.input_ids[i] for i in labelled]
     # Exact positions for the real tokenizer: system (21 tokens incl. its newline) + user turn ...
     assert labelled[0] == len(
-        tokenizer(render_conversation(dialogue[:1])[0] + "<|im_start|>assistant\n")["input_ids"]
+        tokenizer(render_conversation(dialogue[:1], family.template)[0] + "<|im_start|>assistant\n")[
+            "input_ids"
+        ]
     )
 
 
-def test_ids_match_the_processor_after_image_expansion(processor, conversations):
+def test_ids_match_the_processor_after_image_expansion(processor, conversations, family):
     one_turn = conversations["one_turn"]
     image = Image.new("RGB", (112, 112), "gray")
     features = processor.image_processor(images=[image], return_tensors="pt")
     tokens = int(features["image_grid_thw"].prod()) // 4
-    ours = expand_image_pads(encode_text(processor.tokenizer, one_turn), [tokens], 2048, IMAGE_PAD_ID)
+    ours = expand_image_pads(
+        encode_text(processor.tokenizer, one_turn, family.template), [tokens], 2048, IMAGE_PAD_ID
+    )
     prompt = processor.apply_chat_template(_as_template_messages(one_turn))
     theirs = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0].tolist()
     assert ours.input_ids == theirs
@@ -104,7 +108,7 @@ def _record(tmp_path, name, size, answer):
     }
 
 
-def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor, conversations):
+def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor, conversations, family):
     records = [
         _record(tmp_path, "fits", (112, 112), "CT of the head."),
         _record(tmp_path, "big", (512, 512), "CT of the chest."),  # 324 image tokens > cutoff 128
@@ -117,6 +121,7 @@ def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor, c
         processor.image_processor,
         ImageOptions(max_pixels=512 * 512, roi_box="keep", crop_background=False),
         cutoff_len=128,
+        family=family,
     )
     assert len(dataset) == 1
     assert dataset.dropped == {"image tokens beyond cutoff_len": 1, "unreadable image (FileNotFoundError)": 1}
@@ -126,7 +131,7 @@ def test_dataset_drops_and_counts_samples_that_cannot_fit(tmp_path, processor, c
     assert sample["pixel_values"].shape[0] == 64  # 8 x 8 patches of 14 px
 
 
-def test_collate_pads_right_and_concatenates_patches(tmp_path, processor):
+def test_collate_pads_right_and_concatenates_patches(tmp_path, processor, family):
     records = [
         _record(tmp_path, "a", (112, 112), "Short."),
         _record(tmp_path, "b", (224, 112), "A longer answer."),
@@ -138,8 +143,9 @@ def test_collate_pads_right_and_concatenates_patches(tmp_path, processor):
         processor.image_processor,
         ImageOptions(roi_box="keep", crop_background=False),
         cutoff_len=512,
+        family=family,
     )
-    batch = collate([dataset[0], dataset[1]], dataset.tokens)
+    batch = collate([dataset[0], dataset[1]], dataset.tokens, token_types=dataset.token_types)
     lengths = [len(dataset[i]["input_ids"]) for i in range(2)]
     assert batch["input_ids"].shape == (2, max(lengths))
     short = lengths.index(min(lengths))

@@ -30,7 +30,7 @@ def _records(image_records):
 
 
 @pytest.mark.parametrize("layout", ["prepared", "one_line", "indented"])
-def test_split_table_equals_measuring_in_memory(tmp_path, processor, image_records, layout):
+def test_split_table_equals_measuring_in_memory(tmp_path, processor, image_records, family, layout):
     root, records = _records(image_records)
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -42,7 +42,7 @@ def test_split_table_equals_measuring_in_memory(tmp_path, processor, image_recor
     else:
         path.write_text(json.dumps(records, indent=2 if layout == "indented" else None))
     assert (line_offsets(path) is not None) == (layout == "prepared")  # else copied once to JSON Lines
-    args = (processor.tokenizer, processor.image_processor, OPTIONS, 64)
+    args = (processor.tokenizer, processor.image_processor, OPTIONS, 64, family)
     in_memory = SFTDataset(records, data, *args)
     lazy = SFTDataset.from_split(path, *args)
     assert lazy.dropped == in_memory.dropped == {"unreadable image (FileNotFoundError)": 1}

@@ -13,8 +13,8 @@ step imports it; nothing here imports training, generation, the CLI or the test 
   form and its ``dataset_info.json``), the ``<image>`` placeholder, and a record's turns as inference
   messages (:func:`~ctscribe.conversation.records.record_prompt`,
   :func:`~ctscribe.conversation.records.user_message`).
-- :mod:`~ctscribe.conversation.template`: Qwen2-VL-Instruct's chat template written out with the
-  answer spans the loss is taken on, and the special tokens' ids read from the tokenizer.
-- :mod:`~ctscribe.conversation.boxes`: Qwen2-VL's grounding format (boxes on its 0-1000 grid) written,
-  parsed and stripped.
+- :mod:`~ctscribe.conversation.template`: a conversation through its model family's chat template,
+  with the answer spans the loss is taken on, and the special tokens' ids read from the tokenizer.
+- :mod:`~ctscribe.conversation.boxes`: the grounding format (boxes on a 0-1000 grid) written, parsed
+  and stripped.
 """

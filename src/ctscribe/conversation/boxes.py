@@ -1,13 +1,15 @@
-"""Qwen2-VL's grounding format: where a finding is, as text the model can learn and write.
+"""The grounding format: where a finding is, as text the model can learn and write.
 
-Qwen2-VL was pre-trained to point at things with
-``<|object_ref_start|>phrase<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>``: integer
-corners on a 0-1000 grid of the image the model sees, x before y, top-left then bottom-right. Those
-four markers are special tokens (ids 151646-151649 in the Qwen2 tokenizer), so decoding with
-``skip_special_tokens=True`` silently drops them and leaves bare numbers: every engine that wants boxes
-decodes keeping them and strips the markup here instead.
+A base family is pre-trained to point at things in its own text (``GroundingFormat`` in
+``ctscribe.models``): a phrase between reference markers, then a box between box markers, its integer
+corners on a grid of the image the model sees, x before y, top-left then bottom-right. The markers are
+special tokens, so decoding with ``skip_special_tokens=True`` silently drops them and leaves bare
+numbers: every engine that wants boxes decodes keeping them and strips the markup here instead.
 
-This module is the one place that writes, reads and removes the format. A box on the grid is a
+Records are written by prepare, before any base is chosen, so the text here is the default family's
+(``models.DEFAULT_FAMILY.grounding``); a family with another convention renders and reads boxes
+through its own format (issue 26, part 3). This module is the one place that writes, reads and removes
+the format. A box on the grid is a
 :class:`GridBox`; pixel boxes are ``(x0, y0, x1, y1)`` *inclusive* pixel indices of the drawn
 outline's outer edge, as ``ctscribe.ct.images.find_roi_box`` returns them, so the outer edge on the
 right/bottom is ``x1 + 1`` / ``y1 + 1``.
@@ -18,12 +20,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-OBJECT_REF_START = "<|object_ref_start|>"
-OBJECT_REF_END = "<|object_ref_end|>"
-BOX_START = "<|box_start|>"
-BOX_END = "<|box_end|>"
+from ctscribe.models import DEFAULT_FAMILY
+
+_FORMAT = DEFAULT_FAMILY.grounding
+OBJECT_REF_START = _FORMAT.ref_start
+OBJECT_REF_END = _FORMAT.ref_end
+BOX_START = _FORMAT.box_start
+BOX_END = _FORMAT.box_end
 GROUNDING_TOKENS = (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END)
-GRID = 1000
+GRID = _FORMAT.grid
 # What a reader sees where a box was: the phrase stays, the box becomes its number on the image.
 READER_MARKER = "[box {n}]"
 
@@ -44,7 +49,7 @@ _LEFTOVER = re.compile("|".join(re.escape(token) for token in GROUNDING_TOKENS))
 
 @dataclass(frozen=True)
 class GridBox:
-    """A box on Qwen2-VL's 0-1000 grid: ``x0 <= x1`` and ``y0 <= y1``, all within [0, 1000]."""
+    """A box on the 0-1000 grid: ``x0 <= x1`` and ``y0 <= y1``, all within [0, 1000]."""
 
     x0: int
     y0: int
@@ -96,7 +101,7 @@ def to_pixels(box: GridBox, width: int, height: int) -> PixelBox:
 
 
 def format_box(box: GridBox, phrase: str = "") -> str:
-    """``phrase`` grounded by ``box`` in Qwen2-VL's format (a bare box when there is no phrase)."""
+    """``phrase`` grounded by ``box`` in the grounding format (a bare box when there is no phrase)."""
     ref = f"{OBJECT_REF_START}{phrase}{OBJECT_REF_END}" if phrase else ""
     return f"{ref}{BOX_START}({box.x0},{box.y0}),({box.x1},{box.y1}){BOX_END}"
 

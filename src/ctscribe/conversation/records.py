@@ -11,8 +11,8 @@ LLaMA-Factory's sharegpt form, so LLaMA-Factory trains on it unchanged::
 
 The user turn holds the image as the text placeholder ``<image>`` (:data:`IMAGE_PLACEHOLDER`, where
 LLaMA-Factory puts the image). At inference the same turn is a message whose content is a list of
-image parts followed by the prompt (:func:`user_message`, what Qwen2-VL's processors and
-OpenAI-compatible servers take); :func:`record_prompt` is the one bridge from a record to that.
+image parts followed by the prompt (:func:`user_message`, what the model families' processors
+and OpenAI-compatible servers take); :func:`record_prompt` is the one bridge from a record to that.
 """
 
 from __future__ import annotations
@@ -39,5 +39,5 @@ def record_prompt(record: dict) -> str | None:
 
 
 def user_message(prompt: str, images: int = 1) -> dict:
-    """A user turn with ``images`` image parts before the prompt, as Qwen2-VL was trained."""
+    """A user turn with ``images`` image parts before the prompt, as the base models were trained."""
     return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": prompt}]}

@@ -10,16 +10,17 @@ The steps, and why each exists:
    decoder failure into :class:`BadImageError`, so one broken row or upload is a reported reason,
    never a crash or an out-of-memory kill.
 2. :func:`to_rgb` maps every PIL mode (16-bit grey, float, palette, alpha, CMYK) onto RGB, the one
-   input Qwen2-VL's vision tower takes.
+   input the vision towers take.
 3. :func:`find_roi_box` / :func:`remove_roi_box` find and paint out the green region-of-interest
    rectangle MedTrinity draws into many images: clinicians upload plain CT, so a model trained on
    boxed images would learn to expect (and lean on) a box that is never there at inference.
 4. :func:`crop_background` drops the black air around the body, which carries no information but
    would cost image tokens.
-5. :func:`fit_pixel_budget` resizes to exactly the size Qwen2-VL's processor would pick, so the
-   processor never resizes again and the token count is known before the model sees the image.
+5. :func:`fit_pixel_budget` resizes to exactly the size the model family's processor would pick
+   (its :class:`~ctscribe.models.family.ImageGrid`, passed in by the caller that knows the model), so
+   the processor never resizes again and the token count is known before the model sees the image.
 6. :func:`roi_in_model_frame` carries the green box found in step 3 through the crop and the resize
-   onto Qwen2-VL's 0-1000 grid of the final image: the box a grounded answer states
+   onto the 0-1000 grid of the final image: the box a grounded answer states
    (:mod:`ctscribe.conversation.boxes`).
 
 :attr:`PreparedImage.full_frame` keeps the image as it was before steps 4 and 5 (box removed, not
@@ -36,17 +37,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from ctscribe.conversation.boxes import GridBox, ImageFrame, PixelBox, to_grid
-from ctscribe.ct.options import PATCH, ImageOptions
+from ctscribe.ct.options import ImageOptions
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from ctscribe.models.family import ImageGrid
 
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
 # when decoded as RGB (50 M px x 3 bytes = 150 MB). Checked from the header, before decoding.
 MAX_DECODED_PIXELS = 50_000_000
-
-MAX_ASPECT_RATIO = 200  # smart_resize refuses more extreme shapes
 
 # A pixel of MedTrinity's (0, 255, 0) box, still recognisable after JPEG re-encoding (measured on the
 # phantom set: box pixels keep g >= 185 and g - max(r, b) >= 95 at JPEG quality 92). Grey CT has
@@ -80,7 +79,7 @@ class BadImageError(ValueError):
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image ready for Qwen2-VL, with what was found and changed on the way (for data reports)."""
+    """An image ready for the model, with what was found and changed on the way (for data reports)."""
 
     image: Image.Image  # RGB, both sides multiples of 28: exactly what the model sees
     # Green box found, inclusive corners (x0, y0, x1, y1) in original pixels as ImageDraw draws them.
@@ -351,43 +350,49 @@ def crop_background(
     return left, upper, right, lower
 
 
-def _check_shape(width: int, height: int) -> None:
-    """Refuse shapes Qwen2-VL cannot take: below one 28-px token side, or beyond smart_resize's ratio."""
-    if min(width, height) < PATCH:
-        raise BadImageError(f"image too small: {width} x {height} pixels (needs {PATCH} on each side)")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+def _check_shape(width: int, height: int, grid: ImageGrid) -> None:
+    """Refuse shapes the model cannot take: below one token side, or beyond its resize's aspect ratio."""
+    side = grid.token_side
+    if min(width, height) < side:
+        raise BadImageError(f"image too small: {width} x {height} pixels (needs {side} on each side)")
+    if max(width, height) / min(width, height) > grid.max_aspect_ratio:
         raise BadImageError(f"aspect ratio too extreme: {width} x {height} pixels")
 
 
-def _budget_size(width: int, height: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
-    """``(width, height)`` that Qwen2-VL's processor resizes to, from transformers' own smart_resize."""
+def _budget_size(
+    width: int, height: int, max_pixels: int, min_pixels: int, grid: ImageGrid
+) -> tuple[int, int]:
+    """``(width, height)`` that the family's processor resizes to, from its own resize rule."""
     try:
-        new_height, new_width = smart_resize(
-            height, width, factor=PATCH, min_pixels=min_pixels, max_pixels=max_pixels
-        )
+        new_height, new_width = grid.resize(height, width, min_pixels, max_pixels)
     except ValueError as exc:
         raise BadImageError(f"aspect ratio too extreme: {exc}") from exc
     return new_width, new_height
 
 
-def fit_pixel_budget(image: Image.Image, max_pixels: int, min_pixels: int) -> Image.Image:
-    """Resize (bicubic, as the processor does) to exactly the size Qwen2-VL's processor would pick.
+def fit_pixel_budget(image: Image.Image, max_pixels: int, min_pixels: int, *, grid: ImageGrid) -> Image.Image:
+    """Resize (bicubic, as the processor does) to exactly the size the family's processor would pick.
 
     The processor then finds nothing to resize, so the token count is fixed here and a training image
     and an inference image of the same size are resampled once, the same way.
     """
-    size = _budget_size(image.width, image.height, max_pixels, min_pixels)
+    size = _budget_size(image.width, image.height, max_pixels, min_pixels, grid)
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
 def count_image_tokens(
-    width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, min_pixels: int = DEFAULT_MIN_PIXELS
+    width: int,
+    height: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    *,
+    grid: ImageGrid,
 ) -> int:
-    """Image tokens Qwen2-VL spends on a ``width`` x ``height`` image under this pixel budget."""
-    new_width, new_height = _budget_size(width, height, max_pixels, min_pixels)
-    return (new_width // PATCH) * (new_height // PATCH)
+    """Image tokens a model of ``grid`` spends on a ``width`` x ``height`` image under this pixel budget."""
+    new_width, new_height = _budget_size(width, height, max_pixels, min_pixels, grid)
+    return (new_width // grid.token_side) * (new_height // grid.token_side)
 
 
 def roi_in_model_frame(
@@ -411,9 +416,12 @@ def roi_in_model_frame(
 
 
 def prepare_image(
-    data_or_image: bytes | str | os.PathLike | Image.Image, options: ImageOptions = ImageOptions()
+    data_or_image: bytes | str | os.PathLike | Image.Image,
+    options: ImageOptions = ImageOptions(),
+    *,
+    grid: ImageGrid,
 ) -> PreparedImage:
-    """Decode, normalise, clean and size one image exactly as the model will see it.
+    """Decode, normalise, clean and size one image exactly as a model of ``grid`` will see it.
 
     Raises :class:`BadImageError` for anything that cannot become a model input.
     """
@@ -422,18 +430,18 @@ def prepare_image(
     else:
         image = open_image(data_or_image)
     rgb = to_rgb(image)
-    _check_shape(*rgb.size)
+    _check_shape(*rgb.size, grid)
     roi_box = find_roi_box(rgb)
     if roi_box is not None and options.roi_box == "remove":
         rgb = remove_roi_box(rgb, roi_box)
     crop_box = crop_background(rgb) if options.crop_background else None
     cropped = rgb if crop_box is None else rgb.crop(crop_box)
-    final = fit_pixel_budget(cropped, options.max_pixels, options.min_pixels)
+    final = fit_pixel_budget(cropped, options.max_pixels, options.min_pixels, grid=grid)
     return PreparedImage(
         image=final,
         roi_box=roi_box,
         crop_box=crop_box,
-        image_tokens=(final.width // PATCH) * (final.height // PATCH),
+        image_tokens=(final.width // grid.token_side) * (final.height // grid.token_side),
         roi_grid=None if roi_box is None else roi_in_model_frame(roi_box, crop_box, rgb.size),
         full_frame=rgb,
     )

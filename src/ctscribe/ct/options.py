@@ -12,8 +12,7 @@ from typing import Literal
 
 # The default budget (and its reasons) is owned by the settings a model carries.
 from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-
-PATCH = 28  # pixels per image token side: 14-px ViT patches merged 2 x 2
+from ctscribe.models import SMALLEST_TOKEN_PIXELS
 
 
 @dataclass(frozen=True)
@@ -40,9 +39,9 @@ class ImageOptions:
     def __post_init__(self) -> None:
         if self.roi_box not in ("keep", "remove"):
             raise ValueError(f"roi_box must be 'keep' or 'remove', not {self.roi_box!r}")
-        if not PATCH * PATCH <= self.min_pixels <= self.max_pixels:
+        if not SMALLEST_TOKEN_PIXELS <= self.min_pixels <= self.max_pixels:
             raise ValueError(
-                f"need {PATCH * PATCH} <= min_pixels <= max_pixels, "
+                f"need {SMALLEST_TOKEN_PIXELS} <= min_pixels <= max_pixels, "
                 f"got {self.min_pixels} and {self.max_pixels}"
             )
 

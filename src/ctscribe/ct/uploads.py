@@ -26,6 +26,7 @@ from ctscribe.conversation.boxes import ImageFrame
 from ctscribe.ct.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
 from ctscribe.ct.inputs import iter_inputs
 from ctscribe.ct.windows import AUTO, CUSTOM, parse_window
+from ctscribe.models.family import ImageGrid
 
 NO_WINDOW = "none (an image file is shown as uploaded)"
 UNSUPPORTED = "unsupported file: upload a PNG or JPG image, DICOM file(s) of one series, or a NIfTI volume"
@@ -79,12 +80,12 @@ class Volume:
         """The position first shown: the middle slice, as ``ctscribe predict`` picks it."""
         return len(self.slices) // 2
 
-    def upload(self, position: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Upload:
-        """The slice at ``position`` (0-based, clamped), prepared for the model."""
+    def upload(self, position: int, max_pixels: int = DEFAULT_MAX_PIXELS, *, grid: ImageGrid) -> Upload:
+        """The slice at ``position`` (0-based, clamped), prepared for a model of ``grid``."""
         position = min(max(0, int(position)), len(self.slices) - 1)
         image = self.slices[position].convert("RGB")
         try:
-            prepared = prepare_image(image, ImageOptions(max_pixels=max_pixels))
+            prepared = prepare_image(image, ImageOptions(max_pixels=max_pixels), grid=grid)
         except BadImageError as error:
             raise UploadError(f"unusable image: {error}") from None
         number = (self.numbers[position] + 1, self.total) if self.total is not None else None
@@ -150,11 +151,16 @@ def read_volume(paths: Sequence[str | os.PathLike], window: str = AUTO) -> Volum
 
 
 def load_upload(
-    paths: Sequence[str | os.PathLike], window: str = AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[str | os.PathLike],
+    window: str = AUTO,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    grid: ImageGrid,
 ) -> Upload:
-    """The middle slice (or the image) of the uploaded files, prepared: what the page shows first."""
+    """The middle slice (or the image) of the uploaded files, prepared for a model of ``grid``: what the
+    page shows first."""
     volume = read_volume(paths, window)
-    return volume.upload(volume.middle, max_pixels)
+    return volume.upload(volume.middle, max_pixels, grid=grid)
 
 
 def take_uploads(paths: Sequence[str | os.PathLike]) -> list[tuple[str, bytes]]:

@@ -1,6 +1,6 @@
 """Box IoU: does a description point at the same place as its reference?
 
-A grounded answer says where its finding is with a box in Qwen2-VL's format
+A grounded answer says where its finding is with a box in the grounding format
 (:mod:`ctscribe.conversation.boxes`). Per test sample whose *reference* holds a box, the first box of
 the prediction is compared with the first box of the reference, both on the 0-1000 grid of the
 prepared image (the frame the model sees):

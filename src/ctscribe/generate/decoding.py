@@ -1,6 +1,6 @@
 """Generated tokens as text: the grounding markers kept, every other special token dropped.
 
-Qwen2-VL's grounding markers (``<|box_start|>`` and the rest, :data:`ctscribe.conversation.boxes.
+The grounding markers (``<|box_start|>`` and the rest, :data:`ctscribe.conversation.boxes.
 GROUNDING_TOKENS`) are *special* tokens, so the usual ``skip_special_tokens=True`` removes them with
 ``<|im_end|>`` and the pads and leaves bare numbers that nothing can parse. Every backend therefore
 decodes with the special tokens and drops all of them but the grounding ones here, so a box reaches

@@ -6,7 +6,7 @@ description produced by the API, a batch job and an evaluation report come from 
 rendering, image path and decoding settings.
 
 Batching uses left padding: every prompt then ends at the same position, so one ``generate`` call
-extends all of them. Qwen2-VL's rotary positions are computed from the attention mask, so a padded
+extends all of them. The model's rotary positions are computed from the attention mask, so a padded
 prompt gets the same positions, and in fp32 the same greedy tokens, as the prompt alone (a test and
 the serve concurrency test check this).
 """
@@ -32,6 +32,8 @@ from ctscribe.ct.images import (
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.generate.options import DEFAULT_MAX_NEW_TOKENS
 from ctscribe.model_settings import resolve_adapter, set_processor_budget
+from ctscribe.models import family_for
+from ctscribe.models.family import ImageGrid
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class GenerationBackend(Protocol):
 
     name: str  # the model's name, written next to every output
     image_options: ImageOptions
+    grid: ImageGrid  # the model family's image grid, which sizes every image
 
     def prepare(self, image: Image.Image | bytes | str | Path) -> PreparedImage: ...
 
@@ -78,14 +81,16 @@ class GenerationBackend(Protocol):
 
 
 class ImagePathMixin:
-    """Gives a backend :meth:`prepare`: images through the one image path, at its own pixel budget."""
+    """Gives a backend :meth:`prepare`: images through the one image path, at its own pixel budget
+    and its model's image grid."""
 
     image_options: ImageOptions
+    grid: ImageGrid
 
     def prepare(self, image: Image.Image | bytes | str | Path) -> PreparedImage:
         """Any image through the one image path, at this engine's pixel budget: the model's image
         (``.image``) with the crop it was cut from, so that boxes map back to the image given."""
-        return prepare_image(image, self.image_options)
+        return prepare_image(image, self.image_options, grid=self.grid)
 
 
 def engine_name(model: str | Path, adapter_dir: Path | None) -> str:
@@ -153,7 +158,8 @@ class _TextStreamer:
 
 
 class TransformersEngine(ImagePathMixin):
-    """Qwen2-VL (optionally with a PEFT adapter) on transformers, batched with left padding."""
+    """A vision-language model of a supported family (optionally with a PEFT adapter) on transformers,
+    batched with left padding."""
 
     def __init__(
         self,
@@ -169,7 +175,7 @@ class TransformersEngine(ImagePathMixin):
     ) -> None:
         """``processor`` is for a full fine-tuning checkpoint, which holds weights but no processor."""
         import torch
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+        from transformers import AutoProcessor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":  # bf16 where the GPU has it; fp32 on CPU, where bf16 is slow and inexact
@@ -178,12 +184,13 @@ class TransformersEngine(ImagePathMixin):
         else:
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
         check_model_reference(model)
+        family = family_for(model)  # an unsupported checkpoint is refused before anything loads
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         self.processor = AutoProcessor.from_pretrained(str(processor or model))
         self.processor.tokenizer.padding_side = "left"
         # Images arrive fitted to this budget; the processor must not resize them to its folder's.
         set_processor_budget(self.processor, max_pixels, min_pixels)
-        loaded = Qwen2VLForConditionalGeneration.from_pretrained(str(model), dtype=torch_dtype)
+        loaded = family.model_class().from_pretrained(str(model), dtype=torch_dtype)
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -211,6 +218,7 @@ class TransformersEngine(ImagePathMixin):
         self.model = model
         self.generation_config = copy.deepcopy(model.generation_config)
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
+        self.grid = family_for(model.config).grid
         self.name = name
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
         self.hidden_ids = hidden_special_ids(self.processor.tokenizer)
@@ -228,7 +236,7 @@ class TransformersEngine(ImagePathMixin):
             config.temperature, config.top_p, config.top_k = request.temperature, request.top_p, 0
         else:
             # transformers' neutral values: greedy ignores them, and the checkpoint's own sampling
-            # settings (Qwen2-VL ships temperature 0.01, top_k 1) would each print a warning.
+            # settings (the default family's ship temperature 0.01, top_k 1) would each print a warning.
             config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
         return config
 

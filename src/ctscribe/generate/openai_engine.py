@@ -29,6 +29,8 @@ from PIL import Image
 from ctscribe.ct.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
 from ctscribe.generate.decoding import KEEP_SPECIAL_TOKENS, drop_control_tokens
 from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePathMixin
+from ctscribe.models import DEFAULT_FAMILY
+from ctscribe.models.family import ImageGrid
 
 TIMEOUT_S = 600  # a long description on a busy CPU server takes minutes
 RETRIES = 3  # the client retries 503 (queue full) and connection errors, with backoff
@@ -117,12 +119,17 @@ class OpenAIEngine(ImagePathMixin):
         api_key: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_pixels: int = DEFAULT_MIN_PIXELS,
+        grid: ImageGrid = DEFAULT_FAMILY.grid,
         concurrency: int = 8,
         verify: bool = True,
     ) -> None:
         """``verify``: ask the server for its models first, so that a dead server, a refused key or an
         unknown model stops the command before any work (predict, evaluate, serve --upstream). Without
-        it (translate, which counts each caption's failure), a given ``model`` is taken on trust."""
+        it (translate, which counts each caption's failure), a given ``model`` is taken on trust.
+
+        ``grid`` sizes the images sent: the served model's family where the caller knows it (serve's
+        page, in the server's own process), else the default family's, since an OpenAI-compatible
+        server does not say which family it serves."""
         from openai import OpenAI
 
         self.base_url = base_url
@@ -135,6 +142,7 @@ class OpenAIEngine(ImagePathMixin):
         self.model = model
         self.name = self.model
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
+        self.grid = grid
         self.concurrency = concurrency
 
     def _call(self, call):

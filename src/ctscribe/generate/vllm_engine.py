@@ -4,8 +4,8 @@ vLLM batches continuously and pages its KV cache, so on a GPU it generates sever
 ``transformers.generate``. Prompts are rendered with the model's own chat template and images go
 through ctscribe's image path first, exactly as in :class:`~ctscribe.generate.engine.TransformersEngine`,
 so both backends see the same tokens and pixels. The pixel budget is applied there, by ctscribe:
-:func:`~ctscribe.ct.images.fit_pixel_budget` gives each image the size Qwen2-VL's processor would
-pick, so vLLM's processor keeps it as it is and needs no budget of its own (the ``min_pixels`` /
+:func:`~ctscribe.ct.images.fit_pixel_budget` gives each image the size the model family's processor
+would pick, so vLLM's processor keeps it as it is and needs no budget of its own (the ``min_pixels`` /
 ``max_pixels`` processor arguments are deprecated in current transformers).
 
 vLLM is not a ctscribe dependency: it pins an older transformers than ctscribe's lock, so it lives in
@@ -28,6 +28,7 @@ from ctscribe.generate.engine import (
     engine_name,
 )
 from ctscribe.model_settings import resolve_adapter
+from ctscribe.models import family_for
 
 # Room for the ~324 image tokens of DEFAULT_MAX_PIXELS, the prompt and the longest description (2,048 tokens,
 # serve's limit), with margin. vLLM's default is the checkpoint's 32,768, whose KV cache a small GPU (or
@@ -63,7 +64,8 @@ def sampling_options(request: GenerationRequest) -> dict:
 
 
 class VLLMEngine(ImagePathMixin):
-    """Qwen2-VL (optionally with a LoRA adapter on the language model) on vLLM's offline ``LLM``."""
+    """A vision-language model of a supported family (optionally with a LoRA adapter on the language
+    model) on vLLM's offline ``LLM``."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class VLLMEngine(ImagePathMixin):
             ) from exc
         from transformers import AutoProcessor
 
+        family = family_for(model)  # an unsupported checkpoint is refused before anything loads
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         adapter_dir = resolve_adapter(adapter) if adapter is not None else None
         rank = json.loads((adapter_dir / "adapter_config.json").read_text())["r"] if adapter_dir else None
@@ -104,6 +107,7 @@ class VLLMEngine(ImagePathMixin):
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
+        self.grid = family.grid
         self.name = name or engine_name(model, adapter_dir)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

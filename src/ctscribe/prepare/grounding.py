@@ -1,7 +1,7 @@
 """Where the region-of-interest box goes in a training answer, and how to take it out again.
 
 MedTrinity's captions name their region of interest ("The region of interest, located centrally
-...", "感兴趣区域位于 ..."), and the green box drawn into the image marks it. Qwen2-VL grounds a phrase
+...", "感兴趣区域位于 ..."), and the green box drawn into the image marks it. The model grounds a phrase
 by following it with its box (:mod:`ctscribe.conversation.boxes`), so the box goes right after the
 first region-of-interest phrase, which becomes the grounded phrase: "<|object_ref_start|>The region
 of interest<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>, located centrally ...". A

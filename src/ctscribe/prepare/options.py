@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ctscribe.conversation.prompts import fraction
 from ctscribe.ct.options import ImageOptions
+from ctscribe.models import DEFAULT_FAMILY
 
 DATASET_NAME_HELP = "Dataset name in dataset_info.json."
 
@@ -61,8 +62,9 @@ class FinalizeOptions:
         default=True,
         metadata={
             "help": "Put the green ROI box, on the 0-1000 grid of the prepared image, into the answer after "
-            "the caption's region-of-interest phrase (Qwen2-VL's grounding format). Never with --roi-box "
-            "keep: the box stays visible in the image, so no answer is grounded. See docs/PREPARE.md."
+            f"the caption's region-of-interest phrase ({DEFAULT_FAMILY.name}'s grounding format). Never "
+            "with --roi-box keep: the box stays visible in the image, so no answer is grounded. See "
+            "docs/PREPARE.md."
         },
     )
 

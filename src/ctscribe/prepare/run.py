@@ -35,6 +35,7 @@ from pathlib import Path
 from ctscribe.atomic import atomic_write, atomic_write_text
 from ctscribe.conversation.boxes import GridBox
 from ctscribe.ct.images import BadImageError, prepare_image
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare.captions import clean_caption
 from ctscribe.prepare.dedupe import NearDuplicateIndex, image_hash
 from ctscribe.prepare.modality import classify_modality
@@ -105,7 +106,9 @@ def stage_row(row: SourceRow, out: Path, options: StageOptions) -> dict:
     if row.image is None:
         return {**record, "status": "bad_image", "detail": row.image_error or "no image"}
     try:
-        prepared = prepare_image(row.image, options.image)
+        # Prepare runs before a base is chosen: images are sized on the default family's grid, and
+        # training fits them to its own model's grid (a no-op when the two agree).
+        prepared = prepare_image(row.image, options.image, grid=DEFAULT_FAMILY.grid)
     except BadImageError as error:
         return {**record, "status": "bad_image", "detail": str(error)}
     relpath = image_relpath(row.id)
@@ -392,6 +395,7 @@ def split_by_source(rules: Counter[tuple[str, str]]) -> dict[str, dict[str, int]
 def dataset_card(stats: dict, example: dict | None) -> str:
     """``DIR/README.md``: what is in the data set, how it was filtered, and what it is for."""
     options = stats["options"]
+    side = DEFAULT_FAMILY.grid.token_side
     lines = [
         f"# {options['name']}: CT image descriptions from MedTrinity-25M",
         "",
@@ -421,8 +425,9 @@ def dataset_card(stats: dict, example: dict | None) -> str:
         + ("CT only, recognised from the caption and source." if options["modality"] == "ct" else "all."),
         "- Captions: whitespace normalised, leftovers of the generation prompt (bounding-box wording) "
         "removed.",
-        f"- Images: RGB, pixel budget {options['image']['max_pixels']} pixels (Qwen2-VL: one token per "
-        f"28x28), background crop {'on' if options['image']['crop_background'] else 'off'}, saved as PNG.",
+        f"- Images: RGB, pixel budget {options['image']['max_pixels']} pixels ({DEFAULT_FAMILY.name}: one "
+        f"token per {side}x{side}), background crop "
+        f"{'on' if options['image']['crop_background'] else 'off'}, saved as PNG.",
         "- Duplicates: exact and near-duplicate images (re-encoded or resized) dropped after their first "
         "occurrence, by perceptual hash.",
         f"- Splits: val {options['val_fraction']}, test {options['test_fraction']}, keyed per source by "

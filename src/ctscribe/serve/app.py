@@ -58,6 +58,7 @@ def build_server(
             f"http://{options.page_host}:{options.port}/v1",
             api_key=api_key,
             model=engine.name,
+            grid=engine.grid,
             max_pixels=engine.image_options.max_pixels,
             prompts=prompts,
             language=language,

@@ -37,6 +37,7 @@ from ctscribe.ct.uploads import Upload, UploadError, Volume, load_held, take_upl
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError
+from ctscribe.models.family import ImageGrid
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import KEEP_REPORTS_S, draw_boxes, write_report
 from ctscribe.study.grouping import StudyFinding, group_findings
@@ -82,7 +83,7 @@ def password_check(api_key: str | None):
 
 def page_messages(history: Sequence[dict]) -> list[dict]:
     """The conversation as the engine's messages, the image in the first user turn (before its text,
-    as Qwen2-VL was trained), so every follow-up is answered with the image in view."""
+    as the base models were trained), so every follow-up is answered with the image in view."""
     messages = []
     for number, turn in enumerate(history):
         content: str | list[dict] = turn["content"]
@@ -109,18 +110,22 @@ def build_page(
     api_key: str | None = None,
     model: str = "",
     *,
+    grid: ImageGrid,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     prompts: Mapping[str, str] = DEFAULT_PROMPTS,
     language: str = "en",
 ):
     """The Gradio page, a client of the API at ``api_base_url`` (sending ``api_key`` as the bearer
-    key when set). ``max_pixels`` should be the budget the model was trained with, ``prompts`` (per
-    description language) and ``language`` what it was trained to answer (ctscribe.model_settings)."""
+    key when set). ``grid`` is the served model's image grid, ``max_pixels`` the budget it was trained
+    with, ``prompts`` (per description language) and ``language`` what it was trained to answer
+    (ctscribe.model_settings)."""
     import gradio as gr
 
     # The server is not up yet while the page is built: the model is taken on trust (verify=False).
-    client = OpenAIEngine(api_base_url, model, api_key=api_key, max_pixels=max_pixels, verify=False)
+    client = OpenAIEngine(
+        api_base_url, model, api_key=api_key, max_pixels=max_pixels, grid=grid, verify=False
+    )
     reports = Path(tempfile.mkdtemp(prefix="ctscribe-reports-"))
 
     def cleared(upload: Upload | None, message: str = "") -> tuple:
@@ -139,7 +144,7 @@ def build_page(
         try:
             volume = load_held(held, window_spec(window, custom))
             place = volume.middle if position is None else int(position) - 1
-            upload = volume.upload(place, max_pixels)
+            upload = volume.upload(place, max_pixels, grid=grid)
         except UploadError as error:
             return None, hidden, *cleared(None, f"**Error:** {error}")
         slider = hidden
@@ -164,7 +169,7 @@ def build_page(
         if volume is None:
             return cleared(None)
         try:
-            return cleared(volume.upload(int(position) - 1, max_pixels))
+            return cleared(volume.upload(int(position) - 1, max_pixels, grid=grid))
         except UploadError as error:
             return cleared(None, f"**Error:** {error}")
 
@@ -231,7 +236,7 @@ def build_page(
                 uploads = {}
                 for position in range(start, min(start + SERIES_BATCH, total)):
                     try:
-                        uploads[position] = volume.upload(position, max_pixels)
+                        uploads[position] = volume.upload(position, max_pixels, grid=grid)
                     except UploadError:
                         unread += 1  # counted and said below; its neighbours are still read
                 requests = [
@@ -271,7 +276,7 @@ def build_page(
             return gr.skip(), *[gr.skip()] * 8
         finding, box = findings[chosen]
         try:
-            upload = volume.upload(finding.key_slice, max_pixels)
+            upload = volume.upload(finding.key_slice, max_pixels, grid=grid)
         except UploadError as error:
             return gr.skip(), *cleared(None, f"**Error:** {error}")
         fresh = list(cleared(upload))

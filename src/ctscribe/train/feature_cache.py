@@ -1,7 +1,7 @@
 """Vision-feature cache: each image through the frozen vision tower once, not once per epoch.
 
 With the vision tower and projector frozen (the default recipe), an image's merged features (what
-Qwen2-VL scatters into the image-pad positions) are the same in every epoch, yet a trainer runs the
+the model scatters into the image-pad positions) are the same in every epoch, yet a trainer runs the
 675M-parameter tower on every image at every step; no public trainer caches them. This module
 computes them once and stores them in bf16 safetensors shards that are memory-mapped when read.
 
@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from ctscribe.atomic import atomic_write, atomic_write_bytes
 from ctscribe.ct.images import ImageOptions, prepare_image
+from ctscribe.models.family import Family
 from ctscribe.recipe import Recipe, parameter_sharding
 
 INDEX = "index.json"
@@ -193,22 +194,28 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def merged_features(visual: torch.nn.Module, image_processor, images: list) -> list[tuple]:
-    """(features, grid) per image: the vision tower and projector's output, as Qwen2-VL consumes it."""
+def merged_features(family: Family, visual: torch.nn.Module, image_processor, images: list) -> list[tuple]:
+    """(features, grid) per image: the vision tower and projector's output, as the model consumes it."""
     batch = image_processor(images=images, return_tensors="pt")
     device = next(visual.parameters()).device
     grid = batch["image_grid_thw"].to(device)
     output = visual(batch["pixel_values"].to(device, visual.dtype), grid_thw=grid)
     # transformers >= 5.2x returns an output object (merged features in pooler_output); earlier, a tensor.
     merged = output.pooler_output if hasattr(output, "pooler_output") else output
-    sizes = (grid.prod(-1) // visual.spatial_merge_size**2).tolist()
+    sizes = family.merged_tokens(visual, grid).tolist()
     return list(zip(torch.split(merged, sizes), grid, strict=True))
 
 
 def build_feature_cache(
-    root: Path, visual: torch.nn.Module, image_processor, options: ImageOptions, paths: Iterable[Path]
+    root: Path,
+    family: Family,
+    visual: torch.nn.Module,
+    image_processor,
+    options: ImageOptions,
+    paths: Iterable[Path],
 ) -> FeatureCache:
-    """The cache for these images under ``root``, computing only the images it does not hold yet."""
+    """The cache for these images under ``root``, computing only the images it does not hold yet;
+    ``visual`` is the tower of a model of ``family``."""
     folder = Path(root) / vision_fingerprint(visual, options)
     folder.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(folder)
@@ -224,8 +231,8 @@ def build_feature_cache(
     keys = list(missing)
     for start in range(0, len(keys), BUILD_BATCH):
         chunk = keys[start : start + BUILD_BATCH]
-        images = [prepare_image(missing[key], options).image for key in chunk]
-        pending.update(zip(chunk, merged_features(visual, image_processor, images), strict=True))
+        images = [prepare_image(missing[key], options, grid=family.grid).image for key in chunk]
+        pending.update(zip(chunk, merged_features(family, visual, image_processor, images), strict=True))
         if len(pending) >= SHARD_IMAGES:
             cache.add_shard(pending)
             pending = {}

@@ -25,8 +25,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ctscribe.llamafactory_cli import TEMPLATE, find_cli, has_module, run_cli, write_config
+from ctscribe.llamafactory_cli import find_cli, has_module, run_cli, write_config
 from ctscribe.model_settings import check_data_budget, record_settings, training_settings
+from ctscribe.models import Family, family_for
 from ctscribe.recipe import Recipe, RecipeError, training_folders
 from ctscribe.run_folder import (
     LOSS_PLOT,
@@ -145,13 +146,16 @@ def refuse_native_scoring(recipe: Recipe) -> None:
         )
 
 
-def train_config(recipe: Recipe, cli: Path | None = None, resume_from: Path | None = None) -> dict:
-    """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML)."""
+def train_config(
+    recipe: Recipe, family: Family, cli: Path | None = None, resume_from: Path | None = None
+) -> dict:
+    """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML), with the
+    chat template of the base's ``family``."""
     refuse_native_scoring(recipe)
     data_dir, run_dir = training_folders(recipe)
     train_set, val_set = dataset_names(data_dir)
     settings = recipe.to_dict()
-    config: dict = {"stage": "sft", "do_train": True, "template": TEMPLATE}
+    config: dict = {"stage": "sft", "do_train": True, "template": family.llamafactory_template}
     config.update({key: settings[key] for key in SAME_NAME})
     # Local folders as absolute paths: the YAML can then be rerun from any folder.
     for key in ("model_name_or_path", "dataset_dir"):
@@ -224,6 +228,7 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
     executable = find_cli(cli)
     data_dir, run_dir = training_folders(recipe)
     check_data_budget(recipe.image_max_pixels, data_dir)
+    family = family_for(recipe.model_name_or_path)  # an unsupported base is refused before anything runs
     output = run_dir / OUTPUT_SUBDIR
     resume_from = None
     if claim_run_dir(recipe, resume, started=output.exists()):
@@ -231,7 +236,9 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
         log.info("resuming from %s", resume_from or "the start (no checkpoint was saved)")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_recipe(run_dir, recipe)
-    config = write_config(run_dir / "llamafactory_train.yaml", train_config(recipe, executable, resume_from))
+    config = write_config(
+        run_dir / "llamafactory_train.yaml", train_config(recipe, family, executable, resume_from)
+    )
     run_cli(executable, "train", config, run_dir / "llamafactory.log")
 
     final = final_folder(run_dir, recipe)

@@ -1,6 +1,6 @@
 """The training loss with the language-model head applied only where a label is.
 
-Qwen2-VL's head maps every position to 151,936 logits, but the loss is taken on the answer tokens
+The default family's head maps every position to 151,936 logits, but the loss is taken on the answer tokens
 only: with a 324-token image and a ~90-token caption, about four positions in five are projected and
 then thrown away. transformers' ``logits_to_keep`` accepts a boolean (batch, sequence) mask, so the
 model's own forward (hence DDP, PEFT and gradient checkpointing as usual) projects only the positions

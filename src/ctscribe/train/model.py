@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from ctscribe.models.family import Family
 from ctscribe.recipe import Recipe, RecipeError
 
 # Every linear layer of the language model: what LoRA adapts by default, and what vLLM can serve.
@@ -31,20 +32,19 @@ def attention_implementation(recipe: Recipe) -> str:
     return "sdpa"
 
 
-def lora_target_modules(recipe: Recipe) -> str:
+def lora_target_modules(recipe: Recipe, family: Family) -> str:
     """A PEFT regex over module names: the language model's linear layers only, never the vision tower."""
     names = (
         LANGUAGE_LINEAR
         if recipe.lora_target == "all"
         else tuple(n.strip() for n in recipe.lora_target.split(","))
     )
-    return rf".*language_model.*\.({'|'.join(names)})$"
+    return family.lora_pattern(names)
 
 
-def build_model(recipe: Recipe):
-    """Load the base model and make exactly the recipe's parameters trainable."""
-    from transformers import Qwen2VLForConditionalGeneration
-
+def build_model(recipe: Recipe, family: Family):
+    """Load the base model, a checkpoint of ``family``, and make exactly the recipe's parameters
+    trainable."""
     quantization = None
     if recipe.finetuning_type == "qlora":
         if not torch.cuda.is_available():
@@ -59,7 +59,7 @@ def build_model(recipe: Recipe):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    model = Qwen2VLForConditionalGeneration.from_pretrained(
+    model = family.model_class().from_pretrained(
         recipe.model_name_or_path,
         dtype=torch.bfloat16 if use_bf16(recipe) else torch.float32,
         attn_implementation=attention_implementation(recipe),
@@ -67,9 +67,8 @@ def build_model(recipe: Recipe):
     )
     model.config.use_cache = False  # the KV cache only costs memory in training
 
-    visual = model.model.visual
-    for name, parameter in visual.named_parameters():
-        projector = name.startswith("merger.")
+    for name, parameter in family.vision_tower(model).named_parameters():
+        projector = name.startswith(f"{family.projector_name}.")
         frozen = recipe.freeze_multi_modal_projector if projector else recipe.freeze_vision_tower
         parameter.requires_grad = not frozen
 
@@ -86,14 +85,14 @@ def build_model(recipe: Recipe):
     # includes the projector, or the projector alone) are trained fully and saved with the adapter.
     modules_to_save = None
     if not recipe.freeze_vision_tower:
-        modules_to_save = ["visual"]
+        modules_to_save = [family.tower_name]
     elif not recipe.freeze_multi_modal_projector:
-        modules_to_save = ["merger"]
+        modules_to_save = [family.projector_name]
     config = LoraConfig(
         r=recipe.lora_rank,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=lora_target_modules(recipe),
+        target_modules=lora_target_modules(recipe, family),
         modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )

@@ -1,9 +1,9 @@
-"""A collated batch as Qwen2-VL's forward arguments: cached vision features and packed rows.
+"""A collated batch as the model's forward arguments: cached vision features and packed rows.
 
 The collator cannot do this part: it needs the model (its embedding table for cached features, its
-``get_rope_index`` for positions). Everything else is passed to the model's own forward unchanged,
-so DDP, PEFT, gradient checkpointing and Liger see an ordinary call. The image and video token ids
-come from the model's config (``image_token_id``, ``video_token_id``).
+family's position rule, ``Family.rope_index``, for positions). Everything else is passed to the
+model's own forward unchanged, so DDP, PEFT, gradient checkpointing and Liger see an ordinary call.
+The image and video token ids come from the model's config (``image_token_id``, ``video_token_id``).
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ import itertools
 
 import torch
 
+from ctscribe.models.family import Family
 from ctscribe.train.packing import count_images
 from ctscribe.train.samples import mm_token_types, model_takes_token_types
 
 
-def qwen_core(model: torch.nn.Module) -> torch.nn.Module:
-    """The ``Qwen2VLModel`` inside a (PEFT-wrapped) ``Qwen2VLForConditionalGeneration``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
-
 def rope_positions(
+    family: Family,
     core: torch.nn.Module,
     input_ids: torch.Tensor,
     text_positions: torch.Tensor,
@@ -30,8 +26,9 @@ def rope_positions(
 ) -> torch.Tensor:
     """(4, rows, length) position ids: text positions, then M-RoPE positions computed per sample.
 
-    A sample starts wherever its text position is 0. ``core`` is the ``Qwen2VLModel`` whose
-    ``get_rope_index`` computes one unpacked sample's positions exactly as in ordinary training.
+    A sample starts wherever its text position is 0. ``core`` is the model's inner model
+    (``family.core``), with which ``family.rope_index`` computes one unpacked sample's positions
+    exactly as in ordinary training.
     """
     rows, length = input_ids.shape
     positions = torch.zeros(3, rows, length, dtype=torch.long, device=input_ids.device)
@@ -45,9 +42,9 @@ def rope_positions(
             grid = image_grid_thw[used_images : used_images + images] if images else None
             used_images += images
             extra = {}
-            if model_takes_token_types():
+            if model_takes_token_types(family.model_class()):
                 extra["mm_token_type_ids"] = mm_token_types(ids, image_pad, video_pad)
-            sample_positions, _ = core.get_rope_index(input_ids=ids, image_grid_thw=grid, **extra)
+            sample_positions = family.rope_index(core, ids, grid, **extra)
             positions[:, row, start:end] = sample_positions[:, 0]
     return torch.cat([text_positions[None].to(positions), positions])
 
@@ -57,7 +54,7 @@ def with_image_features(
 ) -> torch.Tensor:
     """Token embeddings with the image-pad positions replaced by (cached) vision features.
 
-    What ``Qwen2VLModel.forward`` does with the tower's output, done here because the features do
+    What the inner model's forward does with the tower's output, done here because the features do
     not come from the tower.
     """
     embeds = core.get_input_embeddings()(input_ids)
@@ -67,7 +64,7 @@ def with_image_features(
     return embeds.masked_scatter(pads.unsqueeze(-1), features.to(embeds.device, embeds.dtype))
 
 
-def model_inputs(core: torch.nn.Module, batch: dict) -> dict:
+def model_inputs(family: Family, core: torch.nn.Module, batch: dict) -> dict:
     """Forward arguments for ``batch``: unchanged unless it is packed or carries cached features.
 
     Packed rows (``text_position_ids``, no attention mask) and cached features (``image_features``,
@@ -83,7 +80,9 @@ def model_inputs(core: torch.nn.Module, batch: dict) -> dict:
     if text_positions is None:  # unpacked rows: one sample each, its padding masked by attention_mask
         rows, length = input_ids.shape
         text_positions = torch.arange(length, device=input_ids.device).expand(rows, length)
-    batch["position_ids"] = rope_positions(core, input_ids, text_positions, batch.get("image_grid_thw"))
+    batch["position_ids"] = rope_positions(
+        family, core, input_ids, text_positions, batch.get("image_grid_thw")
+    )
     batch["use_cache"] = False  # with a KV cache transformers would not read sample borders from positions
     if features is not None:
         batch["inputs_embeds"] = with_image_features(core, batch.pop("input_ids"), features)

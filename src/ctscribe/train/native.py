@@ -5,7 +5,7 @@
 (``NativeTrainingRecipe.setup`` says why in that order.) The Trainer brings gradient accumulation,
 evaluation, checkpoints with optimizer, scheduler, RNG and data position (so a resumed run repeats an
 uninterrupted one), and multi-GPU through accelerate/torchrun with DeepSpeed or FSDP. ctscribe adds
-what Qwen2-VL fine-tuning needs on top: the loss mask and length checks (``train.data``),
+what vision-language fine-tuning needs on top: the loss mask and length checks (``train.data``),
 checkpoints that count only once complete, a ``train_log.jsonl`` and ``loss.png``.
 
 RUN_DIR after a run holds the files of ``ctscribe.run_folder`` (recipe.yaml, data_stats.json,
@@ -35,6 +35,7 @@ from ctscribe.model_settings import (
     set_processor_budget,
     training_settings,
 )
+from ctscribe.models import Family, family_for
 from ctscribe.recipe import (
     CLINICAL_METRICS,
     Recipe,
@@ -72,7 +73,7 @@ from ctscribe.train.feature_cache import (
 )
 from ctscribe.train.loss import labelled_only_loss, liger_active
 from ctscribe.train.model import build_model, use_bf16
-from ctscribe.train.model_inputs import model_inputs, qwen_core
+from ctscribe.train.model_inputs import model_inputs
 from ctscribe.train.samples import SFTDataset, collate
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,14 @@ class CtscribeTrainer(Trainer):
     def __init__(
         self,
         *args,
+        family: Family,
         labelled_only: bool = False,
         group_by_length: bool = False,
         scorer: ValidationScorer | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.family = family
         self.labelled_only, self.group_by_length, self.scorer = labelled_only, group_by_length, scorer
 
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
@@ -166,7 +169,7 @@ class CtscribeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Packed rows and cached features become forward arguments; then the model's loss, or the
         same loss with logits only at labelled positions."""
-        inputs = model_inputs(qwen_core(self.accelerator.unwrap_model(model)), inputs)
+        inputs = model_inputs(self.family, self.family.core(self.accelerator.unwrap_model(model)), inputs)
         if not self.labelled_only:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = labelled_only_loss(model, inputs, num_items_in_batch)
@@ -278,7 +281,7 @@ def training_arguments(recipe: Recipe, run_dir: Path, evaluate: bool) -> Trainin
         eval_strategy="steps" if evaluate else "no",
         eval_steps=eval_steps if evaluate else None,
         # The best checkpoint is kept (rotation spares it) and named in run_summary.json. Loading it
-        # back at the end is left off: transformers 5.24 saves Qwen2-VL under converted key names
+        # back at the end is left off: transformers 5.24 saves the model under converted key names
         # and then fails to load them, silently keeping the last weights.
         load_best_model_at_end=False,
         metric_for_best_model=recipe.metric_for_best_model if evaluate else None,
@@ -314,6 +317,7 @@ def training_image_options(recipe: Recipe) -> ImageOptions:
 def feature_cache_within_bound(
     recipe: Recipe,
     args: TrainingArguments,
+    family: Family,
     model,
     processor,
     image_options: ImageOptions,
@@ -322,7 +326,7 @@ def feature_cache_within_bound(
     """The vision-feature cache of the splits' images, or None when its estimated size is over
     ``vision_feature_cache_max_gb`` or the free disk (then training reads pixels, and says why)."""
     root = Path(recipe.vision_feature_cache_dir or Path(args.output_dir) / "feature_cache")
-    hidden = qwen_core(model).config.text_config.hidden_size
+    hidden = family.core(model).config.text_config.hidden_size
     estimate = cache_bytes(sum(split.image_tokens() for split in splits), hidden)
     free = free_bytes(root)
     refusal = cache_size_refusal(estimate, recipe.vision_feature_cache_max_gb, free)
@@ -338,7 +342,7 @@ def feature_cache_within_bound(
     paths = [path for split in splits for path in split.image_paths()]
     with args.main_process_first(desc="vision-feature cache"):  # one process builds, the rest read
         return build_feature_cache(
-            root, qwen_core(model).visual, processor.image_processor, image_options, paths
+            root, family, family.vision_tower(model), processor.image_processor, image_options, paths
         )
 
 
@@ -390,9 +394,11 @@ class NativeTrainingRecipe:
         self._setup_trainer()
 
     def _setup_run_dir(self) -> None:
-        # The data's pixel budget against the recipe's: read from the data folder's stats.json, so it
-        # fails before the run folder is touched.
+        # The data's pixel budget against the recipe's, and the base's family: read from the data
+        # folder's stats.json and the base's config.json, so both fail before the run folder is touched
+        # (a checkpoint of no supported family is refused before anything of it loads).
         check_data_budget(self.recipe.image_max_pixels, self.data_dir)
+        self.family = family_for(self.recipe.model_name_or_path)
         if claim_run_dir(self.recipe, self.resume, started=any(self.run_dir.glob("checkpoint-*"))):
             removed = remove_incomplete_checkpoints(self.run_dir)
             if removed:
@@ -417,6 +423,7 @@ class NativeTrainingRecipe:
             self.processor.image_processor,
             self.image_options,
             self.recipe.cutoff_len,
+            self.family,
             self.recipe.max_samples,
         )
 
@@ -454,7 +461,7 @@ class NativeTrainingRecipe:
 
     def _setup_model(self) -> None:
         set_seed(self.recipe.seed)  # LoRA's random init happens here, before the Trainer seeds anything
-        self.model = build_model(self.recipe)
+        self.model = build_model(self.recipe, self.family)
 
     def _setup_feature_cache(self) -> None:
         """Attach the vision-feature cache to the datasets (their samples then carry features, not
@@ -468,7 +475,7 @@ class NativeTrainingRecipe:
         started = time.perf_counter()
         splits = [split for split in (self.train_set, self.eval_set) if split is not None]
         cache = feature_cache_within_bound(
-            self.recipe, self.args, self.model, self.processor, self.image_options, splits
+            self.recipe, self.args, self.family, self.model, self.processor, self.image_options, splits
         )
         for split in splits:
             split.features = cache
@@ -499,8 +506,12 @@ class NativeTrainingRecipe:
             train_dataset=self.train_set,
             eval_dataset=self.eval_set,
             data_collator=functools.partial(
-                collate, tokens=self.train_set.tokens, pack_to=recipe.cutoff_len if recipe.packing else None
+                collate,
+                tokens=self.train_set.tokens,
+                pack_to=recipe.cutoff_len if recipe.packing else None,
+                token_types=self.train_set.token_types,
             ),
+            family=self.family,
             callbacks=[*loggers, *self.callbacks],
             # Liger's patched forward already computes the loss without logits; otherwise skip most of them.
             labelled_only=recipe.loss_on_labelled_only and not liger_active(recipe),

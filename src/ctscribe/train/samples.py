@@ -1,14 +1,14 @@
-"""Supervised fine-tuning samples for Qwen2-VL: token ids, the loss mask and the image features.
+"""Supervised fine-tuning samples: token ids, the loss mask and the image features.
 
 A record is what `ctscribe prepare` writes (``ctscribe.conversation.records``): ``messages`` whose
 user turns hold ``<image>`` placeholders, and ``images`` relative to the data folder. It becomes the
-exact token sequence Qwen2-VL-Instruct's chat template produces (``ctscribe.conversation.template``),
+exact token sequence the model family's chat template produces (``ctscribe.conversation.template``),
 with the loss on assistant tokens only (each answer and its ``<|im_end|>``, in every turn of a
 multi-turn conversation). Token ids come from the tokenizer the samples are encoded with.
 
 Lengths are checked before training, from the text and the image sizes alone: a sample whose
 image tokens would not fit in ``cutoff_len`` is dropped and counted (truncating through image
-tokens is what breaks Qwen2-VL's image-feature/token match), a longer answer is truncated.
+tokens is what breaks the model's image-feature/token match), a longer answer is truncated.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from PIL import Image
 
 from ctscribe.conversation.template import TokenIds, render_conversation
 from ctscribe.ct.images import ImageOptions, count_image_tokens, prepare_image
+from ctscribe.models.family import ChatTemplate, Family, ImageGrid
 from ctscribe.prepare.splits import read_split
 from ctscribe.train.packing import pack_rows
 from ctscribe.train.split_index import SampleTable, load_split, measure, tokenizer_fingerprint
@@ -40,9 +41,9 @@ class Encoded:
     labels: list[int]
 
 
-def encode_text(tokenizer, messages: list[dict]) -> Encoded:
+def encode_text(tokenizer, messages: list[dict], template: ChatTemplate) -> Encoded:
     """Tokenise a conversation; a token is labelled when its characters lie inside an answer span."""
-    text, spans = render_conversation(messages)
+    text, spans = render_conversation(messages, template)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for token_id, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
@@ -75,7 +76,13 @@ def expand_image_pads(
 
 
 def check_sample(
-    record: dict, image_root: Path, tokenizer, image_pad_id: int, image_options: ImageOptions, cutoff_len: int
+    record: dict,
+    image_root: Path,
+    tokenizer,
+    image_pad_id: int,
+    image_options: ImageOptions,
+    cutoff_len: int,
+    family: Family,
 ) -> tuple[int, int] | str:
     """(tokens, image tokens) of the sample as it will be trained, or the reason it is dropped.
 
@@ -83,18 +90,19 @@ def check_sample(
     ``image_pad_id`` is the tokenizer's (``TokenIds``), read once per split rather than per record.
     """
     try:
-        tokens = [image_tokens(image_root / p, image_options) for p in record.get("images", [])]
+        tokens = [image_tokens(image_root / p, image_options, family.grid) for p in record.get("images", [])]
     except OSError as error:
         return f"unreadable image ({type(error).__name__})"
-    result = expand_image_pads(encode_text(tokenizer, record["messages"]), tokens, cutoff_len, image_pad_id)
+    encoded = encode_text(tokenizer, record["messages"], family.template)
+    result = expand_image_pads(encoded, tokens, cutoff_len, image_pad_id)
     return result if isinstance(result, str) else (len(result.input_ids), sum(tokens))
 
 
-def image_tokens(path: Path, options: ImageOptions) -> int:
+def image_tokens(path: Path, options: ImageOptions, grid: ImageGrid) -> int:
     """Image tokens of the image at ``path`` within the budget, from its header only."""
     with Image.open(path) as image:  # header only: no decode
         width, height = image.size
-    return count_image_tokens(width, height, options.max_pixels, options.min_pixels)
+    return count_image_tokens(width, height, options.max_pixels, options.min_pixels, grid=grid)
 
 
 @dataclass
@@ -118,11 +126,14 @@ class SFTDataset(torch.utils.data.Dataset):
     image_processor: object
     image_options: ImageOptions
     cutoff_len: int
+    family: Family  # the model's: its chat template, image grid and token types
     features: object | None = None  # a FeatureCache holding every image of the records
     table: SampleTable | None = None  # None: measured here, record by record
 
     def __post_init__(self) -> None:
-        self.tokens = TokenIds.from_tokenizer(self.tokenizer)  # what collate needs to batch the samples
+        # What collate needs to batch the samples.
+        self.tokens = TokenIds.from_tokenizer(self.tokenizer, self.family.template)
+        self.token_types = model_takes_token_types(self.family.model_class())
         if self.table is None:
             check = functools.partial(
                 check_sample,
@@ -131,6 +142,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 image_pad_id=self.tokens.image_pad,
                 image_options=self.image_options,
                 cutoff_len=self.cutoff_len,
+                family=self.family,
             )
             self.table = measure(iter(self.records), check)
         self.positions = self.table.kept  # the kept samples' positions in ``records``
@@ -145,6 +157,7 @@ class SFTDataset(torch.utils.data.Dataset):
         image_processor,
         image_options: ImageOptions,
         cutoff_len: int,
+        family: Family,
         max_samples: int | None = None,
     ) -> SFTDataset:
         """The first ``max_samples`` records of a prepared split file, read lazily, with the table
@@ -159,9 +172,10 @@ class SFTDataset(torch.utils.data.Dataset):
             check_sample,
             image_root=root,
             tokenizer=tokenizer,
-            image_pad_id=TokenIds.from_tokenizer(tokenizer).image_pad,
+            image_pad_id=TokenIds.from_tokenizer(tokenizer, family.template).image_pad,
             image_options=image_options,
             cutoff_len=cutoff_len,
+            family=family,
         )
         records, table = load_split(path, settings, check)
         return cls(
@@ -171,6 +185,7 @@ class SFTDataset(torch.utils.data.Dataset):
             image_processor,
             image_options,
             cutoff_len,
+            family,
             table=table.head(max_samples),
         )
 
@@ -198,7 +213,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 "image_features": torch.cat([features for features, _ in cached]),
                 "image_grid_thw": torch.cat([grid for _, grid in cached]),
             }
-        images = [prepare_image(path, self.image_options).image for path in paths]
+        images = [prepare_image(path, self.image_options, grid=self.family.grid).image for path in paths]
         processed = self.image_processor(images=images, return_tensors="pt")
         return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
 
@@ -210,7 +225,10 @@ class SFTDataset(torch.utils.data.Dataset):
             merge = self.image_processor.merge_size**2
             tokens = [int(t * h * w) // merge for t, h, w in images["image_grid_thw"].tolist()]
         encoded = expand_image_pads(
-            encode_text(self.tokenizer, record["messages"]), tokens, self.cutoff_len, self.tokens.image_pad
+            encode_text(self.tokenizer, record["messages"], self.family.template),
+            tokens,
+            self.cutoff_len,
+            self.tokens.image_pad,
         )
         if isinstance(encoded, str):  # the length check ran on the same sizes; this cannot differ
             raise RuntimeError(f"sample {record.get('id')} changed since it was checked: {encoded}")
@@ -222,22 +240,21 @@ class SFTDataset(torch.utils.data.Dataset):
 
 
 @functools.cache
-def model_takes_token_types() -> bool:
+def model_takes_token_types(model_class: type) -> bool:
     """transformers >= 5.2x wants ``mm_token_type_ids`` (which tokens are image/video) for M-RoPE;
     earlier 5.x releases compute it from the ids themselves and do not accept it."""
-    from transformers import Qwen2VLForConditionalGeneration
-
-    return "mm_token_type_ids" in inspect.signature(Qwen2VLForConditionalGeneration.forward).parameters
+    return "mm_token_type_ids" in inspect.signature(model_class.forward).parameters
 
 
 def mm_token_types(input_ids: torch.Tensor, image_pad_id: int, video_pad_id: int) -> torch.Tensor:
-    """0 for text, 1 for image tokens, 2 for video tokens, as Qwen2-VL's processor marks them."""
+    """0 for text, 1 for image tokens, 2 for video tokens, as the model's processor marks them."""
     return (input_ids == image_pad_id).long() + 2 * (input_ids == video_pad_id).long()
 
 
-def collate(samples: list[dict], tokens: TokenIds, pack_to: int | None = None) -> dict:
+def collate(samples: list[dict], tokens: TokenIds, pack_to: int | None = None, *, token_types: bool) -> dict:
     """Right-pad a batch with ``tokens.pad``; image patches (or cached features) of all samples are
-    concatenated. ``tokens`` are the ids of the tokenizer that encoded the samples (``SFTDataset.tokens``).
+    concatenated. ``tokens`` are the ids of the tokenizer that encoded the samples (``SFTDataset.tokens``),
+    ``token_types`` whether the model takes ``mm_token_type_ids`` (``SFTDataset.token_types``).
 
     With ``pack_to`` the samples are packed end to end into rows of at most that many tokens (see
     ``train.packing``): the batch then has ``text_position_ids`` restarting at 0 for each sample
@@ -265,7 +282,7 @@ def collate(samples: list[dict], tokens: TokenIds, pack_to: int | None = None) -
         batch["text_position_ids"] = text_positions
     else:
         batch["attention_mask"] = attention_mask
-    if model_takes_token_types():
+    if token_types:
         batch["mm_token_type_ids"] = mm_token_types(input_ids, tokens.image_pad, tokens.video_pad)
     # Rows hold consecutive samples, so sample order is the order of the image-pad runs.
     for key in ("pixel_values", "image_features", "image_grid_thw"):
