@@ -197,14 +197,14 @@ def test_warns_on_unknown_tokens(tiny_bert, caplog):
 
 
 def test_evaluate_scoring_adds_bertscore_when_given_a_model(tiny_bert):
-    from ctscribe.evaluate.scores import score_records
+    from ctscribe.evaluate.scores import score_system
 
     records = [
         {"status": "ok", "text": PARAPHRASE[0], "reference": PARAPHRASE[1]},
         {"status": "ok", "text": SENTENCES[1], "reference": SENTENCES[1]},
     ]
-    metrics = score_records(records, bertscore_model=tiny_bert)
+    metrics = score_system(records, bertscore_model=tiny_bert).block
     assert 0 < metrics["bertscore"] <= 1 and metrics["bertscore_layer"] == default_layer(tiny_bert)
     low, high = metrics["ci95"]["bertscore"]
     assert low <= metrics["bertscore"] <= high
-    assert "bertscore" not in score_records(records)
+    assert "bertscore" not in score_system(records).block

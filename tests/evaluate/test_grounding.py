@@ -11,7 +11,7 @@ from ctscribe.conversation.boxes import GridBox, format_box
 from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.grounding import first_box, score_boxes
 from ctscribe.evaluate.report import BOX_COLOURS, build_report, comparison_rows
-from ctscribe.evaluate.scores import score_records
+from ctscribe.evaluate.scores import score_system
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import GenerationResult, ImagePathMixin
 from ctscribe.models import DEFAULT_FAMILY
@@ -62,7 +62,7 @@ def test_words_are_scored_without_the_markup_and_the_box_apart():
             "reference": caption(BOX),
         }
     ] * 2
-    metrics = score_records(records)
+    metrics = score_system(records).block
     assert metrics["bleu4"] == pytest.approx(1.0) and metrics["rouge_l"] == pytest.approx(1.0)
     assert metrics["findings"]["abnormality_f1"] == 1.0
     assert metrics["boxes"]["mean_iou"] == 0.0 and metrics["boxes"]["parseable"] == 1.0
@@ -83,7 +83,7 @@ def test_the_models_own_words_are_scored_where_predict_keeps_them_apart():
         "raw_text": caption(BOX),
         "reference": caption(BOX),
     }
-    metrics = score_records([record])
+    metrics = score_system([record]).block
     assert metrics["boxes"]["mean_iou"] == 1.0 and metrics["bleu4"] == pytest.approx(1.0)
 
 
@@ -102,8 +102,8 @@ def test_the_report_and_the_gallery_show_the_boxes(tmp_path):
     model = {"input": str(image), "id": "a", "status": "ok", "text": caption(GridBox(600, 600, 900, 900))}
     base = {"input": str(image), "id": "a", "status": "ok", "text": caption(None)}
     records, baseline = [{**model, "reference": caption(BOX)}], [{**base, "reference": caption(BOX)}]
-    metrics = {"model": "m", "data": "test.json", **score_records(records)}
-    metrics["baseline"] = {"model": "base", **score_records(baseline)}
+    metrics = {"model": "m", "data": "test.json", **score_system(records).block}
+    metrics["baseline"] = {"model": "base", **score_system(baseline).block}
     out = tmp_path / "report"
     out.mkdir()
     build_report(out, metrics, records, baseline, None, examples=5)

@@ -9,7 +9,7 @@ import pytest
 
 from ctscribe.ct.images import ImageOptions
 from ctscribe.evaluate.report import build_report, comparison_rows
-from ctscribe.evaluate.scores import read_predictions, score_records
+from ctscribe.evaluate.scores import read_predictions, score_system
 from ctscribe.fixtures.learning import LEARNING_PIXELS
 from ctscribe.generate.engine import ImagePathMixin
 from ctscribe.models import DEFAULT_FAMILY
@@ -28,7 +28,7 @@ def test_scores_count_failures_and_leave_them_out_of_the_metrics():
         _record("The image is a CT scan of the chest. A nodule is located in the right lung."),
         {"input": "bad.png", "slice": None, "status": "error", "error": "cannot decode image"},
     ]
-    metrics = score_records(records, seed=1)
+    metrics = score_system(records, seed=1).block
     assert metrics["n"] == 2 and metrics["failed"] == 1
     assert metrics["findings"]["region_acc"] == 1.0
     assert metrics["findings"]["abnormality_f1"] == 1.0
@@ -44,14 +44,14 @@ def test_scores_count_failures_and_leave_them_out_of_the_metrics():
 def test_per_region_breakdown_needs_enough_samples():
     head = "The image is a CT scan of the head. There is haemorrhage in the left hemisphere."
     records = [_record(head, head)] * 3 + [_record(REFERENCE)]
-    assert set(score_records(records)["per_region"]) == {"head"}
+    assert set(score_system(records).block["per_region"]) == {"head"}
 
 
 def test_the_report_shows_the_numbers_of_metrics_json(tmp_path):
     records = [_record(REFERENCE, id="a"), _record("CT of the head. No abnormality.", id="b")]
     baseline = [_record("Nothing useful.", id="a"), _record("Nothing.", id="b")]
-    metrics = {"model": "m", "data": "test.json", **score_records(records)}
-    metrics["baseline"] = {"model": "base", **score_records(baseline)}
+    metrics = {"model": "m", "data": "test.json", **score_system(records).block}
+    metrics["baseline"] = {"model": "base", **score_system(baseline).block}
     build_report(tmp_path, metrics, records, baseline, None, examples=5)
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     report = (tmp_path / "report.md").read_text()

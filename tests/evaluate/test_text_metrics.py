@@ -205,7 +205,7 @@ def test_ptb_tokenize_keeps_every_text_on_its_own_line() -> None:
 
 
 def test_without_java_cider_says_it_is_not_comparable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ctscribe.evaluate.scores import score_records
+    from ctscribe.evaluate.scores import score_system
 
     monkeypatch.setattr(text_metrics.shutil, "which", lambda name: None)
     assert ptb_tokenize(PUNCTUATED_REFS) is None
@@ -213,7 +213,7 @@ def test_without_java_cider_says_it_is_not_comparable(monkeypatch: pytest.Monkey
         {"status": "ok", "text": p, "reference": r}
         for p, r in zip(PUNCTUATED_PREDS, PUNCTUATED_REFS, strict=True)
     ]
-    metrics = score_records(records)
+    metrics = score_system(records).block
     assert metrics["cider_tokenizer"] == "ctscribe"
     assert metrics["cider"] == pytest.approx(cider(PUNCTUATED_PREDS, PUNCTUATED_REFS).score, abs=1e-6)
 

@@ -139,25 +139,9 @@ def plain_texts(records: Sequence[dict]) -> tuple[list[str], list[str]]:
 
 
 def scored_texts(records: Sequence[dict]) -> list[str]:
-    """Every text :func:`score_records` tokenises: predictions, references and their findings sentences."""
+    """Every text :func:`score_system` tokenises: predictions, references and their findings sentences."""
     texts = [text for pair in zip(*plain_texts(records), strict=True) for text in pair]
     return texts + [findings_sentence(text) for text in texts]
-
-
-def score_records(
-    records: Sequence[dict],
-    *,
-    with_meteor: bool = False,
-    seed: int = 0,
-    bertscore_model: Path | None = None,
-    ptb: Mapping[str, str] | None = None,
-    entity: EntityMetrics | None = None,
-) -> dict:
-    """metrics.json's block for one model: text metrics, findings, findings-sentence metrics, regions
-    (:func:`score_system`'s block)."""
-    return score_system(
-        records, with_meteor=with_meteor, seed=seed, bertscore_model=bertscore_model, ptb=ptb, entity=entity
-    ).block
 
 
 def _spread(columns: Columns, rows: Sequence[int], n: int) -> Columns:
