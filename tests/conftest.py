@@ -24,6 +24,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """``family_model_dir(model_type)``: the tiny random checkpoint of that family, each built once per
+    session when first asked for (the default family's is :func:`tiny_model_dir`)."""
+    from ctscribe.fixtures.families import QWEN2_VL, build_family_model
+
+    folders = {QWEN2_VL: tiny_model_dir}
+
+    def get(model_type: str) -> Path:
+        if model_type not in folders:
+            out = tmp_path_factory.mktemp("families") / model_type
+            folders[model_type] = build_family_model(out, model_type, "tiny")
+        return folders[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def family(tiny_model_dir: Path):
     """The tiny model's family, chosen from its config.json as training and inference choose it."""
     from ctscribe.models import family_for

@@ -43,7 +43,7 @@ def test_defaults_are_the_original_llamafactory_recipe() -> None:
 
 def test_speed_switches_are_on_by_default_and_each_can_be_turned_off() -> None:
     recipe = Recipe()
-    assert recipe.loss_on_labelled_only and recipe.packing and recipe.group_by_length
+    assert recipe.loss_on_labelled_only and recipe.packing == "auto" and recipe.group_by_length
     assert recipe.cache_vision_features == "auto" and recipe.vision_feature_cache_dir is None
     off = load_recipe(
         overrides=[
@@ -206,7 +206,7 @@ def test_unknown_fixed_key() -> None:
         ("bf16=fp16", r"bf16 must be 'auto', true or false, got 'fp16'"),
         ("report_to=wandb", r"report_to must be one of 'tensorboard', 'none', got 'wandb'"),
         ("lora_target=[q_proj]", r"lora_target must be a string, got \['q_proj'\]"),
-        ("packing=1", r"packing must be true or false, got 1"),
+        ("packing=1", r"packing must be 'auto', true or false, got 1"),
         ("group_by_length=maybe", r"group_by_length must be true or false, got 'maybe'"),
         ("loss_on_labelled_only=null", r"loss_on_labelled_only must be true or false, got null"),
         (

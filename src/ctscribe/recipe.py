@@ -90,7 +90,9 @@ class Recipe:
     cache_vision_features: Literal["auto"] | bool = "auto"  # "auto": when tower and projector are frozen
     vision_feature_cache_dir: str | None = None  # None: RUN_DIR/feature_cache
     vision_feature_cache_max_gb: float | None = 200.0  # larger estimates train without the cache
-    packing: bool = True  # each micro-batch's samples packed into rows, attention kept per sample
+    # Each micro-batch's samples packed into rows, attention kept per sample; "auto": on unless the
+    # base's family cannot keep packed samples apart (ctscribe.models, Family.limits).
+    packing: Literal["auto"] | bool = "auto"
     group_by_length: bool = True  # batches of similar length (less padding), order still seeded
     logging_steps: int = 5
     save_steps: int = 3000

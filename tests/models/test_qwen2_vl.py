@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from ctscribe.models import DEFAULT_FAMILY, FAMILIES, UnsupportedModelError, family_for, qwen2_vl
@@ -35,7 +34,7 @@ def test_an_unknown_model_type_is_refused_naming_the_families_before_any_weight_
     with pytest.raises(
         UnsupportedModelError,
         match=r"model_type 'llava' is not a supported base; supported: "
-        r"qwen2_vl \(Qwen2-VL\)",
+        r"qwen2_vl \(Qwen2-VL\), qwen3_vl \(Qwen3-VL\), qwen3_5 \(Qwen3.5\)",
     ):
         family_for(folder)
     assert isinstance(UnsupportedModelError("x"), ValueError)  # the CLI prints it as one line
@@ -53,7 +52,8 @@ def test_an_unknown_model_type_is_refused_naming_the_families_before_any_weight_
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[-2:] == [
-        "model_type 'llava' is not a supported base; supported: qwen2_vl (Qwen2-VL)",
+        "model_type 'llava' is not a supported base; supported: qwen2_vl (Qwen2-VL), qwen3_vl (Qwen3-VL), "
+        "qwen3_5 (Qwen3.5)",
         "False False",
     ]
 
@@ -114,7 +114,9 @@ def test_the_lora_pattern_reaches_the_language_model_only(tiny_model_dir):
     assert not any(DEFAULT_FAMILY.tower_name in name for name in matched)
     tower = DEFAULT_FAMILY.vision_tower(tiny_model)
     assert tower is tiny_model.model.visual
-    assert isinstance(getattr(tower, DEFAULT_FAMILY.projector_name), torch.nn.Module)
+    assert [name for name, _ in tower.named_children() if name in DEFAULT_FAMILY.projector_names] == [
+        "merger"
+    ]
 
 
 def test_an_adapter_folder_is_of_its_bases_family(tmp_path, tiny_model_dir):

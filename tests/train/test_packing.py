@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from ctscribe.ct.images import ImageOptions
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
 from ctscribe.train.model_inputs import model_inputs
 from ctscribe.train.packing import count_images, pack_rows
-from ctscribe.train.samples import collate
+from ctscribe.train.samples import SFTDataset, collate
 
 
 def test_pack_rows_keeps_order_and_capacity():
@@ -33,13 +34,10 @@ def test_packed_batch_layout(make_dataset):
     assert batch["image_grid_thw"].tolist() == torch.cat([s["image_grid_thw"] for s in samples]).tolist()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
-    make_dataset, labelled_count, tiny_model, attention
-):
-    tiny_model.set_attn_implementation(attention)
-    dataset = make_dataset()
-    core = dataset.family.core(tiny_model)
+def _packed_and_unpacked(model, dataset, labelled_count):
+    """(unpacked output, packed output, leaky output, lengths) of the dataset's first three samples in
+    one packed row, with per-sample positions, and with positions running on (no borders)."""
+    core = dataset.family.core(model)
     samples = [dataset[i] for i in range(3)]
     lengths = [len(s["input_ids"]) for s in samples]
     unpacked, packed = (
@@ -50,18 +48,57 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
     count = labelled_count(unpacked)
     assert labelled_count(packed) == count
     with torch.no_grad():
-        expected = tiny_model(**unpacked, num_items_in_batch=count)
-        got = tiny_model(**model_inputs(dataset.family, core, packed), num_items_in_batch=count)
+        expected = model(**unpacked, num_items_in_batch=count)
+        got = model(**model_inputs(dataset.family, core, packed), num_items_in_batch=count)
         # Without the per-sample borders (positions running on), samples see each other: another loss.
         leaky = dict(packed, text_position_ids=torch.arange(sum(lengths))[None])
-        leaked = tiny_model(**model_inputs(dataset.family, core, leaky), num_items_in_batch=count)
-    tiny_model.set_attn_implementation("sdpa")
-    assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+        leaked = model(**model_inputs(dataset.family, core, leaky), num_items_in_batch=count)
+    return expected, got, leaked, lengths
+
+
+def _same_per_sample(expected, got, lengths) -> bool:
     offsets = [0, lengths[0], lengths[0] + lengths[1]]
-    for row, (offset, length) in enumerate(zip(offsets, lengths, strict=True)):
-        assert torch.allclose(
-            got.logits[0, offset : offset + length], expected.logits[row, :length], atol=1e-5
-        )
+    return got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6) and all(
+        torch.allclose(got.logits[0, offset : offset + length], expected.logits[row, :length], atol=1e-5)
+        for row, (offset, length) in enumerate(zip(offsets, lengths, strict=True))
+    )
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
+    make_dataset, labelled_count, tiny_model, attention
+):
+    tiny_model.set_attn_implementation(attention)
+    expected, got, leaked, lengths = _packed_and_unpacked(tiny_model, make_dataset(), labelled_count)
+    tiny_model.set_attn_implementation("sdpa")
+    assert _same_per_sample(expected, got, lengths)
     # The random model attends weakly, so the leak shows in the logits (far beyond the 1e-5 above)
     # more reliably than in the loss.
+    assert not torch.allclose(leaked.logits, got.logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_5"])
+def test_packing_per_family_keeps_samples_apart_or_is_switched_off(
+    model_type, family_model_dir, image_records, labelled_count
+):
+    """The leak control on each newer family's tiny fixture: packed rows give the unpacked loss and
+    logits, or (Qwen3.5, whose linear-attention layers carry state along the row) they do not, which
+    is why that family lists packing among its limits and the default recipe packs it off."""
+    from transformers import AutoProcessor
+
+    from ctscribe.models import family_for
+
+    folder = family_model_dir(model_type)
+    family = family_for(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = family.model_class().from_pretrained(folder, dtype=torch.float32).eval()
+    model.config.use_cache = False
+    root, records = image_records
+    options = ImageOptions(max_pixels=262144, roi_box="keep", crop_background=False)
+    dataset = SFTDataset(records, root, processor.tokenizer, processor.image_processor, options, 512, family)
+    expected, got, leaked, lengths = _packed_and_unpacked(model, dataset, labelled_count)
+    assert ("packing" in family.limits) is not _same_per_sample(expected, got, lengths)
+    # Where it leaks, the first sample of the row is untouched and the later ones are not: the state
+    # carried along the row, not the positions.
+    assert torch.allclose(got.logits[0, : lengths[0]], expected.logits[0, : lengths[0]], atol=1e-5)
     assert not torch.allclose(leaked.logits, got.logits, atol=1e-3)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctscribe.models import qwen2_vl
+from ctscribe.models import qwen2_vl, qwen3_5, qwen3_vl
 from ctscribe.models.family import Family, UnsupportedModelError
 
 __all__ = [
@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 
-FAMILIES: Mapping[str, Family] = {family.model_type: family for family in (qwen2_vl.FAMILY,)}
+FAMILIES: Mapping[str, Family] = {
+    family.model_type: family for family in (qwen2_vl.FAMILY, qwen3_vl.FAMILY, qwen3_5.FAMILY)
+}
 # The family of the seed's checkpoint: what docs and the ``original`` recipe use, and what code that
 # runs before any model is chosen (prepare's grounded answers, the image budget's floor) assumes.
 DEFAULT_FAMILY: Family = FAMILIES["qwen2_vl"]

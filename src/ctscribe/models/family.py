@@ -7,8 +7,8 @@ transformers when called.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -46,7 +46,7 @@ class ChatTemplate:
     image_pad: str
     video_pad: str
     pad: str
-    default_system: str
+    default_system: str | None  # the system turn added to a conversation without one (None: none)
     render: Callable[[list[dict], str], tuple[str, list[tuple[int, int]]]]
 
 
@@ -75,16 +75,20 @@ class Family:
     llamafactory_template: str  # LLaMA-Factory's ``template`` for this family
     model_class: Callable[[], type]  # the transformers class that loads and generates
     # The wrapped model's inner model (``model.model``), whose forward embeds images and whose
-    # position rule the packed rows use; the vision tower within it, and the projector's prefix inside
+    # position rule the packed rows use; the vision tower within it, and the projector's prefixes inside
     # the tower (frozen apart from the tower, trained alone through PEFT's ``modules_to_save``).
     core: Callable[[Any], Any]
     vision_tower: Callable[[Any], Any]
     tower_name: str
-    projector_name: str
+    projector_names: tuple[str, ...]
     lora_pattern: Callable[[tuple[str, ...]], str]  # a PEFT regex over the language model's linear layers
+    language_linear: tuple[str, ...]  # every linear layer name of the language model (``lora_target: all``)
     # (core, input_ids, image_grid_thw, **extra) -> (3, 1, length) positions of one unpacked sample
     rope_index: Callable[..., Any]
     merged_tokens: Callable[[Any, Any], Any]  # (tower, grid_thw) -> image tokens per image after merging
     grid: ImageGrid
     template: ChatTemplate
     grounding: GroundingFormat
+    # Recipe switches this family cannot honour, each with the reason: ``auto`` turns such a switch off
+    # with one log line, ``true`` is refused (ctscribe.train.family_limits).
+    limits: Mapping[str, str] = field(default_factory=dict)

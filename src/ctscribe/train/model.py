@@ -10,9 +10,6 @@ import torch
 from ctscribe.models.family import Family
 from ctscribe.recipe import Recipe, RecipeError
 
-# Every linear layer of the language model: what LoRA adapts by default, and what vLLM can serve.
-LANGUAGE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
 
 def use_bf16(recipe: Recipe) -> bool:
     """bf16 where the hardware has it (``auto``); fp32 on CPU, where bf16 is slow and inexact."""
@@ -35,7 +32,7 @@ def attention_implementation(recipe: Recipe) -> str:
 def lora_target_modules(recipe: Recipe, family: Family) -> str:
     """A PEFT regex over module names: the language model's linear layers only, never the vision tower."""
     names = (
-        LANGUAGE_LINEAR
+        family.language_linear
         if recipe.lora_target == "all"
         else tuple(n.strip() for n in recipe.lora_target.split(","))
     )
@@ -68,7 +65,7 @@ def build_model(recipe: Recipe, family: Family):
     model.config.use_cache = False  # the KV cache only costs memory in training
 
     for name, parameter in family.vision_tower(model).named_parameters():
-        projector = name.startswith(f"{family.projector_name}.")
+        projector = name.startswith(tuple(f"{prefix}." for prefix in family.projector_names))
         frozen = recipe.freeze_multi_modal_projector if projector else recipe.freeze_vision_tower
         parameter.requires_grad = not frozen
 
@@ -87,7 +84,7 @@ def build_model(recipe: Recipe, family: Family):
     if not recipe.freeze_vision_tower:
         modules_to_save = [family.tower_name]
     elif not recipe.freeze_multi_modal_projector:
-        modules_to_save = [family.projector_name]
+        modules_to_save = list(family.projector_names)
     config = LoraConfig(
         r=recipe.lora_rank,
         lora_alpha=recipe.lora_alpha,

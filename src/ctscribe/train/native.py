@@ -63,6 +63,7 @@ from ctscribe.run_folder import (
     write_recipe,
 )
 from ctscribe.train.checkpoint_metric import ValidationScorer
+from ctscribe.train.family_limits import apply_family_limits
 from ctscribe.train.feature_cache import (
     FeatureCache,
     build_feature_cache,
@@ -399,6 +400,7 @@ class NativeTrainingRecipe:
         # (a checkpoint of no supported family is refused before anything of it loads).
         check_data_budget(self.recipe.image_max_pixels, self.data_dir)
         self.family = family_for(self.recipe.model_name_or_path)
+        self.recipe = apply_family_limits(self.recipe, self.family)
         if claim_run_dir(self.recipe, self.resume, started=any(self.run_dir.glob("checkpoint-*"))):
             removed = remove_incomplete_checkpoints(self.run_dir)
             if removed:
@@ -508,7 +510,7 @@ class NativeTrainingRecipe:
             data_collator=functools.partial(
                 collate,
                 tokens=self.train_set.tokens,
-                pack_to=recipe.cutoff_len if recipe.packing else None,
+                pack_to=recipe.cutoff_len if recipe.packing is not False else None,
                 token_types=self.train_set.token_types,
             ),
             family=self.family,
