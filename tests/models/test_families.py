@@ -135,3 +135,12 @@ def test_a_switch_the_family_cannot_honour_is_off_under_auto_and_refused_when_tr
     for key in ("packing", "cache_vision_features"):
         if key not in family.limits:
             assert getattr(applied, key) == "auto"  # what the family can do stays as asked
+
+
+def test_qwen2_5_vl_is_refused_until_its_grounding_is_rendered(family_model_dir):
+    """Its boxes are absolute pixels, and prepared records carry 0-1000 boxes: training it on them
+    would teach it another convention silently, so its checkpoints are refused by name."""
+    from ctscribe.models import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'qwen2_5_vl' is not a supported base"):
+        family_for(family_model_dir("qwen2_5_vl"))
