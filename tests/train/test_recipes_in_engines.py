@@ -11,9 +11,13 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
+from PIL import Image
 from transformers import AutoProcessor
 
+from ctscribe import CLINICAL_NOTICE
+from ctscribe.generate.openai_engine import image_data_url
 from ctscribe.model_settings import read_settings
 from ctscribe.models import DEFAULT_FAMILY, FAMILIES
 from ctscribe.recipe import RECIPES_DIR, load_recipe
@@ -77,3 +81,18 @@ def test_a_shipped_recipe_trains_in_an_engine(
     assert done.returncode == 0, done.stderr[-4000:]
     [line] = predictions.read_text().splitlines()
     assert json.loads(line)["status"] == "ok"
+    if engine != "native":
+        return  # serving a merged model does not depend on the engine that trained it
+    # One request to ctscribe serve on the merged model, with the image.
+    server = request.getfixturevalue("start_server")(merged, tmp_path / "serve.log", max_pixels=None)
+    content = [
+        {"type": "image_url", "image_url": {"url": image_data_url(Image.open(image).convert("RGB"))}},
+        {"type": "text", "text": "Describe this CT image."},
+    ]
+    body = {"model": "ct", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
+    server.stop()
+    assert reply.status_code == 200, reply.text
+    assert (
+        reply.json()["usage"]["completion_tokens"] > 0 and reply.json()["clinical_notice"] == CLINICAL_NOTICE
+    )
