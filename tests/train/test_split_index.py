@@ -55,6 +55,29 @@ def test_split_table_equals_measuring_in_memory(tmp_path, processor, image_recor
     assert len(head) == 3 and head.dropped == {"unreadable image (FileNotFoundError)": 1}
 
 
+def test_a_family_of_another_grid_measures_its_own_table(tmp_path, processor, image_records, family):
+    """The table keys on the family: with the same tokenizer and data, a family that sizes images on a
+    32-px grid measures other lengths instead of reading the 28-px family's."""
+    import dataclasses
+
+    from ctscribe.models.qwen import image_grid
+
+    root, records = image_records
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for image in (root / "images").iterdir():
+        (data / "images" / image.name).write_bytes(image.read_bytes())
+    _write_prepared(data / "train.json", records)
+    other = dataclasses.replace(family, model_type="other", grid=image_grid(patch=16, merge=2))
+    lengths = {}
+    for each in (family, other):
+        args = (processor.tokenizer, processor.image_processor, OPTIONS, 512, each)
+        lengths[each.model_type] = SFTDataset.from_split(data / "train.json", *args).lengths.tolist()
+        assert lengths[each.model_type] == SFTDataset(records, data, *args).lengths.tolist()
+    assert lengths["other"] != lengths[family.model_type]
+    assert len([table for table in (data / INDEX_DIR).iterdir() if table.is_dir()]) == 2
+
+
 def _count_calls(record, log):
     with open(log, "a") as handle:
         handle.write(record["id"] + "\n")

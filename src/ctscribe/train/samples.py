@@ -164,6 +164,8 @@ class SFTDataset(torch.utils.data.Dataset):
         read from (or measured once into) the split's index: constant time and memory per process."""
         root = Path(path).parent
         settings = {
+            # The family sizes images (its grid) and renders the conversation (its template).
+            "family": family.model_type,
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "image_options": json.loads(json.dumps(asdict(image_options), default=str)),
             "cutoff_len": cutoff_len,

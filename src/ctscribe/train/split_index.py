@@ -15,9 +15,10 @@ So the table is measured once and kept on disk beside the split, as memory-mappe
     DIR/.index/<split>-<key>/meta.json         reasons, record count, and the JSON Lines file read
 
 ``key`` digests the split file's identity (size, modification time, inode) and everything a length
-depends on (the tokenizer's vocabulary and rules, the pixel budget, ``cutoff_len``), so a changed file
-or setting is measured again, never read stale. The first process to take the folder's file lock
-measures; the other ranks of the node (or of any node on a shared file system) wait and read it.
+depends on (the base's family, the tokenizer's vocabulary and rules, the pixel budget,
+``cutoff_len``), so a changed file or setting is measured again, never read stale. The first process
+to take the folder's file lock measures; the other ranks of the node (or of any node on a shared
+file system) wait and read it.
 
 Records are read back one at a time by byte offset: ``prepare`` writes ``train.json`` one record per
 line, so the offsets point into the JSON array itself and no second copy exists. A split written
