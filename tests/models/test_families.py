@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,18 @@ def test_qwen2_5_vl_is_refused_until_its_grounding_is_rendered(family_model_dir)
 
     with pytest.raises(UnsupportedModelError, match=r"model_type 'qwen2_5_vl' is not a supported base"):
         family_for(family_model_dir("qwen2_5_vl"))
+
+
+def test_the_shipped_fsdp_config_wraps_each_familys_own_layers(model):
+    """fsdp.yaml names no layer class, so accelerate wraps the model's ``_no_split_modules``: each
+    family's decoder layer and vision block, which must be classes of its model."""
+    import yaml
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    from ctscribe.train import model as train_model
+
+    config = yaml.safe_load((Path(train_model.__file__).parent / "configs" / "fsdp.yaml").read_text())
+    assert config["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert "fsdp_transformer_layer_cls_to_wrap" not in config["fsdp_config"]
+    names = model._no_split_modules
+    assert len(names) == 2 and all(get_module_class_from_name(model, name) is not None for name in names)
