@@ -220,3 +220,34 @@ def test_the_in_process_vllm_backend_equals_transformers(small, vllm_python, tmp
         python=str(vllm_python),
     )  # fmt: skip
     assert _texts(out) == small.expected["merged"]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl"])
+def test_vllm_greedy_texts_equal_transformers_on_another_family(
+    model_type, vllm_python, learning_data, tmp_path
+):
+    """A newer family's small random fixture through ``--backend vllm`` gives transformers' greedy texts.
+
+    Qwen3.5 is not compared: vLLM's CPU backend runs its Gated DeltaNet layers in bf16 only (it stops
+    with "CPU GDN attention requires BF16"), and bf16 texts are not transformers' fp32 ones
+    (docs/SERVE.md).
+    """
+    from ctscribe.fixtures.families import build_family_model
+    from ctscribe.generate.engine import TransformersEngine
+    from ctscribe.predict import predict
+
+    base = build_family_model(tmp_path / "small", model_type, "small")
+    test_json = learning_data / "test.json"
+    expected, out = tmp_path / "transformers.jsonl", tmp_path / "vllm.jsonl"
+    engine = TransformersEngine(base, None, max_pixels=LEARNING_PIXELS)
+    predict(engine, [test_json], expected, max_new_tokens=TOKENS, limit=RECORDS, show_progress=False)
+    del engine
+    _ctscribe(
+        "predict", str(test_json), "--model", str(base), "--out", str(out), "--backend", "vllm",
+        "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", str(TOKENS), "--limit", str(RECORDS),
+        python=str(vllm_python),
+    )  # fmt: skip
+    raw = [
+        [json.loads(line)["raw_text"] for line in path.read_text().splitlines()] for path in (expected, out)
+    ]
+    assert len(raw[0]) == RECORDS and raw[1] == raw[0]
