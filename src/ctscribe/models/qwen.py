@@ -9,9 +9,9 @@ vision markers; and have the same grounding marker tokens in their vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from ctscribe.models.family import ChatTemplate, GroundingFormat, ImageGrid
+from ctscribe.models.family import ChatTemplate, Family, GroundingFormat, ImageGrid
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -130,3 +130,39 @@ def model_class_named(name: str) -> Callable[[], type]:
         return getattr(transformers, name)
 
     return model_class
+
+
+def family(
+    *,
+    model_type: str,
+    name: str,
+    example_checkpoint: str,
+    llamafactory_template: str,
+    model_class: str,
+    patch: int,
+    default_system: str | None,
+    answer_prefix: str = "",
+    projector_names: tuple[str, ...] = ("merger",),
+    language_linear: tuple[str, ...] = DECODER_LINEAR,
+    limits: Mapping[str, str] | None = None,
+) -> Family:
+    """A Qwen family: what every Qwen vision-language family shares, with what this one says differs."""
+    return Family(
+        model_type=model_type,
+        name=name,
+        example_checkpoint=example_checkpoint,
+        llamafactory_template=llamafactory_template,
+        model_class=model_class_named(model_class),
+        core=core,
+        vision_tower=vision_tower,
+        tower_name="visual",
+        projector_names=projector_names,
+        lora_pattern=lora_pattern,
+        language_linear=language_linear,
+        rope_index=rope_index,
+        merged_tokens=merged_tokens,
+        grid=image_grid(patch=patch, merge=2),
+        template=chatml(default_system, answer_prefix),
+        grounding=GRID_GROUNDING,
+        limits=dict(limits or {}),
+    )

@@ -19,23 +19,13 @@
 from __future__ import annotations
 
 from ctscribe.models import qwen
-from ctscribe.models.family import Family
 
-FAMILY = Family(
+FAMILY = qwen.family(
     model_type="qwen2_vl",
     name="Qwen2-VL",
     example_checkpoint="Qwen/Qwen2-VL-2B-Instruct",
     llamafactory_template="qwen2_vl",
-    model_class=qwen.model_class_named("Qwen2VLForConditionalGeneration"),
-    core=qwen.core,
-    vision_tower=qwen.vision_tower,
-    tower_name="visual",
-    projector_names=("merger",),
-    lora_pattern=qwen.lora_pattern,
-    language_linear=qwen.DECODER_LINEAR,
-    rope_index=qwen.rope_index,
-    merged_tokens=qwen.merged_tokens,
-    grid=qwen.image_grid(patch=14, merge=2),
-    template=qwen.chatml(default_system="You are a helpful assistant."),
-    grounding=qwen.GRID_GROUNDING,
+    model_class="Qwen2VLForConditionalGeneration",
+    patch=14,
+    default_system="You are a helpful assistant.",
 )

@@ -17,25 +17,17 @@ How it differs from Qwen2-VL (read from transformers' ``modeling_qwen3_5`` and t
 from __future__ import annotations
 
 from ctscribe.models import qwen
-from ctscribe.models.family import Family
 
-FAMILY = Family(
+FAMILY = qwen.family(
     model_type="qwen3_5",
     name="Qwen3.5",
     example_checkpoint="Qwen/Qwen3.5-2B",
     llamafactory_template="qwen3_5_nothink",
-    model_class=qwen.model_class_named("Qwen3_5ForConditionalGeneration"),
-    core=qwen.core,
-    vision_tower=qwen.vision_tower,
-    tower_name="visual",
-    projector_names=("merger",),
-    lora_pattern=qwen.lora_pattern,
+    model_class="Qwen3_5ForConditionalGeneration",
+    patch=16,
+    default_system=None,
+    answer_prefix="<think>\n\n</think>\n\n",
     language_linear=(*qwen.DECODER_LINEAR, "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"),
-    rope_index=qwen.rope_index,
-    merged_tokens=qwen.merged_tokens,
-    grid=qwen.image_grid(patch=16, merge=2),
-    template=qwen.chatml(default_system=None, answer_prefix="<think>\n\n</think>\n\n"),
-    grounding=qwen.GRID_GROUNDING,
     limits={
         "packing": "its Gated DeltaNet layers carry state along a row, so packed samples would leak "
         "into each other",

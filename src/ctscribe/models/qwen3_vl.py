@@ -18,25 +18,16 @@ How it differs from Qwen2-VL (read from transformers' ``modeling_qwen3_vl`` and 
 from __future__ import annotations
 
 from ctscribe.models import qwen
-from ctscribe.models.family import Family
 
-FAMILY = Family(
+FAMILY = qwen.family(
     model_type="qwen3_vl",
     name="Qwen3-VL",
     example_checkpoint="Qwen/Qwen3-VL-2B-Instruct",
     llamafactory_template="qwen3_vl_nothink",
-    model_class=qwen.model_class_named("Qwen3VLForConditionalGeneration"),
-    core=qwen.core,
-    vision_tower=qwen.vision_tower,
-    tower_name="visual",
+    model_class="Qwen3VLForConditionalGeneration",
+    patch=16,
+    default_system=None,
     projector_names=("merger", "deepstack_merger_list"),
-    lora_pattern=qwen.lora_pattern,
-    language_linear=qwen.DECODER_LINEAR,
-    rope_index=qwen.rope_index,
-    merged_tokens=qwen.merged_tokens,
-    grid=qwen.image_grid(patch=16, merge=2),
-    template=qwen.chatml(default_system=None),
-    grounding=qwen.GRID_GROUNDING,
     limits={
         "cache_vision_features": "the cache holds the projector's output, not the DeepStack features "
         "its language model also takes from three vision blocks",
