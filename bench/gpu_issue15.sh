@@ -21,7 +21,8 @@
 #      The default recipe may turn checkpointing off if "all, no checkpointing" peaks within 12 GB
 #      (docs/TRAINING.md, "Gradient checkpointing").
 #   3. (LF=1) LLaMA-Factory's seed recipe (the original train.sh, our pixel budget) on the same GPU and
-#      data as the native engine, where .venv-lf installs.
+#      data as the native engine, where .venv-lf installs; FAMILIES="qwen2_vl qwen3_vl qwen3_5" runs it
+#      for each family's real shape (steps 1 and 2 measure Qwen2-VL only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src"
@@ -45,7 +46,8 @@ step 240 "$PY" bench/train_throughput.py --size "$SIZE" --steps 4 --warmup 1 --r
 if [ "${LF:-0}" != 1 ]; then
   echo "== step 3 (LLaMA-Factory) not asked for (LF=1)" | tee -a "$LOG"
 elif make --no-print-directory lf-env >>"$LOG" 2>&1; then
-  step 180 "$PY" bench/bench_llamafactory.py --size "$SIZE" --rows 24 --steps 4 --accumulation 1
+  step 180 "$PY" bench/bench_llamafactory.py --size "$SIZE" --rows 24 --steps 4 --accumulation 1 \
+    --families ${FAMILIES:-qwen2_vl}
 else
   echo "== LLaMA-Factory's environment did not install here: step 3 skipped" | tee -a "$LOG"
 fi
