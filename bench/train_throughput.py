@@ -53,12 +53,12 @@ from transformers import AutoProcessor, TrainerCallback
 from ctscribe.fixtures.learning import usable_ct
 from ctscribe.fixtures.phantom import generate_rows
 from ctscribe.fixtures.tiny_model import build_tiny_model
+from ctscribe.models import family_for
 from ctscribe.prepare.records import sft_record
 from ctscribe.recipe import load_recipe
 from ctscribe.train.feature_cache import build_feature_cache, cache_wanted
 from ctscribe.train.loss import liger_active
 from ctscribe.train.model import build_model
-from ctscribe.train.model_inputs import qwen_core
 from ctscribe.train.native import train, training_image_options
 from ctscribe.train.samples import IGNORE_INDEX, SFTDataset, load_records
 
@@ -130,13 +130,15 @@ def sample_shape(data: Path, model_dir: Path, recipe) -> SampleShape:
         processor.image_processor,
         training_image_options(recipe),
         recipe.cutoff_len,
+        family_for(model_dir),
     )
     image, labelled = [], []
-    for record in dataset.records:
-        encoded = dataset.encode(record)  # the tokens as trained, without decoding the image
-        image.append(encoded.input_ids.count(dataset.tokens.image_pad))
-        labelled.append(sum(label != IGNORE_INDEX for label in encoded.labels))
-    return SampleShape(statistics.mean(dataset.lengths), statistics.mean(image), statistics.mean(labelled))
+    for index in range(len(dataset)):
+        sample = dataset[index]  # the tokens as trained
+        image.append(int((sample["input_ids"] == dataset.tokens.image_pad).sum()))
+        labelled.append(int((sample["labels"] != IGNORE_INDEX).sum()))
+    lengths = [int(length) for length in dataset.lengths]
+    return SampleShape(statistics.mean(lengths), statistics.mean(image), statistics.mean(labelled))
 
 
 def flops_per_sample(config, shape: SampleShape, recipe) -> float:
@@ -227,7 +229,8 @@ def bench_recipe(model_dir: Path, data: Path, out: Path, overrides: dict, batch:
 
 def time_cache_build(recipe, data: Path, device) -> float:
     """Seconds to build the feature cache for every image of the data (what training then reuses)."""
-    model = build_model(recipe).to(device)
+    family = family_for(recipe.model_name_or_path)
+    model = build_model(recipe, family).to(device)
     processor = AutoProcessor.from_pretrained(recipe.model_name_or_path)
     records = load_records(data / "train.json")
     paths = [data / p for record in records for p in record["images"]]
@@ -235,7 +238,8 @@ def time_cache_build(recipe, data: Path, device) -> float:
     start = time.perf_counter()
     build_feature_cache(
         Path(recipe.vision_feature_cache_dir),
-        qwen_core(model).visual,
+        family,
+        family.vision_tower(model),
         processor.image_processor,
         training_image_options(recipe),
         paths,
