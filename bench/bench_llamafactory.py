@@ -124,13 +124,13 @@ def compare_engines(model: Path, data: Path, out: Path, args: argparse.Namespace
         summary = json.loads((out / engine / "run_summary.json").read_text())
         # The native engine's one-time vision-feature cache build counts against it here: a
         # run this short cannot amortise it the way 3 epochs do.
-        seconds = summary["train_runtime"] + summary.get("feature_cache_seconds", 0.0)
+        seconds = summary["train_runtime"] + (summary.get("feature_cache_seconds") or 0.0)
         samples = summary["train_samples_per_second"] * summary["train_runtime"]
         results[engine] = {
             "samples_per_s": samples / seconds,
             "loop_samples_per_s": summary["train_samples_per_second"],
             "train_runtime_s": summary["train_runtime"],
-            "feature_cache_s": summary.get("feature_cache_seconds", 0.0),
+            "feature_cache_s": (summary.get("feature_cache_seconds") or 0.0),
             "train_loss": summary["train_loss"],
         }
     results["ratio"] = results["native"]["samples_per_s"] / results["llamafactory"]["samples_per_s"]
