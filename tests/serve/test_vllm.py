@@ -228,19 +228,19 @@ def test_vllm_greedy_texts_equal_transformers_on_another_family(
 ):
     """A newer family's small random fixture through ``--backend vllm`` gives transformers' greedy texts.
 
+    The raw base records no budget, and Qwen3-VL's processor config says a 65,536-pixel floor, above
+    the 12,544-pixel budget here: the engine must hand vLLM's processor the budget, or vLLM enlarges
+    every image and sees other tokens.
+
     Qwen3.5 is not compared: vLLM's CPU backend runs its Gated DeltaNet layers in bf16 only (it stops
     with "CPU GDN attention requires BF16"), and bf16 texts are not transformers' fp32 ones
     (docs/SERVE.md).
     """
     from ctscribe.fixtures.families import build_family_model
     from ctscribe.generate.engine import TransformersEngine
-    from ctscribe.model_settings import ModelSettings, record_settings
     from ctscribe.predict import predict
 
     base = build_family_model(tmp_path / "small", model_type, "small")
-    # The budget recorded in the folder, as training and export record it: vLLM's processor then keeps
-    # ctscribe's image size (a raw Qwen3-VL base would enlarge every image to its own 65,536-pixel floor).
-    record_settings(base, ModelSettings(max_pixels=LEARNING_PIXELS))
     test_json = learning_data / "test.json"
     expected, out = tmp_path / "transformers.jsonl", tmp_path / "vllm.jsonl"
     engine = TransformersEngine(base, None, max_pixels=LEARNING_PIXELS)

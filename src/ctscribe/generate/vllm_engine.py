@@ -5,8 +5,8 @@ vLLM batches continuously and pages its KV cache, so on a GPU it generates sever
 through ctscribe's image path first, exactly as in :class:`~ctscribe.generate.engine.TransformersEngine`,
 so both backends see the same tokens and pixels. The pixel budget is applied there, by ctscribe:
 :func:`~ctscribe.ct.images.fit_pixel_budget` gives each image the size the model family's processor
-would pick, so vLLM's processor keeps it as it is and needs no budget of its own (the ``min_pixels`` /
-``max_pixels`` processor arguments are deprecated in current transformers).
+would pick, and vLLM's processor gets the same budget (as ``size``), so it keeps that size rather than
+applying a floor of its checkpoint's own (Qwen3-VL's config says 65,536 pixels).
 
 vLLM is not a ctscribe dependency: it pins an older transformers than ctscribe's lock, so it lives in
 its own environment, ``.venv-vllm`` (``make vllm-env``, docs/SERVE.md), where ctscribe is installed too.
@@ -27,7 +27,7 @@ from ctscribe.generate.engine import (
     ImagePathMixin,
     engine_name,
 )
-from ctscribe.model_settings import resolve_adapter
+from ctscribe.model_settings import processor_budget, resolve_adapter
 from ctscribe.models import family_for
 
 # Room for the ~324 image tokens of DEFAULT_MAX_PIXELS, the prompt and the longest description (2,048 tokens,
@@ -104,6 +104,9 @@ class VLLMEngine(ImagePathMixin):
             enable_lora=adapter_dir is not None,
             max_lora_rank=max(16, rank or 0),
             limit_mm_per_prompt={"image": max_images},
+            # The budget for vLLM's processor too: images arrive at the budget's size, and a processor
+            # config's own floor (Qwen3-VL's 65,536 pixels) would otherwise enlarge smaller ones.
+            mm_processor_kwargs={"size": processor_budget(max_pixels, min_pixels)["size"]},
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
