@@ -6,7 +6,7 @@ through ctscribe's image path first, exactly as in :class:`~ctscribe.generate.en
 so both backends see the same tokens and pixels. The pixel budget is applied there, by ctscribe:
 :func:`~ctscribe.ct.images.fit_pixel_budget` gives each image the size the model family's processor
 would pick, and vLLM's processor gets the same budget (as ``size``), so it keeps that size rather than
-applying a floor of its checkpoint's own (Qwen3-VL's config says 65,536 pixels).
+applying a floor of its checkpoint's own (a family's processor config may set one above small budgets).
 
 vLLM is not a ctscribe dependency: it pins an older transformers than ctscribe's lock, so it lives in
 its own environment, ``.venv-vllm`` (``make vllm-env``, docs/SERVE.md), where ctscribe is installed too.
@@ -105,7 +105,7 @@ class VLLMEngine(ImagePathMixin):
             max_lora_rank=max(16, rank or 0),
             limit_mm_per_prompt={"image": max_images},
             # The budget for vLLM's processor too: images arrive at the budget's size, and a processor
-            # config's own floor (Qwen3-VL's 65,536 pixels) would otherwise enlarge smaller ones.
+            # config's own floor (65,536 pixels in one family's) would otherwise enlarge smaller ones.
             mm_processor_kwargs={"size": processor_budget(max_pixels, min_pixels)["size"]},
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
