@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS, score_on_phantom
 from ctscribe.generate.engine import TransformersEngine
+from ctscribe.models import DEFAULT_FAMILY, FAMILIES, Family
 from ctscribe.recipe import Recipe, RecipeError, load_recipe
 from ctscribe.run_folder import COMPLETE_MARKER, RunSummary
 from ctscribe.train.native import EpochSeededSampler, LengthGroupedSampler, train, training_arguments
@@ -116,12 +117,16 @@ def _cli_train(data, model, out, *extra: str, **overrides) -> list[str]:
     return ["train", "--data", str(data), "--model", str(model), "--out", str(out), *sets, *extra]
 
 
-def _check_default_switches(run_dir) -> None:
+def _check_default_switches(run_dir, family: Family = DEFAULT_FAMILY) -> None:
+    """The default recipe's switches as shipped, but for those ``family`` cannot honour: the run's
+    recipe records them off (ctscribe.train.family_limits), and the feature cache is built or not."""
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     assert recipe.finetuning_type == "lora" and recipe.freeze_vision_tower
-    assert recipe.freeze_multi_modal_projector and recipe.cache_vision_features == "auto"
-    assert recipe.packing and recipe.loss_on_labelled_only and recipe.group_by_length
-    assert list((run_dir / "feature_cache").glob("*/shard-*.safetensors")), "the feature cache was off"
+    assert recipe.freeze_multi_modal_projector and recipe.loss_on_labelled_only and recipe.group_by_length
+    for key in ("cache_vision_features", "packing"):
+        assert getattr(recipe, key) == (False if key in family.limits else "auto"), key
+    cached = any((run_dir / "feature_cache").glob("*/shard-*.safetensors"))
+    assert cached == ("cache_vision_features" not in family.limits), f"feature cache built: {cached}"
 
 
 def _run(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
@@ -226,13 +231,15 @@ def test_resume_with_another_recipe_is_refused(learning_data, tiny_model_dir, tm
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(learning_data, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_two_processes_match_one(model_type, learning_data, family_model_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo) at half the per-process batch logs the single process's
-    losses, with the default recipe's speed switches on."""
+    losses, with the default recipe's speed switches on (those a family cannot honour off), per family."""
+    model = family_model_dir(model_type)
 
     def args(out, per_device):
         return _cli_train(
-            learning_data, tiny_model_dir, out, max_steps=4, save_steps=4, eval_steps=4,
+            learning_data, model, out, max_steps=4, save_steps=4, eval_steps=4,
             per_device_train_batch_size=per_device,
         )  # fmt: skip
 
@@ -244,7 +251,7 @@ def test_two_processes_match_one(learning_data, tiny_model_dir, tmp_path):
     double = _run([*torchrun, "-m", "ctscribe", *args(tmp_path / "two", 4)], timeout=240, env=env)
     assert double.returncode == 0, double.stderr[-3000:]
     for run in ("one", "two"):
-        _check_default_switches(tmp_path / run)
+        _check_default_switches(tmp_path / run, FAMILIES[model_type])
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
