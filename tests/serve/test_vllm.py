@@ -226,7 +226,8 @@ def test_the_in_process_vllm_backend_equals_transformers(small, vllm_python, tmp
 def test_vllm_greedy_texts_equal_transformers_on_another_family(
     model_type, vllm_python, learning_data, tmp_path
 ):
-    """A newer family's small random fixture through ``--backend vllm`` gives transformers' greedy texts.
+    """A newer family's small random fixture with a LoRA through ``--backend vllm`` (base + adapter, as
+    vLLM loads an adapter) gives transformers' greedy texts, and the adapter changes them.
 
     The raw base records no budget, and Qwen3-VL's processor config says a 65,536-pixel floor, above
     the 12,544-pixel budget here: the engine must hand vLLM's processor the budget, or vLLM enlarges
@@ -239,19 +240,32 @@ def test_vllm_greedy_texts_equal_transformers_on_another_family(
     from ctscribe.fixtures.families import build_family_model
     from ctscribe.generate.engine import TransformersEngine
     from ctscribe.predict import predict
+    from ctscribe.recipe import load_recipe
+    from ctscribe.train.native import train
 
     base = build_family_model(tmp_path / "small", model_type, "small")
+    recipe = load_recipe(
+        "tiny-cpu",
+        LORA,
+        dataset_dir=str(learning_data),
+        output_dir=str(tmp_path / "lora"),
+        model_name_or_path=str(base),
+    )
+    adapter = train(recipe)
     test_json = learning_data / "test.json"
-    expected, out = tmp_path / "transformers.jsonl", tmp_path / "vllm.jsonl"
-    engine = TransformersEngine(base, None, max_pixels=LEARNING_PIXELS)
-    predict(engine, [test_json], expected, max_new_tokens=TOKENS, limit=RECORDS, show_progress=False)
-    del engine
+    raw = {}
+    for name, lora in (("base", None), ("lora", adapter)):
+        engine = TransformersEngine(base, lora, max_pixels=LEARNING_PIXELS)
+        out = tmp_path / f"transformers-{name}.jsonl"
+        predict(engine, [test_json], out, max_new_tokens=TOKENS, limit=RECORDS, show_progress=False)
+        raw[name] = [json.loads(line)["raw_text"] for line in out.read_text().splitlines()]
+        del engine
+    assert len(raw["lora"]) == RECORDS and raw["lora"] != raw["base"]  # the adapter matters
+    out = tmp_path / "vllm.jsonl"
     _ctscribe(
-        "predict", str(test_json), "--model", str(base), "--out", str(out), "--backend", "vllm",
-        "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", str(TOKENS), "--limit", str(RECORDS),
+        "predict", str(test_json), "--model", str(base), "--adapter", str(adapter), "--out", str(out),
+        "--backend", "vllm", "--max-pixels", str(LEARNING_PIXELS), "--max-new-tokens", str(TOKENS),
+        "--limit", str(RECORDS),
         python=str(vllm_python),
     )  # fmt: skip
-    raw = [
-        [json.loads(line)["raw_text"] for line in path.read_text().splitlines()] for path in (expected, out)
-    ]
-    assert len(raw[0]) == RECORDS and raw[1] == raw[0]
+    assert [json.loads(line)["raw_text"] for line in out.read_text().splitlines()] == raw["lora"]
