@@ -22,54 +22,34 @@ from ctscribe.models import FAMILIES
 
 # Layer sizes only; every other field is the config class's default. Where the default position rule
 # needs it, the rotary sections are set to fit the shrunk head (they must sum to half of it).
+_TEXT = {"intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
+_QWEN3_TOWER = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
 SIZES = {
     "qwen2_vl": {
         "text_config": {
+            **_TEXT,
             "hidden_size": 256,
-            "intermediate_size": 256,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
         },
         "vision_config": {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 256},
     },
     "qwen3_vl": {
-        "text_config": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-        },
-        "vision_config": {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "deepstack_visual_indexes": [0, 1],
-        },
+        "text_config": {**_TEXT, "hidden_size": 64, "num_hidden_layers": 2},
+        "vision_config": {**_QWEN3_TOWER, "deepstack_visual_indexes": [0, 1]},
     },
     "qwen3_5": {
+        # four layers: three Gated DeltaNet layers and one of full attention, the default interleave
         "text_config": {
+            **_TEXT,
             "hidden_size": 64,
-            "intermediate_size": 128,
             "num_hidden_layers": 4,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
             "linear_num_key_heads": 2,
             "linear_num_value_heads": 2,
             "linear_key_head_dim": 32,
             "linear_value_head_dim": 32,
         },
-        "vision_config": {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-        },
+        "vision_config": _QWEN3_TOWER,
     },
 }
 SIZE_KEYS = ["max_samples=4", "max_steps=1", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]

@@ -55,6 +55,17 @@ def vllm_python(unavailable) -> Path:
     return VLLM_PYTHON
 
 
+def _train_lora(base: Path, data: Path, out: Path) -> Path:
+    """The :data:`LORA` adapter on ``base`` (tiny-cpu recipe); returns the adapter folder."""
+    from ctscribe.recipe import load_recipe
+    from ctscribe.train.native import train
+
+    recipe = load_recipe(
+        "tiny-cpu", LORA, dataset_dir=str(data), output_dir=str(out), model_name_or_path=str(base)
+    )
+    return train(recipe)
+
+
 def _texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -67,19 +78,10 @@ def small(vllm_python, tmp_path_factory, learning_data) -> SimpleNamespace:
     from ctscribe.fixtures.tiny_model import build_tiny_model
     from ctscribe.generate.engine import TransformersEngine
     from ctscribe.predict import predict
-    from ctscribe.recipe import load_recipe
-    from ctscribe.train.native import train
 
     root = tmp_path_factory.mktemp("vllm")
     base = build_tiny_model(root / "small", size="small")
-    recipe = load_recipe(
-        "tiny-cpu",
-        LORA,
-        dataset_dir=str(learning_data),
-        output_dir=str(root / "lora"),
-        model_name_or_path=str(base),
-    )
-    train(recipe)
+    _train_lora(base, learning_data, root / "lora")
     merged = root / "merged"
     export_merged(base, root / "lora", merged, dtype="fp32")
     test_json = learning_data / "test.json"
@@ -240,18 +242,9 @@ def test_vllm_greedy_texts_equal_transformers_on_another_family(
     from ctscribe.fixtures.families import build_family_model
     from ctscribe.generate.engine import TransformersEngine
     from ctscribe.predict import predict
-    from ctscribe.recipe import load_recipe
-    from ctscribe.train.native import train
 
     base = build_family_model(tmp_path / "small", model_type, "small")
-    recipe = load_recipe(
-        "tiny-cpu",
-        LORA,
-        dataset_dir=str(learning_data),
-        output_dir=str(tmp_path / "lora"),
-        model_name_or_path=str(base),
-    )
-    adapter = train(recipe)
+    adapter = _train_lora(base, learning_data, tmp_path / "lora")
     test_json = learning_data / "test.json"
     raw = {}
     for name, lora in (("base", None), ("lora", adapter)):
