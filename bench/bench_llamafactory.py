@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,10 +28,13 @@ import torch
 
 from ctscribe.fixtures.families import build_family_model
 from ctscribe.fixtures.phantom import build_phantom
-from ctscribe.models import DEFAULT_FAMILY, FAMILIES
+from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.prepare.run import FinalizeOptions, StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.train import llamafactory, native
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
+from support.bench_options import add_families_option
 
 
 def main() -> None:
@@ -41,13 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per engine")
     parser.add_argument("--accumulation", type=int, default=4, help="gradient_accumulation_steps")
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "real", "2b"], help="2b: real")
-    parser.add_argument(
-        "--families",
-        nargs="+",
-        choices=list(FAMILIES),
-        default=[DEFAULT_FAMILY.model_type],
-        metavar="MODEL_TYPE",
-    )
+    add_families_option(parser)
     parser.add_argument("--llamafactory-cli", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="default bench/results/engines-<device>.json")
     args = parser.parse_args()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,26 +26,30 @@ from ctscribe.fixtures.families import build_family_model
 from ctscribe.fixtures.learning import LEARNING_PIXELS, LEARNING_ROI_SHARE, LEARNING_SPLITS, score_on_phantom
 from ctscribe.fixtures.phantom import build_phantom
 from ctscribe.generate.engine import TransformersEngine
-from ctscribe.models import DEFAULT_FAMILY, FAMILIES
 from ctscribe.prepare.run import StageOptions, run_prepare
 from ctscribe.recipe import load_recipe
 from ctscribe.train.native import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: test-only helpers
+from support.bench_options import add_families_option
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=load_recipe("tiny-cpu").max_steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
-    parser.add_argument(
-        "--families",
-        nargs="+",
-        choices=list(FAMILIES),
-        default=[DEFAULT_FAMILY.model_type],
-        metavar="MODEL_TYPE",
-    )
+    add_families_option(parser)
     parser.add_argument("--json", type=Path, default=Path("bench/results/learning_test_seeds-cpu.json"))
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="seeds-"))
+    with tempfile.TemporaryDirectory(prefix="seeds-") as tmp:
+        rows = run_all(Path(tmp), args)
+    print_table(rows)
+    result = {"machine": platform.platform(), "rows": rows}
+    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
+def run_all(root: Path, args: argparse.Namespace) -> list[dict]:
+    """One JSON row per (family, seed), each trained and scored under ``root``."""
     # As tests/conftest.py's learning_data builds the learning set.
     build_phantom(root / "phantom", rows=400, seed=1, short_captions=True, roi_share=LEARNING_ROI_SHARE)
     stage = StageOptions(image=ImageOptions(max_pixels=LEARNING_PIXELS))
@@ -77,9 +82,7 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print_table(rows)
-    result = {"machine": platform.platform(), "rows": rows}
-    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return rows
 
 
 def print_table(rows: list[dict]) -> None:
