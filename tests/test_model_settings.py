@@ -26,6 +26,7 @@ from ctscribe.model_settings import (
     record_settings,
     resolve_adapter,
 )
+from support.cli import run_ctscribe
 
 BUDGET_224 = 224 * 224  # 64 image tokens for a square image
 
@@ -149,13 +150,6 @@ def test_train_refuses_a_budget_above_the_datas_before_loading_the_model(engine,
     assert not (tmp_path / "run").exists()
 
 
-def _ctscribe(*args: str | Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ctscribe", *map(str, args)], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
 def _prompt_tokens(url: str, image: Image.Image, prompt: str) -> int:
     content = [
         {"type": "image_url", "image_url": {"url": image_data_url(image)}},
@@ -176,9 +170,9 @@ def test_train_at_224_export_and_the_budget_reaches_transformers_predict_and_ser
     run, export = tmp_path / "run", tmp_path / "export"
     sets = ["max_samples=8", "max_steps=8", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]
     sets += [f"image_max_pixels={BUDGET_224}"]
-    _ctscribe("train", "--data", default_data, "--model", tiny_model_dir, "--out", run,
-              *[arg for key in sets for arg in ("--set", key)])  # fmt: skip
-    _ctscribe("export", "--base", tiny_model_dir, "--adapter", run, "--out", export)
+    run_ctscribe("train", "--data", default_data, "--model", tiny_model_dir, "--out", run,
+                 *[arg for key in sets for arg in ("--set", key)])  # fmt: skip
+    run_ctscribe("export", "--base", tiny_model_dir, "--adapter", run, "--out", export)
     assert json.loads((export / "ctscribe_export.json").read_text())["dtype"] == "bf16"
 
     processor = AutoProcessor.from_pretrained(export)  # no ctscribe code
@@ -195,8 +189,8 @@ def test_train_at_224_export_and_the_budget_reaches_transformers_predict_and_ser
     )
 
     image.save(tmp_path / "slice.png")
-    _ctscribe("predict", tmp_path / "slice.png", "--model", export, "--out", tmp_path / "p.jsonl",
-              "--max-new-tokens", "2")  # fmt: skip
+    run_ctscribe("predict", tmp_path / "slice.png", "--model", export, "--out", tmp_path / "p.jsonl",
+                 "--max-new-tokens", "2")  # fmt: skip
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["prompt"] == prompt
     assert record["prompt_tokens"] == expected  # the export's 224x224 budget: 64 image tokens

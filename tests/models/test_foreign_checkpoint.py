@@ -3,22 +3,21 @@
 ctscribe's own fixtures (ctscribe.fixtures) write each checkpoint as the Hub has it: the published
 config fields, ``preprocessor_config.json``, vocab.json and merges.txt. A user's checkpoint may instead be
 one that transformers saved: its class defaults for every field ctscribe's fixtures set by hand (token
-ids, rope, tied embeddings), a ``processor_config.json`` with the image processor inside it and no
-``preprocessor_config.json``, a ``generation_config.json`` with no sampling settings. Here each family's
-checkpoint is made with transformers alone: ``AutoConfig.for_model`` with only the layer sizes shrunk,
-``AutoModelForImageTextToText.from_config``, and the real tokenizer files and processor (those of the
-family's fixture) loaded and saved again by ``AutoProcessor``. The real CLI then trains it in each engine
-with the shipped default recipe (sizes only), exports it and describes an image.
+ids, rope, tied embeddings), and a ``processor_config.json`` with the image processor inside it and no
+``preprocessor_config.json``. Here each family's checkpoint is made with transformers alone:
+``AutoConfig.for_model`` with only the layer sizes shrunk, ``AutoModelForImageTextToText.from_config``,
+and the real tokenizer files and processor (those of the family's fixture) loaded and saved again by
+``AutoProcessor``. The real CLI then trains it in each engine with the shipped default recipe (sizes
+only), exports it and describes an image.
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ctscribe.models import FAMILIES
+from support.cli import run_ctscribe
 
 # Layer sizes only; every other field is the config class's default. Where the default position rule
 # needs it, the rotary sections are set to fit the shrunk head (they must sum to half of it).
@@ -71,13 +70,6 @@ def build_with_transformers(out: Path, model_type: str, tokenizer_source: Path) 
     return out
 
 
-def ctscribe(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ctscribe", *args], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["native", "llamafactory"])
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -94,13 +86,13 @@ def test_a_checkpoint_transformers_saved_trains_exports_and_describes(
     engine_args = ["--engine", engine]
     if engine == "llamafactory":
         engine_args += ["--llamafactory-cli", str(request.getfixturevalue("llamafactory_cli"))]
-    ctscribe(
+    run_ctscribe(
         "train", *engine_args, "--data", str(default_data), "--model", str(base), "--out", str(run), *sets
     )
     assert json.loads((run / "run_summary.json").read_text())["global_step"] == 1
     if engine != "native":
         return  # export and predict read the adapter alone, whichever engine wrote it
-    ctscribe(
+    run_ctscribe(
         "export",
         "--base",
         str(base),
@@ -112,7 +104,7 @@ def test_a_checkpoint_transformers_saved_trains_exports_and_describes(
         "fp32",
     )
     image = default_data / json.loads((default_data / "train.json").read_text())[0]["images"][0]
-    ctscribe(
+    run_ctscribe(
         "predict", str(image), "--model", str(merged), "--out", str(predictions), "--max-new-tokens", "8"
     )
     [line] = predictions.read_text().splitlines()

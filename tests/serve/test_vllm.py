@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from ctscribe.fixtures.learning import LEARNING_PIXELS
+from support.cli import run_ctscribe
 from support.servers import free_port, running_server, vllm_command
 
 # ~7.5 minutes for the whole file on a shared 2-core machine (both vLLM servers, the in-process engine)
@@ -112,11 +113,7 @@ def _vllm_server(python: Path, log: Path, *args: str) -> Iterator[str]:
 
 def _ctscribe(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}  # for --backend vllm
-    result = subprocess.run(
-        [python, "-m", "ctscribe", *args], capture_output=True, text=True, timeout=COMMAND_S, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_ctscribe(*args, python=python, env=env, timeout=COMMAND_S)
 
 
 def _predict(small, url: str, model: str, out: Path) -> list[str]:

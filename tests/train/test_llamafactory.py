@@ -2,8 +2,8 @@
 round trip (prepare -> llamafactory-cli train -> llamafactory-cli export -> ctscribe predict)."""
 
 import dataclasses
+import functools
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +23,9 @@ from ctscribe.train.llamafactory import (
     train,
     train_config,
 )
+from support.cli import run_ctscribe
+
+_ctscribe = functools.partial(run_ctscribe, timeout=600)  # each command's bound
 
 
 def _data_dir(tmp_path: Path, val_rows: int = 1) -> Path:
@@ -167,14 +170,6 @@ def test_a_run_is_laid_out_like_a_native_one_and_resumes_from_its_checkpoint(tmp
     assert resumed["resume_from_checkpoint"] == str((run / "llamafactory" / "checkpoint-2").resolve())
     assert resumed["overwrite_output_dir"] is False
     assert "resume_from_checkpoint" in (run / "llamafactory.log").read_text()
-
-
-def _ctscribe(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "ctscribe", *args], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def _predictions(path: Path) -> list[str]:
