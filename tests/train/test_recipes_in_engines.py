@@ -8,8 +8,6 @@ each run leaves must carry the recipe's pixel budget for plain transformers (cts
 """
 
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from ctscribe.generate.openai_engine import image_data_url
 from ctscribe.model_settings import read_settings
 from ctscribe.models import DEFAULT_FAMILY, FAMILIES
 from ctscribe.recipe import RECIPES_DIR, load_recipe
+from support.cli import run_ctscribe
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 # (recipe, family): every shipped recipe on the default family, the default recipe on every family.
@@ -46,11 +45,9 @@ def test_a_shipped_recipe_trains_in_an_engine(
         engine_args = ["--llamafactory-cli", str(request.getfixturevalue("llamafactory_cli"))]
     run = tmp_path / "run"
     sets = [arg for key in SIZE_KEYS for arg in ("--set", key)]
-    command = [sys.executable, "-m", "ctscribe", "train", recipe, "--engine", engine, *engine_args]
     base = family_model_dir(model_type)
-    command += ["--data", str(default_data), "--model", str(base), "--out", str(run), *sets]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_ctscribe("train", recipe, "--engine", engine, *engine_args,
+                 "--data", default_data, "--model", base, "--out", run, *sets)  # fmt: skip
 
     settings = load_recipe(recipe)
     final = run / ("model" if settings.finetuning_type == "full" else "adapter")
@@ -70,15 +67,9 @@ def test_a_shipped_recipe_trains_in_an_engine(
     # The adapter merges into its base, and the merged model describes an image (fp32: two steps' update
     # is below bf16's rounding, which export refuses).
     merged, predictions = tmp_path / "merged", tmp_path / "predictions.jsonl"
-    command = [sys.executable, "-m", "ctscribe", "export", "--base", str(base), "--adapter", str(final)]
-    done = subprocess.run(
-        [*command, "--out", str(merged), "--dtype", "fp32"], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_ctscribe("export", "--base", base, "--adapter", final, "--out", merged, "--dtype", "fp32")
     image = default_data / json.loads((default_data / "train.json").read_text())[0]["images"][0]
-    command = [sys.executable, "-m", "ctscribe", "predict", "--model", str(merged), "--out", str(predictions)]
-    done = subprocess.run([*command, str(image)], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_ctscribe("predict", "--model", merged, "--out", predictions, image)
     [line] = predictions.read_text().splitlines()
     assert json.loads(line)["status"] == "ok"
     if engine != "native":
