@@ -22,10 +22,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ctscribe.ct.images import DEFAULT_MAX_PIXELS, ImageOptions, prepare_image
+from ctscribe.ct.images import ImageOptions, prepare_image
 from ctscribe.ct.inputs import iter_inputs
 from ctscribe.fixtures.dicom_samples import pydicom_ct_slices
 from ctscribe.fixtures.learning import clean_ct_rows
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS
 
 
 def mean_tokens(images: list[Image.Image], max_pixels: int) -> dict:

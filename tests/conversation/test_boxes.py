@@ -8,22 +8,26 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ctscribe.conversation.boxes import (
+    GRID,
     GROUNDING_TOKENS,
     GridBox,
     ImageFrame,
     Located,
     box_iou,
     format_box,
+    from_model,
     locate,
+    messages_to_model,
     parse_boxes,
     reader_text,
     settled,
     strip_grounding,
     to_grid,
+    to_model,
     to_pixels,
 )
 from ctscribe.ct.images import ImageOptions, find_roi_box, prepare_image
-from ctscribe.models import DEFAULT_FAMILY
+from ctscribe.models import DEFAULT_FAMILY, FAMILIES
 
 
 def test_the_format_is_qwen2_vls_own():
@@ -161,3 +165,69 @@ def test_a_streamed_answer_shows_readable_text_that_only_grows():
     assert not any("<|" in text or "(250" in text for text in shown)
     # Control: without holding back the open span, a reader would see the box's numbers arrive.
     assert "(250" in reader_text(answer[: answer.index("(250") + 4])
+
+
+# ---------------------------------------------------------------------------------------------
+# A family's own convention at the model's edge
+
+
+PIXEL_FAMILY = FAMILIES["qwen2_5_vl"]  # corners in pixels of the image the model sees
+GROUNDED = (
+    "A <|object_ref_start|>hypodense lesion<|object_ref_end|><|box_start|>(100,250),(500,1000)<|box_end|> "
+    "in the liver; <|box_start|>(0,0),(1000,999)<|box_end|>."
+)
+
+
+def test_pixel_corners_are_the_grid_corners_scaled_to_the_image_the_model_sees():
+    text = to_model(GROUNDED, PIXEL_FAMILY.grounding, (448, 336))
+    assert text == (
+        "A <|object_ref_start|>hypodense lesion<|object_ref_end|><|box_start|>(45,84),(224,336)<|box_end|> "
+        "in the liver; <|box_start|>(0,0),(448,336)<|box_end|>."
+    )
+    # back on the grid, each corner within one pixel's worth of grid steps of where it was
+    back = parse_boxes(from_model(text, PIXEL_FAMILY.grounding, (448, 336)))
+    for found, original in zip(back, parse_boxes(GROUNDED), strict=True):
+        assert found.phrase == original.phrase
+        for got, want, side in zip(
+            found.box.as_list(), original.box.as_list(), (448, 336, 448, 336), strict=True
+        ):
+            assert abs(got - want) <= GRID / side / 2 + 1
+
+
+def test_a_pixel_corner_beyond_the_image_is_clipped_to_its_edge():
+    text = "<|box_start|>(10,20),(900,500)<|box_end|>"
+    assert (
+        from_model(text, PIXEL_FAMILY.grounding, (448, 336)) == "<|box_start|>(22,60),(1000,1000)<|box_end|>"
+    )
+
+
+def test_grid_families_keep_their_text_unchanged():
+    for family in FAMILIES.values():
+        if not family.grounding.absolute:
+            assert to_model(GROUNDED, family.grounding, (448, 336)) == GROUNDED
+            assert from_model(GROUNDED, family.grounding, None) == GROUNDED
+            assert (
+                messages_to_model([{"role": "user", "content": GROUNDED}], family.grounding, None)[0][
+                    "content"
+                ]
+                == GROUNDED
+            )
+    assert [f.model_type for f in FAMILIES.values() if f.grounding.absolute] == ["qwen2_5_vl"]
+
+
+def test_without_one_image_a_pixel_family_gets_phrases_without_boxes():
+    """No frame the corners could be pixels of: the phrase stays, no box is read in a wrong frame."""
+    assert to_model(GROUNDED, PIXEL_FAMILY.grounding, None) == "A hypodense lesion in the liver;."
+    assert from_model(GROUNDED, PIXEL_FAMILY.grounding, None) == strip_grounding(GROUNDED)
+
+
+def test_messages_convert_every_text_and_leave_images_alone():
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": GROUNDED}]},
+        {"role": "assistant", "content": GROUNDED},
+    ]
+    converted = messages_to_model(messages, PIXEL_FAMILY.grounding, (448, 336))
+    expected = to_model(GROUNDED, PIXEL_FAMILY.grounding, (448, 336))
+    assert converted[0]["content"] == [{"type": "image"}, {"type": "text", "text": expected}]
+    assert converted[1] == {"role": "assistant", "content": expected}
+    assert messages[1]["content"] == GROUNDED  # the caller's messages are not changed

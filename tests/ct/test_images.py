@@ -10,12 +10,10 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 
 from ctscribe.conversation.boxes import GridBox, to_grid
 from ctscribe.ct.images import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
     BadImageError,
     ImageOptions,
     PreparedImage,
-    count_image_tokens,
+    budget_size,
     crop_background,
     find_roi_box,
     fit_pixel_budget,
@@ -26,6 +24,7 @@ from ctscribe.ct.images import (
     to_rgb,
 )
 from ctscribe.fixtures.phantom import ROI_GREEN, TruthRow, generate_rows
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from ctscribe.models import DEFAULT_FAMILY
 
 ROI_TOLERANCE = 3  # pixels between a found box and the drawn one
@@ -375,7 +374,10 @@ def test_crop_background_none_when_nothing_to_gain():
 
 
 def test_default_budget_is_a_ct_slice():
-    assert count_image_tokens(512, 512, grid=DEFAULT_FAMILY.grid) == 324
+    assert budget_size(512, 512, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_FAMILY.grid) == (
+        504,
+        504,
+    )  # 18 x 18 tokens
     assert fit_pixel_budget(
         Image.new("RGB", (512, 512)), DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, grid=DEFAULT_FAMILY.grid
     ).size == (
@@ -406,8 +408,11 @@ def test_tokens_match_qwen2_vl_processor(size, max_pixels, min_pixels):
     processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     image = Image.new("RGB", size, (90, 90, 90))
     grid = processor(images=image, return_tensors="pt")["image_grid_thw"]
-    tokens = count_image_tokens(*size, max_pixels=max_pixels, min_pixels=min_pixels, grid=DEFAULT_FAMILY.grid)
-    assert tokens == int(grid.prod()) // 4
+    # the size training measures from a header is the processor's (14-px patches)
+    assert budget_size(*size, max_pixels, min_pixels, DEFAULT_FAMILY.grid) == (
+        int(grid[0, 2]) * 14,
+        int(grid[0, 1]) * 14,
+    )
     # the fitted image is taken as it is: the processor finds nothing left to resize
     fitted = fit_pixel_budget(image, max_pixels, min_pixels, grid=DEFAULT_FAMILY.grid)
     fitted_grid = processor(images=fitted, return_tensors="pt")["image_grid_thw"][0].tolist()

@@ -56,17 +56,13 @@ def test_text_only_requests_work(tiny_model_dir):
     assert result.completion_tokens <= 3 and result.prompt_tokens > 3
 
 
-def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_markers(
-    tiny_model_dir, monkeypatch
-):
-    """The model's generate is replaced by one that writes a grounded caption, its end of turn and
-    pads: what the engine makes of those ids is what predict, evaluate and serve get."""
+def _writes(engine, text, monkeypatch) -> None:
+    """Replace the model's generate by one that writes ``text``, its end of turn and pads: what the
+    engine makes of those ids is what predict, evaluate and serve get."""
     import torch
 
-    engine = TransformersEngine(tiny_model_dir)
     tokenizer = engine.processor.tokenizer
-    grounded = f"The {format_box(GridBox(120, 340, 560, 780), 'region of interest')} is dense."
-    written = tokenizer(grounded)["input_ids"] + tokenizer.convert_tokens_to_ids(["<|im_end|>"] * 3)
+    written = tokenizer(text)["input_ids"] + tokenizer.convert_tokens_to_ids(["<|im_end|>"] * 3)
 
     def generate(input_ids, streamer=None, **_):
         new = torch.tensor([written] * input_ids.shape[0])
@@ -78,11 +74,52 @@ def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_marke
         return torch.cat([input_ids, new], dim=1)
 
     monkeypatch.setattr(engine.model, "generate", generate)
+
+
+def test_a_box_the_model_writes_reaches_the_result_and_the_stream_with_its_markers(
+    tiny_model_dir, monkeypatch
+):
+    engine = TransformersEngine(tiny_model_dir)
+    grounded = f"The {format_box(GridBox(120, 340, 560, 780), 'region of interest')} is dense."
+    _writes(engine, grounded, monkeypatch)
     pieces = []
     request = GenerationRequest([user_message("Where?", images=0)], max_new_tokens=64, on_text=pieces.append)
     (result,) = engine.generate([request])
     assert result.text == grounded and "".join(pieces) == grounded
     assert result.finish_reason == "stop"
+
+
+def test_a_pixel_family_reads_and_writes_pixels_while_the_engine_speaks_the_grid(
+    family_model_dir, monkeypatch
+):
+    """Qwen2.5-VL sees a 300 x 217 image at 308 x 224: the box in the conversation reaches its prompt
+    in those pixels, and the box it writes in them reaches the result and the stream on the grid."""
+    from PIL import Image
+
+    engine = TransformersEngine(family_model_dir("qwen2_5_vl"))
+    image = engine.prepare(Image.new("RGB", (300, 217), "gray")).image
+    assert image.size == (308, 224)
+    prompts = []
+    render = engine.processor.apply_chat_template
+
+    def recorded(messages, **options):
+        prompts.append(render(messages, **options))
+        return prompts[-1]
+
+    monkeypatch.setattr(engine.processor, "apply_chat_template", recorded)
+    _writes(engine, f"Here: {format_box(GridBox(31, 56, 154, 224), 'lesion')}.", monkeypatch)
+    history = [
+        user_message("Where is the lesion?", images=1),
+        {"role": "assistant", "content": format_box(GridBox(100, 250, 500, 1000), "lesion")},
+        user_message("And now?", images=0),
+    ]
+    pieces = []
+    (result,) = engine.generate(
+        [GenerationRequest(history, [image], max_new_tokens=64, on_text=pieces.append)]
+    )
+    assert "<|box_start|>(31,56),(154,224)<|box_end|>" in prompts[0]  # pixels of 308 x 224
+    grid = "Here: <|object_ref_start|>lesion<|object_ref_end|><|box_start|>(101,250),(500,1000)<|box_end|>."
+    assert result.text == grid and "".join(pieces) == grid
 
 
 def test_min_new_tokens_holds_the_end_of_turn_back_and_ignore_eos_runs_to_the_limit(tiny_model_dir):

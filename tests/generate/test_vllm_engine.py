@@ -3,6 +3,7 @@
 import pytest
 
 from ctscribe.generate.vllm_engine import vllm_dtype
+from ctscribe.models import DEFAULT_FAMILY
 
 
 def test_auto_dtype_is_float32_without_a_bf16_gpu_as_in_the_transformers_engine():
@@ -45,6 +46,7 @@ def test_the_text_is_ctscribes_decoding_of_vllms_ids_with_the_markers_kept(tiny_
     engine = VLLMEngine.__new__(VLLMEngine)  # everything __init__ would build, without vLLM
     engine.processor, engine.tokenizer, engine.llm, engine.lora = processor, tokenizer, LLM(), None
     engine.hidden_ids = hidden_special_ids(tokenizer)
+    engine.grounding = DEFAULT_FAMILY.grounding
     request = GenerationRequest([user_message("Where?", images=0)], max_new_tokens=7)
     (result,) = engine.generate([request])
     assert result.text == grounded and result.completion_tokens == len(ids)

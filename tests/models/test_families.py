@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -136,27 +135,3 @@ def test_a_switch_the_family_cannot_honour_is_off_under_auto_and_refused_when_tr
     for key in ("packing", "cache_vision_features"):
         if key not in family.limits:
             assert getattr(applied, key) == "auto"  # what the family can do stays as asked
-
-
-def test_qwen2_5_vl_is_refused_until_its_grounding_is_rendered(family_model_dir):
-    """Its boxes are absolute pixels, and prepared records carry 0-1000 boxes: training it on them
-    would teach it another convention silently, so its checkpoints are refused by name."""
-    from ctscribe.models import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'qwen2_5_vl' is not a supported base"):
-        family_for(family_model_dir("qwen2_5_vl"))
-
-
-def test_the_shipped_fsdp_config_wraps_each_familys_own_layers(model):
-    """fsdp.yaml names no layer class, so accelerate wraps the model's ``_no_split_modules``: each
-    family's decoder layer and vision block, which must be classes of its model."""
-    import yaml
-    from accelerate.utils.dataclasses import get_module_class_from_name
-
-    from ctscribe.train import model as train_model
-
-    config = yaml.safe_load((Path(train_model.__file__).parent / "configs" / "fsdp.yaml").read_text())
-    assert config["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    assert "fsdp_transformer_layer_cls_to_wrap" not in config["fsdp_config"]
-    names = model._no_split_modules
-    assert len(names) == 2 and all(get_module_class_from_name(model, name) is not None for name in names)

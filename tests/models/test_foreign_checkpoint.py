@@ -33,6 +33,21 @@ SIZES = {
         },
         "vision_config": {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 256},
     },
+    "qwen2_5_vl": {
+        "text_config": {
+            **_TEXT,
+            "hidden_size": 256,
+            "num_hidden_layers": 2,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        },
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 256,
+        },
+    },
     "qwen3_vl": {
         "text_config": {**_TEXT, "hidden_size": 64, "num_hidden_layers": 2},
         "vision_config": {**_QWEN3_TOWER, "deepstack_visual_indexes": [0, 1]},

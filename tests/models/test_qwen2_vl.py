@@ -34,7 +34,7 @@ def test_an_unknown_model_type_is_refused_naming_the_families_before_any_weight_
     with pytest.raises(
         UnsupportedModelError,
         match=r"model_type 'llava' is not a supported base; supported: "
-        r"qwen2_vl \(Qwen2-VL\), qwen3_vl \(Qwen3-VL\), qwen3_5 \(Qwen3.5\)",
+        r"qwen2_vl \(Qwen2-VL\), qwen2_5_vl \(Qwen2.5-VL\), qwen3_vl \(Qwen3-VL\), qwen3_5 \(Qwen3.5\)",
     ):
         family_for(folder)
     assert isinstance(UnsupportedModelError("x"), ValueError)  # the CLI prints it as one line

@@ -150,8 +150,7 @@ class TestMergedExport:
         tokens at 112x112), not of the processor's default (a 256x256 image: 81)."""
         import httpx
 
-        from ctscribe.ct.images import DEFAULT_MAX_PIXELS
-        from ctscribe.model_settings import read_settings
+        from ctscribe.model_settings import DEFAULT_MAX_PIXELS, read_settings
         from support.real_shape import expected_prompt_tokens, request
 
         budget = read_settings(small.merged).max_pixels
@@ -221,7 +220,7 @@ def test_the_in_process_vllm_backend_equals_transformers(small, vllm_python, tmp
     assert _texts(out) == small.expected["merged"]
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_vl"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
 def test_vllm_greedy_texts_equal_transformers_on_another_family(
     model_type, vllm_python, learning_data, tmp_path
 ):

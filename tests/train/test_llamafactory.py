@@ -107,6 +107,100 @@ def test_a_folder_without_dataset_info_is_refused(tmp_path):
         train_config(recipe, DEFAULT_FAMILY)
 
 
+# LLaMA-Factory's own sizing of an image: its plugin for the Qwen2-VL template, run in its environment.
+LLAMAFACTORY_SIZES = """
+import json, sys
+from PIL import Image
+from transformers import AutoProcessor
+from llamafactory.data.mm_plugin import get_mm_plugin
+model, budgets, sizes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+processor = AutoProcessor.from_pretrained(model)
+plugin = get_mm_plugin("qwen2_vl", image_token="<|image_pad|>")
+out = []
+for max_pixels, min_pixels in budgets:
+    # as LLaMA-Factory's patch_processor sets them
+    processor.image_max_pixels, processor.image_min_pixels = max_pixels, min_pixels
+    for width, height in sizes:
+        _, rows, columns = plugin._get_mm_inputs([Image.new("RGB", (width, height))], [], [], processor)[
+            "image_grid_thw"
+        ][0].tolist()
+        out.append([columns * 14, rows * 14])
+print(json.dumps(out))
+"""
+
+
+def test_image_sizes_are_the_ones_llamafactory_gives_the_model(llamafactory_cli, family_model_dir):
+    """A pixel box is only right at the size LLaMA-Factory itself resizes to: its floor-rounded
+    pre-resize into the recipe's budget, then the processor's resize at the checkpoint's own budget
+    (1,000 x 333 at 262,144 pixels ends at 896 x 308, more pixels than the budget)."""
+    import subprocess
+
+    from transformers import AutoImageProcessor
+
+    from ctscribe.models import FAMILIES
+    from ctscribe.train.llamafactory import llamafactory_image_size
+
+    model = family_model_dir("qwen2_5_vl")
+    budgets = [(262144, 3136), (100000, 50000)]
+    sizes = [(512, 512), (300, 217), (1000, 333), (61, 97), (700, 400), (2000, 30)]
+    script = [str(llamafactory_cli.parent / "python"), "-c", LLAMAFACTORY_SIZES, str(model)]
+    run = subprocess.run([*script, json.dumps(budgets), json.dumps(sizes)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    theirs = [tuple(size) for size in json.loads(run.stdout.splitlines()[-1])]
+    processor_size = AutoImageProcessor.from_pretrained(model).size
+    grid = FAMILIES["qwen2_5_vl"].grid
+    ours = [
+        llamafactory_image_size(*size, *budget, processor_size, grid) for budget in budgets for size in sizes
+    ]
+    assert ours == theirs
+    assert (896, 308) in ours
+
+
+def test_a_pixel_family_trains_on_its_own_copy_of_the_splits(tmp_path, family_model_dir):
+    """LLaMA-Factory trains on answers as written: Qwen2.5-VL gets the splits with its boxes in
+    pixels (of the 308 x 224 image LLaMA-Factory makes of a 300 x 217 one), read from the run folder
+    with the images still read from the prepared one; Qwen2-VL reads the prepared folder itself."""
+    from PIL import Image
+
+    from ctscribe.models import FAMILIES
+    from ctscribe.train.llamafactory import family_data
+
+    data = _data_dir(tmp_path)
+    (data / "images").mkdir()
+    Image.new("RGB", (300, 217), "gray").save(data / "images" / "a.png")
+    phrase = "A <|object_ref_start|>lesion<|object_ref_end|>"
+    record = {
+        "messages": [
+            {"role": "user", "content": "<image>Describe."},
+            {"role": "assistant", "content": phrase + "<|box_start|>(100,250),(500,1000)<|box_end|>."},
+        ],
+        "images": ["images/a.png"],
+    }
+    for split in ("train.json", "val.json"):
+        (data / split).write_text(json.dumps([record]))
+    for model_type in ("qwen2_vl", "qwen2_5_vl"):
+        recipe = load_recipe(
+            "original",
+            dataset_dir=str(data),
+            output_dir=str(tmp_path / model_type),
+            model_name_or_path=str(family_model_dir(model_type)),
+        )
+        family = FAMILIES[model_type]
+        splits = family_data(recipe, family)
+        config = train_config(recipe, family, splits_dir=splits)
+        if model_type == "qwen2_vl":
+            assert splits == data and "media_dir" not in config
+            continue
+        assert splits == tmp_path / model_type / "llamafactory_data"
+        assert (config["dataset_dir"], config["media_dir"]) == (str(splits.resolve()), str(data.resolve()))
+        assert (splits / "dataset_info.json").read_text() == (data / "dataset_info.json").read_text()
+        for split in ("train.json", "val.json"):
+            [written] = json.loads((splits / split).read_text())
+            assert written["images"] == record["images"]
+            assert written["messages"][1]["content"] == phrase + "<|box_start|>(31,56),(154,224)<|box_end|>."
+        assert json.loads((data / "train.json").read_text()) == [record]  # the prepared folder is untouched
+
+
 def test_llamafactory_logs_become_ctscribe_logs(tmp_path):
     trainer_log = tmp_path / "trainer_log.jsonl"
     lines = [

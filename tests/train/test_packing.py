@@ -77,7 +77,7 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
     assert not torch.allclose(leaked.logits, got.logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_packing_per_family_keeps_samples_apart_or_is_switched_off(
     model_type, family_model_dir, image_records, labelled_count
 ):

@@ -171,3 +171,33 @@ def test_load_records_errors_are_clear(tmp_path):
         load_records(tmp_path / "bad.json")
     (tmp_path / "ok.json").write_text(json.dumps([{"a": 1}, {"a": 2}, {"a": 3}]))
     assert load_records(tmp_path / "ok.json", max_samples=2) == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_familys_answer_carries_its_boxes_in_its_own_convention(tmp_path, family_model_dir, model_type):
+    """Records keep 0-1000 boxes; Qwen2.5-VL trains on pixels of the image as the model sees it
+    (a 300 x 217 image becomes 308 x 224 at the budget), Qwen2-VL on the grid as written. The
+    length check ran on the same text: the sample it measured is the one it returns."""
+    from transformers import AutoProcessor
+
+    from ctscribe.models import FAMILIES
+
+    phrase = "A <|object_ref_start|>lesion<|object_ref_end|>"
+    answer = phrase + "<|box_start|>(100,250),(500,1000)<|box_end|>."
+    pixels = phrase + "<|box_start|>(31,56),(154,224)<|box_end|>."
+    expected = {"qwen2_vl": answer, "qwen2_5_vl": pixels}[model_type]
+    processor = AutoProcessor.from_pretrained(family_model_dir(model_type))
+    dataset = SFTDataset(
+        [_record(tmp_path, "slice", (300, 217), answer)],
+        tmp_path,
+        processor.tokenizer,
+        processor.image_processor,
+        ImageOptions(roi_box="keep", crop_background=False),
+        cutoff_len=1024,
+        family=FAMILIES[model_type],
+    )
+    sample = dataset[0]
+    assert sample["image_grid_thw"].tolist() == [[1, 16, 22]]  # 224 x 308 pixels in 14-px patches
+    labelled = sample["input_ids"][sample["labels"] != IGNORE_INDEX].tolist()
+    assert processor.tokenizer.decode(labelled) == expected + "<|im_end|>"
+    assert len(sample["input_ids"]) == dataset.lengths[0]

@@ -6,10 +6,12 @@ corners on a grid of the image the model sees, x before y, top-left then bottom-
 special tokens, so decoding with ``skip_special_tokens=True`` silently drops them and leaves bare
 numbers: every engine that wants boxes decodes keeping them and strips the markup here instead.
 
-Records are written by prepare, before any base is chosen, so the text here is the default family's
-(``models.DEFAULT_FAMILY.grounding``); a family with another convention renders and reads boxes
-through its own format (issue 26, part 3). This module is the one place that writes, reads and removes
-the format. A box on the grid is a
+Records are written by prepare, before any base is chosen, so boxes at rest (records, predictions,
+the API) are on the default family's 0-1000 grid (``models.DEFAULT_FAMILY.grounding``). A family that
+writes its corners in pixels of the image it sees (``GroundingFormat.absolute``) gets them converted at
+the model's edge: :func:`to_model` as a sample or prompt is rendered, :func:`from_model` as an answer is
+decoded. This module is the one place that writes, reads, converts and removes the format. A box on the
+grid is a
 :class:`GridBox`; pixel boxes are ``(x0, y0, x1, y1)`` *inclusive* pixel indices of the drawn
 outline's outer edge, as ``ctscribe.ct.images.find_roi_box`` returns them, so the outer edge on the
 right/bottom is ``x1 + 1`` / ``y1 + 1``.
@@ -21,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from ctscribe.models import DEFAULT_FAMILY
+from ctscribe.models.family import GroundingFormat
 
 _FORMAT = DEFAULT_FAMILY.grounding
 OBJECT_REF_START = _FORMAT.ref_start
@@ -39,6 +42,10 @@ _BOX = (
     re.escape(BOX_START)
     + rf"\s*\({_NUMBER},{_NUMBER}\)\s*,\s*\({_NUMBER},{_NUMBER}\)\s*"
     + re.escape(BOX_END)
+)
+# A box's four numbers, with what surrounds them kept as written (the conversions replace the numbers only).
+_BOX_NUMBERS = re.compile(
+    rf"({re.escape(BOX_START)}\s*\(){_NUMBER},{_NUMBER}(\)\s*,\s*\(){_NUMBER},{_NUMBER}(\)\s*{re.escape(BOX_END)})"
 )
 _REF = re.escape(OBJECT_REF_START) + r"(.*?)" + re.escape(OBJECT_REF_END)
 # A box with the phrase it belongs to, or a bare box; then any markup left over (an unclosed or
@@ -139,6 +146,64 @@ def strip_grounding(text: str, marker: str = "") -> str:
 
     stripped = _LEFTOVER.sub("", _GROUNDED.sub(replace, text))
     return re.sub(r"[ \t]{2,}", " ", stripped).replace(" .", ".").replace(" ,", ",").strip()
+
+
+def _rescale(text: str, grounding: GroundingFormat, size: tuple[int, int] | None, to_pixels: bool) -> str:
+    """Every box's corners between the 0-1000 grid and pixels of a ``size`` (width, height) image."""
+    if not grounding.absolute or BOX_START not in text:
+        return text
+    if (grounding.ref_start, grounding.ref_end, grounding.box_start, grounding.box_end) != GROUNDING_TOKENS:
+        raise NotImplementedError("a grounding format with other marker tokens than the default family's")
+    if size is None:
+        # No one image the corners could be pixels of (a text-only turn, several images): the phrase
+        # stays and the box goes, rather than a box read in the wrong frame.
+        return strip_grounding(text)
+
+    def scale(value: str, side: int) -> str:
+        if to_pixels:
+            return str(min(side, max(0, round(int(value) * side / GRID))))
+        return str(min(GRID, max(0, round(int(value) * GRID / side))))
+
+    def replace(match: re.Match[str]) -> str:
+        opening, x0, y0, middle, x1, y1, closing = match.groups()
+        width, height = size
+        return (
+            f"{opening}{scale(x0, width)},{scale(y0, height)}{middle}{scale(x1, width)},{scale(y1, height)}"
+            f"{closing}"
+        )
+
+    return _BOX_NUMBERS.sub(replace, text)
+
+
+def to_model(text: str, grounding: GroundingFormat, size: tuple[int, int] | None) -> str:
+    """``text``, its boxes on the 0-1000 grid, as a family of ``grounding`` writes it about an image
+    the model sees at ``size`` (width, height after the resize; None: no one image). Unchanged for a
+    grid family."""
+    return _rescale(text, grounding, size, to_pixels=True)
+
+
+def from_model(text: str, grounding: GroundingFormat, size: tuple[int, int] | None) -> str:
+    """What a family of ``grounding`` wrote about an image it saw at ``size``, with its boxes on the
+    0-1000 grid again (:func:`to_model`'s inverse, to within one grid step). Unchanged for a grid family."""
+    return _rescale(text, grounding, size, to_pixels=False)
+
+
+def messages_to_model(
+    messages: list[dict], grounding: GroundingFormat, size: tuple[int, int] | None
+) -> list[dict]:
+    """Chat messages (string content, or text and image parts) with :func:`to_model` applied to every text."""
+    if not grounding.absolute:
+        return messages
+
+    def convert(content):
+        if isinstance(content, str):
+            return to_model(content, grounding, size)
+        return [
+            {**part, "text": to_model(part["text"], grounding, size)} if part.get("type") == "text" else part
+            for part in content
+        ]
+
+    return [{**message, "content": convert(message["content"])} for message in messages]
 
 
 def box_iou(a: GridBox, b: GridBox) -> float:

@@ -40,7 +40,6 @@ from scipy import ndimage
 
 from ctscribe.conversation.boxes import GridBox, ImageFrame, PixelBox, to_grid
 from ctscribe.ct.options import ImageOptions
-from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from ctscribe.models.family import ImageGrid
 
 # Larger than any CT slice (512-1024 px square) or scanned film, far below what would exhaust memory
@@ -359,7 +358,7 @@ def _check_shape(width: int, height: int, grid: ImageGrid) -> None:
         raise BadImageError(f"aspect ratio too extreme: {width} x {height} pixels")
 
 
-def _budget_size(
+def budget_size(
     width: int, height: int, max_pixels: int, min_pixels: int, grid: ImageGrid
 ) -> tuple[int, int]:
     """``(width, height)`` that the family's processor resizes to, from its own resize rule."""
@@ -376,23 +375,10 @@ def fit_pixel_budget(image: Image.Image, max_pixels: int, min_pixels: int, *, gr
     The processor then finds nothing to resize, so the token count is fixed here and a training image
     and an inference image of the same size are resampled once, the same way.
     """
-    size = _budget_size(image.width, image.height, max_pixels, min_pixels, grid)
+    size = budget_size(image.width, image.height, max_pixels, min_pixels, grid)
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.BICUBIC)
-
-
-def count_image_tokens(
-    width: int,
-    height: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_pixels: int = DEFAULT_MIN_PIXELS,
-    *,
-    grid: ImageGrid,
-) -> int:
-    """Image tokens a model of ``grid`` spends on a ``width`` x ``height`` image under this pixel budget."""
-    new_width, new_height = _budget_size(width, height, max_pixels, min_pixels, grid)
-    return (new_width // grid.token_side) * (new_height // grid.token_side)
 
 
 def roi_in_model_frame(

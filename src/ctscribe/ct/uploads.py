@@ -23,9 +23,10 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe.conversation.boxes import ImageFrame
-from ctscribe.ct.images import DEFAULT_MAX_PIXELS, BadImageError, ImageOptions, prepare_image
+from ctscribe.ct.images import BadImageError, ImageOptions, prepare_image
 from ctscribe.ct.inputs import iter_inputs
 from ctscribe.ct.windows import AUTO, CUSTOM, parse_window
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS
 from ctscribe.models.family import ImageGrid
 
 NO_WINDOW = "none (an image file is shown as uploaded)"

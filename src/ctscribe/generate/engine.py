@@ -22,16 +22,16 @@ from typing import Protocol
 
 from PIL import Image
 
-from ctscribe.ct.images import (
+from ctscribe.ct.images import ImageOptions, PreparedImage, prepare_image
+from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
+from ctscribe.generate.family_boxes import to_family, to_grid
+from ctscribe.generate.options import DEFAULT_MAX_NEW_TOKENS
+from ctscribe.model_settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
-    ImageOptions,
-    PreparedImage,
-    prepare_image,
+    resolve_adapter,
+    set_processor_budget,
 )
-from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
-from ctscribe.generate.options import DEFAULT_MAX_NEW_TOKENS
-from ctscribe.model_settings import resolve_adapter, set_processor_budget
 from ctscribe.models import family_for
 from ctscribe.models.family import ImageGrid
 
@@ -218,7 +218,8 @@ class TransformersEngine(ImagePathMixin):
         self.model = model
         self.generation_config = copy.deepcopy(model.generation_config)
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.grid = family_for(model.config).grid
+        family = family_for(model.config)
+        self.grid, self.grounding = family.grid, family.grounding
         self.name = name
         self.batches: list[int] = []  # sizes of the generate calls made, for stats and tests
         self.hidden_ids = hidden_special_ids(self.processor.tokenizer)
@@ -284,6 +285,7 @@ class TransformersEngine(ImagePathMixin):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate for every request; requests with the same sampling settings share one batch."""
+        asked, requests = requests, to_family(requests, self.grounding)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(_sampling_key(request), []).append(index)
@@ -291,7 +293,7 @@ class TransformersEngine(ImagePathMixin):
         for indices in groups.values():
             for index, result in zip(indices, self._run([requests[i] for i in indices]), strict=True):
                 results[index] = result
-        return results  # type: ignore[return-value]
+        return to_grid(results, asked, self.grounding)  # type: ignore[arg-type]
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

@@ -26,9 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from ctscribe.ct.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.generate.decoding import KEEP_SPECIAL_TOKENS, drop_control_tokens
 from ctscribe.generate.engine import GenerationRequest, GenerationResult, ImagePathMixin
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from ctscribe.models import DEFAULT_FAMILY
 from ctscribe.models.family import ImageGrid
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ctscribe.ct.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageOptions
+from ctscribe.ct.images import ImageOptions
 from ctscribe.generate.decoding import decode_keeping_grounding, hidden_special_ids
 from ctscribe.generate.engine import (
     GenerationRequest,
@@ -27,7 +27,8 @@ from ctscribe.generate.engine import (
     ImagePathMixin,
     engine_name,
 )
-from ctscribe.model_settings import processor_budget, resolve_adapter
+from ctscribe.generate.family_boxes import to_family, to_grid
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, processor_budget, resolve_adapter
 from ctscribe.models import family_for
 
 # Room for the ~324 image tokens of DEFAULT_MAX_PIXELS, the prompt and the longest description (2,048 tokens,
@@ -110,13 +111,14 @@ class VLLMEngine(ImagePathMixin):
         )
         self.lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
         self.image_options = ImageOptions(max_pixels=max_pixels, min_pixels=min_pixels)
-        self.grid = family.grid
+        self.grid, self.grounding = family.grid, family.grounding
         self.name = name or engine_name(model, adapter_dir)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         from vllm import SamplingParams
 
         start = time.perf_counter()
+        asked, requests = requests, to_family(requests, self.grounding)
         prompts = [
             {
                 "prompt": self.processor.apply_chat_template(r.messages, add_generation_prompt=True),
@@ -127,7 +129,7 @@ class VLLMEngine(ImagePathMixin):
         params = [SamplingParams(**sampling_options(r)) for r in requests]
         outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
         seconds = time.perf_counter() - start
-        return [
+        results = [
             GenerationResult(
                 text=decode_keeping_grounding(self.tokenizer, output.outputs[0].token_ids, self.hidden_ids),
                 prompt_tokens=len(output.prompt_token_ids),
@@ -137,3 +139,4 @@ class VLLMEngine(ImagePathMixin):
             )
             for output in outputs
         ]
+        return to_grid(results, asked, self.grounding)

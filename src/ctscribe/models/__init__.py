@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctscribe.models import qwen2_vl, qwen3_5, qwen3_vl
+from ctscribe.models import qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl
 from ctscribe.models.family import Family, UnsupportedModelError
 
 __all__ = [
@@ -34,7 +34,8 @@ __all__ = [
 
 
 FAMILIES: Mapping[str, Family] = {
-    family.model_type: family for family in (qwen2_vl.FAMILY, qwen3_vl.FAMILY, qwen3_5.FAMILY)
+    family.model_type: family
+    for family in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, qwen3_5.FAMILY)
 }
 # The family of the seed's checkpoint: what docs and the ``original`` recipe use, and what code that
 # runs before any model is chosen (prepare's grounded answers, the image budget's floor) assumes.

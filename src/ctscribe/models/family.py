@@ -53,13 +53,15 @@ class ChatTemplate:
 @dataclass(frozen=True)
 class GroundingFormat:
     """How a family writes a box as text: ``ref_start phrase ref_end box_start (x0,y0),(x1,y1) box_end``
-    with corners on a ``grid`` x ``grid`` lattice of the image the model sees."""
+    with corners on a ``grid`` x ``grid`` lattice of the image the model sees, or, when ``absolute``,
+    in pixels of that image (after the processor's resize) instead."""
 
     ref_start: str
     ref_end: str
     box_start: str
     box_end: str
     grid: int
+    absolute: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ vision markers; and have the same grounding marker tokens in their vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 from ctscribe.models.family import ChatTemplate, Family, GroundingFormat, ImageGrid
@@ -30,6 +31,8 @@ GRID_GROUNDING = GroundingFormat(
     box_end="<|box_end|>",
     grid=1000,
 )
+# The same markup with corners in pixels of the image the model sees (Qwen2.5-VL's convention).
+ABSOLUTE_GROUNDING = dataclasses.replace(GRID_GROUNDING, absolute=True)
 
 
 def core(model):
@@ -144,6 +147,7 @@ def family(
     answer_prefix: str = "",
     projector_names: tuple[str, ...] = ("merger",),
     language_linear: tuple[str, ...] = DECODER_LINEAR,
+    grounding: GroundingFormat = GRID_GROUNDING,
     limits: Mapping[str, str] | None = None,
 ) -> Family:
     """A Qwen family: what every Qwen vision-language family shares, with what this one says differs."""
@@ -163,6 +167,6 @@ def family(
         merged_tokens=merged_tokens,
         grid=image_grid(patch=patch, merge=2),
         template=chatml(default_system, answer_prefix),
-        grounding=GRID_GROUNDING,
+        grounding=grounding,
         limits=dict(limits or {}),
     )

@@ -32,11 +32,11 @@ from pathlib import Path
 from ctscribe import CLINICAL_NOTICE
 from ctscribe.conversation.boxes import Located
 from ctscribe.conversation.prompts import DEFAULT_PROMPTS
-from ctscribe.ct.images import DEFAULT_MAX_PIXELS
 from ctscribe.ct.uploads import Upload, UploadError, Volume, load_held, take_uploads, window_spec
 from ctscribe.ct.windows import AUTO, CUSTOM, PRESETS
 from ctscribe.generate.engine import DEFAULT_MAX_NEW_TOKENS, GenerationRequest
 from ctscribe.generate.openai_engine import OpenAIEngine, ServerError
+from ctscribe.model_settings import DEFAULT_MAX_PIXELS
 from ctscribe.models.family import ImageGrid
 from ctscribe.serve.chat import Answer
 from ctscribe.serve.report import KEEP_REPORTS_S, draw_boxes, write_report

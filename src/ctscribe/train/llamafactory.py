@@ -10,6 +10,7 @@ RUN_DIR after a run, laid out like a native run so export, predict, evaluate and
     recipe.yaml              the resolved ctscribe recipe
     llamafactory_train.yaml  what LLaMA-Factory was given (rerun it with llamafactory-cli train)
     llamafactory/            LLaMA-Factory's output_dir: checkpoints, its logs, trainer_log.jsonl
+    llamafactory_data/       only for a family whose boxes are pixels: the split files with its boxes
     llamafactory.log         everything it printed
     adapter/ (or model/)     the final adapter (or full model) with the processor and the settings
                              it carries (ctscribe.model_settings: pixel budget, prompts)
@@ -21,13 +22,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 
+from PIL import Image
+
+from ctscribe.atomic import atomic_write_text
+from ctscribe.conversation.boxes import messages_to_model
 from ctscribe.llamafactory_cli import find_cli, has_module, run_cli, write_config
 from ctscribe.model_settings import check_data_budget, record_settings, training_settings
 from ctscribe.models import Family, family_for
+from ctscribe.models.family import ImageGrid
+from ctscribe.prepare.splits import read_split
 from ctscribe.recipe import Recipe, RecipeError, training_folders
 from ctscribe.run_folder import (
     LOSS_PLOT,
@@ -136,6 +144,64 @@ def dataset_names(data_dir: Path) -> tuple[str, str | None]:
     return by_file["train.json"], val
 
 
+def llamafactory_image_size(
+    width: int, height: int, max_pixels: int, min_pixels: int, processor_size: dict, grid: ImageGrid
+) -> tuple[int, int]:
+    """(width, height) at which LLaMA-Factory 0.9.5 gives the model a ``width`` x ``height`` image.
+
+    Its own resize first (``BasePlugin._preprocess_image``: each side scaled into the recipe's budget
+    and floored; then at least 28 pixels a side), then the processor's, at the budget in the base's
+    processor config (``processor_size``: shortest_edge/longest_edge), not the recipe's.
+    """
+
+    def scale(budget: int) -> tuple[int, int]:
+        factor = math.sqrt(budget / (width * height))
+        return int(width * factor), int(height * factor)
+
+    if width * height > max_pixels:
+        width, height = scale(max_pixels)
+    if width * height < min_pixels:
+        width, height = scale(min_pixels)
+    width, height = max(width, 28), max(height, 28)
+    new_height, new_width = grid.resize(
+        height, width, processor_size["shortest_edge"], processor_size["longest_edge"]
+    )
+    return new_width, new_height
+
+
+def family_data(recipe: Recipe, family: Family) -> Path:
+    """The folder LLaMA-Factory reads the splits from (its images stay in the prepared folder).
+
+    LLaMA-Factory trains on answers as written, and prepared records keep boxes on the 0-1000 grid.
+    That is a grid family's own convention, so the prepared folder serves unchanged; for a family
+    whose boxes are pixels of the image it sees, the split files are written again under the run
+    folder with each record's boxes in pixels of its image as LLaMA-Factory will resize it.
+    """
+    data_dir, run_dir = training_folders(recipe)
+    if not family.grounding.absolute:
+        return data_dir
+    from transformers import AutoImageProcessor
+
+    processor_size = AutoImageProcessor.from_pretrained(recipe.model_name_or_path).size
+    out = run_dir / "llamafactory_data"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(data_dir / "dataset_info.json", out / "dataset_info.json")
+    budget = (recipe.image_max_pixels, recipe.image_min_pixels, processor_size, family.grid)
+    for split in ("train.json", "val.json"):
+        if not (data_dir / split).is_file():
+            continue
+        records = read_split(data_dir / split)
+        for record in records:
+            frame = None
+            if len(record.get("images", [])) == 1:
+                with Image.open(data_dir / record["images"][0]) as image:  # header only
+                    frame = llamafactory_image_size(*image.size, *budget)
+            record["messages"] = messages_to_model(record["messages"], family.grounding, frame)
+        atomic_write_text(out / split, json.dumps(records, ensure_ascii=False))
+    log.info("%s writes boxes in pixels: %s holds the splits with its boxes", family.name, out)
+    return out
+
+
 def refuse_native_scoring(recipe: Recipe) -> None:
     """A clinical ``metric_for_best_model`` is the native engine's: stop before anything starts."""
     if recipe.metric_for_best_model != "eval_loss":
@@ -147,10 +213,15 @@ def refuse_native_scoring(recipe: Recipe) -> None:
 
 
 def train_config(
-    recipe: Recipe, family: Family, cli: Path | None = None, resume_from: Path | None = None
+    recipe: Recipe,
+    family: Family,
+    cli: Path | None = None,
+    resume_from: Path | None = None,
+    splits_dir: Path | None = None,
 ) -> dict:
     """The recipe as ``llamafactory-cli train`` arguments (the original train.sh, as YAML), with the
-    chat template of the base's ``family``."""
+    chat template of the base's ``family``; ``splits_dir`` holds the split files when they are not the
+    prepared folder's (:func:`family_data`), whose images LLaMA-Factory still reads."""
     refuse_native_scoring(recipe)
     data_dir, run_dir = training_folders(recipe)
     train_set, val_set = dataset_names(data_dir)
@@ -161,6 +232,8 @@ def train_config(
     for key in ("model_name_or_path", "dataset_dir"):
         if Path(config[key]).exists():
             config[key] = str(Path(config[key]).resolve())
+    if splits_dir is not None and splits_dir != data_dir:
+        config["media_dir"], config["dataset_dir"] = config["dataset_dir"], str(splits_dir.resolve())
     config["finetuning_type"] = "full" if recipe.finetuning_type == "full" else "lora"
     if recipe.finetuning_type == "qlora":
         config["quantization_bit"] = 4  # LLaMA-Factory's QLoRA: LoRA on a 4-bit bitsandbytes base
@@ -236,8 +309,9 @@ def train(recipe: Recipe, resume: bool = False, cli: str | os.PathLike | None = 
         log.info("resuming from %s", resume_from or "the start (no checkpoint was saved)")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_recipe(run_dir, recipe)
+    splits_dir = family_data(recipe, family)
     config = write_config(
-        run_dir / "llamafactory_train.yaml", train_config(recipe, family, executable, resume_from)
+        run_dir / "llamafactory_train.yaml", train_config(recipe, family, executable, resume_from, splits_dir)
     )
     run_cli(executable, "train", config, run_dir / "llamafactory.log")
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ctscribe.conversation.boxes import messages_to_model
 from ctscribe.conversation.template import TokenIds, render_conversation
-from ctscribe.ct.images import ImageOptions, count_image_tokens, prepare_image
+from ctscribe.ct.images import ImageOptions, budget_size, prepare_image
 from ctscribe.models.family import ChatTemplate, Family, ImageGrid
 from ctscribe.prepare.splits import read_split
 from ctscribe.train.packing import pack_rows
@@ -39,6 +40,13 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+
+
+def model_messages(messages: list[dict], family: Family, sizes: list[tuple[int, int]]) -> list[dict]:
+    """A record's messages with their boxes in the family's convention, about the record's one image at
+    the size the model sees it (``sizes``: (width, height) per image); with no image or several there
+    is no one frame for pixel corners, and such a family gets the phrases without boxes."""
+    return messages_to_model(messages, family.grounding, sizes[0] if len(sizes) == 1 else None)
 
 
 def encode_text(tokenizer, messages: list[dict], template: ChatTemplate) -> Encoded:
@@ -90,19 +98,24 @@ def check_sample(
     ``image_pad_id`` is the tokenizer's (``TokenIds``), read once per split rather than per record.
     """
     try:
-        tokens = [image_tokens(image_root / p, image_options, family.grid) for p in record.get("images", [])]
+        sizes = [model_size(image_root / p, image_options, family.grid) for p in record.get("images", [])]
     except OSError as error:
         return f"unreadable image ({type(error).__name__})"
-    encoded = encode_text(tokenizer, record["messages"], family.template)
-    result = expand_image_pads(encoded, tokens, cutoff_len, image_pad_id)
+    tokens = [
+        (width // family.grid.token_side) * (height // family.grid.token_side) for width, height in sizes
+    ]
+    messages = model_messages(record["messages"], family, sizes)
+    result = expand_image_pads(
+        encode_text(tokenizer, messages, family.template), tokens, cutoff_len, image_pad_id
+    )
     return result if isinstance(result, str) else (len(result.input_ids), sum(tokens))
 
 
-def image_tokens(path: Path, options: ImageOptions, grid: ImageGrid) -> int:
-    """Image tokens of the image at ``path`` within the budget, from its header only."""
+def model_size(path: Path, options: ImageOptions, grid: ImageGrid) -> tuple[int, int]:
+    """(width, height) the model sees the image at ``path`` at within the budget, from its header only."""
     with Image.open(path) as image:  # header only: no decode
         width, height = image.size
-    return count_image_tokens(width, height, options.max_pixels, options.min_pixels, grid=grid)
+    return budget_size(width, height, options.max_pixels, options.min_pixels, grid)
 
 
 @dataclass
@@ -222,12 +235,16 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[int(self.positions[index])]
         images = self._images(record)
-        tokens = []
+        tokens, sizes = [], []
         if images:
-            merge = self.image_processor.merge_size**2
-            tokens = [int(t * h * w) // merge for t, h, w in images["image_grid_thw"].tolist()]
+            merge, patch = self.image_processor.merge_size, self.family.grid.patch
+            for t, h, w in images["image_grid_thw"].tolist():
+                tokens.append(int(t * h * w) // merge**2)
+                sizes.append((int(w) * patch, int(h) * patch))
         encoded = expand_image_pads(
-            encode_text(self.tokenizer, record["messages"], self.family.template),
+            encode_text(
+                self.tokenizer, model_messages(record["messages"], self.family, sizes), self.family.template
+            ),
             tokens,
             self.cutoff_len,
             self.tokens.image_pad,
