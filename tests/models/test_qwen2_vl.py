@@ -52,8 +52,8 @@ def test_an_unknown_model_type_is_refused_naming_the_families_before_any_weight_
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[-2:] == [
-        "model_type 'llava' is not a supported base; supported: qwen2_vl (Qwen2-VL), qwen2_5_vl (Qwen2.5-VL), "
-        "qwen3_vl (Qwen3-VL), qwen3_5 (Qwen3.5)",
+        "model_type 'llava' is not a supported base; supported: qwen2_vl (Qwen2-VL), "
+        "qwen2_5_vl (Qwen2.5-VL), qwen3_vl (Qwen3-VL), qwen3_5 (Qwen3.5)",
         "False False",
     ]
 
