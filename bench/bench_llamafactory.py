@@ -12,7 +12,7 @@ With ``--families``, each base family's fixture of ``--size`` goes through both 
 another, each with its own ratio.
 
 Usage: python bench/bench_llamafactory.py [--rows 96] [--steps 8] [--size tiny]
-       [--families qwen2_vl qwen3_vl qwen3_5] [--json out.json]
+       [--families qwen2_vl qwen2_5_vl qwen3_vl qwen3_5] [--json out.json]
 Needs LLaMA-Factory's environment (make lf-env).
 """
 

@@ -21,7 +21,7 @@
 #      The default recipe may turn checkpointing off if "all, no checkpointing" peaks within 12 GB
 #      (docs/TRAINING.md, "Gradient checkpointing").
 #   3. (LF=1) LLaMA-Factory's seed recipe (the original train.sh, our pixel budget) on the same GPU and
-#      data as the native engine, where .venv-lf installs; FAMILIES="qwen2_vl qwen3_vl qwen3_5" runs it
+#      data as the native engine, where .venv-lf installs; FAMILIES="qwen2_vl qwen2_5_vl qwen3_vl qwen3_5" runs it
 #      for each family's real shape (steps 1 and 2 measure Qwen2-VL only).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,7 @@ row per (family, seed), then a table with each family's accuracy over the first 
 and writes them all to --json.
 
 Usage: python bench/learning_test_seeds.py [--steps 400] [--seeds 42 1 2 3 4]
-       [--families qwen2_vl qwen3_vl qwen3_5] [--json bench/results/learning_test_seeds-cpu.json]
+       [--families qwen2_vl qwen2_5_vl qwen3_vl qwen3_5] [--json bench/results/learning_test_seeds-cpu.json]
 """
 
 from __future__ import annotations
