@@ -60,7 +60,13 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint chromium lf-env-for-tests vllm-env-for-tests metrics-env-for-tests
+# The environments (and chromium) install side by side: each mostly waits on downloads and the disk,
+# so together they take about the time of the largest. Their common files are shared once all are
+# built, not after each as when one is built alone: hardlink must not scan a folder pip is writing.
+test:
+	@$(MAKE) --no-print-directory -j5 SHARE_ENV_FILES=: \
+	  lint chromium lf-env-for-tests vllm-env-for-tests metrics-env-for-tests
+	$(SHARE_ENV_FILES)
 	$(BIN)/python -m pytest
 
 # make test builds each environment of its own (lf-env, vllm-env, metrics-env); where one cannot be
