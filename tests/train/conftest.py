@@ -55,6 +55,27 @@ def make_dataset(processor, image_records, family):
     return make
 
 
+@pytest.fixture
+def family_setup(family_model_dir, image_records):
+    """``family_setup(model_type)``: (model, processor, dataset of ``image_records``) for that family's
+    tiny fixture, the model in fp32 as training loads it."""
+    from transformers import AutoProcessor
+
+    from ctscribe.models import FAMILIES
+
+    def setup(model_type: str):
+        folder, family = family_model_dir(model_type), FAMILIES[model_type]
+        processor = AutoProcessor.from_pretrained(folder)
+        model = family.model_class().from_pretrained(folder, dtype=torch.float32).eval()
+        model.config.use_cache = False
+        root, records = image_records
+        options = ImageOptions(max_pixels=262144, roi_box="keep", crop_background=False)
+        tokenizer, images = processor.tokenizer, processor.image_processor
+        return model, processor, SFTDataset(records, root, tokenizer, images, options, 512, family)
+
+    return setup
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     """The tiny Qwen2-VL in fp32 with SDPA, as training loads it (no KV cache)."""

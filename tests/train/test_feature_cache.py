@@ -53,22 +53,11 @@ def test_loss_from_cached_features_equals_the_ordinary_loss(
     [t for t, f in FAMILIES.items() if f is not DEFAULT_FAMILY and "cache_vision_features" not in f.limits],
 )
 def test_cached_features_give_the_ordinary_loss_on_every_family_that_caches(
-    tmp_path, model_type, family_model_dir, image_records, labelled_count
+    tmp_path, model_type, family_setup, labelled_count
 ):
     """The same check on each other family the cache serves (Qwen2.5-VL's windowed tower, Qwen3.5's)."""
-    from transformers import AutoProcessor
-
-    from ctscribe.ct.images import ImageOptions
-    from ctscribe.train.samples import SFTDataset
-
-    folder = family_model_dir(model_type)
-    family = FAMILIES[model_type]
-    processor = AutoProcessor.from_pretrained(folder)
-    model = family.model_class().from_pretrained(folder, dtype=torch.float32).eval()
-    model.config.use_cache = False
-    root, records = image_records
-    options = ImageOptions(max_pixels=262144, roi_box="keep", crop_background=False)
-    dataset = SFTDataset(records, root, processor.tokenizer, processor.image_processor, options, 512, family)
+    model, processor, dataset = family_setup(model_type)
+    family = dataset.family
     ordinary = collate([dataset[i] for i in range(3)], dataset.tokens, token_types=dataset.token_types)
     count = labelled_count(ordinary)
     dataset.features = _build(tmp_path, model, processor, dataset)

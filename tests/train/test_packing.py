@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from ctscribe.ct.images import ImageOptions
 from ctscribe.fixtures.tiny_model import IMAGE_PAD_ID
 from ctscribe.train.model_inputs import model_inputs
 from ctscribe.train.packing import count_images, pack_rows
-from ctscribe.train.samples import SFTDataset, collate
+from ctscribe.train.samples import collate
 
 
 def test_pack_rows_keeps_order_and_capacity():
@@ -78,27 +77,10 @@ def test_packed_rows_give_the_loss_and_logits_of_unpacked_ones(
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
-def test_packing_per_family_keeps_samples_apart_or_is_switched_off(
-    model_type, family_model_dir, image_records, labelled_count
-):
+def test_packing_per_family_keeps_samples_apart_or_is_switched_off(model_type, family_setup, labelled_count):
     """The leak control on each newer family's tiny fixture: packed rows give the unpacked loss and
     logits, or (Qwen3.5, whose linear-attention layers carry state along the row) they do not, which
     is why that family lists packing among its limits and the default recipe packs it off."""
-    from transformers import AutoProcessor
-
-    from ctscribe.models import family_for
-
-    folder = family_model_dir(model_type)
-    family = family_for(folder)
-    processor = AutoProcessor.from_pretrained(folder)
-    model = family.model_class().from_pretrained(folder, dtype=torch.float32).eval()
-    model.config.use_cache = False
-    root, records = image_records
-    options = ImageOptions(max_pixels=262144, roi_box="keep", crop_background=False)
-    dataset = SFTDataset(records, root, processor.tokenizer, processor.image_processor, options, 512, family)
-    expected, got, leaked, lengths = _packed_and_unpacked(model, dataset, labelled_count)
-    assert ("packing" in family.limits) is not _same_per_sample(expected, got, lengths)
-    # Where it leaks, the first sample of the row is untouched and the later ones are not: the state
-    # carried along the row, not the positions.
-    assert torch.allclose(got.logits[0, : lengths[0]], expected.logits[0, : lengths[0]], atol=1e-5)
-    assert not torch.allclose(leaked.logits, got.logits, atol=1e-3)
+    model, _, dataset = family_setup(model_type)
+    expected, got, _, lengths = _packed_and_unpacked(model, dataset, labelled_count)
+    assert ("packing" in dataset.family.limits) is not _same_per_sample(expected, got, lengths)
