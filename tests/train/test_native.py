@@ -2,6 +2,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,14 +233,20 @@ def test_resume_with_another_recipe_is_refused(learning_data, tiny_model_dir, tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_two_processes_match_one(model_type, learning_data, family_model_dir, tmp_path):
+def test_two_processes_match_one_and_a_resumed_run_the_whole_one(
+    model_type, learning_data, family_model_dir, tmp_path
+):
     """torchrun with 2 CPU processes (gloo) at half the per-process batch logs the single process's
-    losses, with the default recipe's speed switches on (those a family cannot honour off), per family."""
+    losses, with the default recipe's speed switches on (those a family cannot honour off), per family.
+
+    On each family but the default (whose killed-mid-checkpoint resume has its own test above), the
+    single run is also resumed from its step-2 checkpoint, as after a kill once that checkpoint was
+    complete: it must log the same losses and end with the same adapter."""
     model = family_model_dir(model_type)
 
     def args(out, per_device):
         return _cli_train(
-            learning_data, model, out, max_steps=4, save_steps=4, eval_steps=4,
+            learning_data, model, out, max_steps=4, save_steps=2, eval_steps=2,
             per_device_train_batch_size=per_device,
         )  # fmt: skip
 
@@ -256,6 +263,24 @@ def test_two_processes_match_one(model_type, learning_data, family_model_dir, tm
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+    if FAMILIES[model_type] is DEFAULT_FAMILY:
+        return
+
+    whole = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    shutil.rmtree(tmp_path / "one" / "adapter")
+    shutil.rmtree(tmp_path / "one" / "checkpoint-4")
+    resumed = _run(
+        [sys.executable, "-m", "ctscribe", *args(tmp_path / "one", 8), "--resume"], timeout=240, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join((resumed.stdout + resumed.stderr).split())  # the log line, however it was wrapped
+    assert "resuming from" in said and "checkpoint-2" in said, said[-3000:]
+    again = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    assert again.keys() == whole.keys()
+    assert max(float((again[k] - whole[k]).abs().max()) for k in whole) <= 1e-5
+    after = _losses(tmp_path / "one")  # steps 3 and 4 logged again, by the resumed run
+    assert sorted(after) == [1, 2, 3, 4]
+    assert all(after[step] == pytest.approx(one[step], abs=1e-5) for step in (3, 4)), (after, one)
 
 
 def test_a_bad_recipe_built_in_code_fails_before_data_or_model_load(tmp_path):
