@@ -122,6 +122,15 @@ def test_a_pixel_family_reads_and_writes_pixels_while_the_engine_speaks_the_grid
     assert result.text == grid and "".join(pieces) == grid
 
 
+def test_a_checkpoints_repetition_penalty_is_off_as_in_the_other_backends(family_model_dir):
+    """Qwen2.5-VL's generation config says 1.05; vLLM's sampling parameters and the API leave no
+    penalty, so transformers' greedy text must not carry one either."""
+    engine = TransformersEngine(family_model_dir("qwen2_5_vl"))
+    assert engine.generation_config.repetition_penalty == 1.05
+    request = GenerationRequest([user_message("Hello", images=0)], max_new_tokens=4)
+    assert engine._config(request, 4).repetition_penalty == 1.0
+
+
 def test_min_new_tokens_holds_the_end_of_turn_back_and_ignore_eos_runs_to_the_limit(tiny_model_dir):
     """The random model's first greedy token is made its end of turn, so it stops at once on its own;
     ``min_new_tokens`` (vLLM's min_tokens; max_new_tokens for ignore_eos) must hold that back."""
