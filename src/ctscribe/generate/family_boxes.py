@@ -45,8 +45,8 @@ class _GridStream:
 
 
 def to_family(requests: Sequence[Request], grounding: GroundingFormat) -> list[Request]:
-    """``requests`` with their messages' boxes, and their streamed answers' boxes, in ``grounding``'s
-    convention; the same requests for a grid family."""
+    """``requests`` with their messages' boxes in ``grounding``'s convention, and an ``on_text`` that
+    passes the streamed answer on with its boxes back on the grid; the same requests for a grid family."""
     if not grounding.absolute:
         return list(requests)
     converted = []
