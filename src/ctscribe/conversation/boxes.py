@@ -184,7 +184,8 @@ def to_model(text: str, grounding: GroundingFormat, size: tuple[int, int] | None
 
 def from_model(text: str, grounding: GroundingFormat, size: tuple[int, int] | None) -> str:
     """What a family of ``grounding`` wrote about an image it saw at ``size``, with its boxes on the
-    0-1000 grid again (:func:`to_model`'s inverse, to within one grid step). Unchanged for a grid family."""
+    0-1000 grid again (:func:`to_model`'s inverse up to its rounding to whole pixels). Unchanged for a
+    grid family."""
     return _rescale(text, grounding, size, to_pixels=False)
 
 
