@@ -239,7 +239,7 @@ class TransformersEngine(ImagePathMixin):
             # transformers' neutral values: greedy ignores them, and the checkpoint's own sampling
             # settings (the default family's ship temperature 0.01, top_k 1) would each print a warning.
             config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
-        # A checkpoint's repetition penalty (Qwen2.5-VL ships 1.05) is off as in every other backend:
+        # A checkpoint's repetition penalty (one family's ships 1.05) is off as in every other backend:
         # vLLM's sampling parameters leave it at 1.0 and the API refuses it (openai_protocol).
         config.repetition_penalty = 1.0
         return config
