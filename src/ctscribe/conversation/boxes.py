@@ -20,6 +20,7 @@ right/bottom is ``x1 + 1`` / ``y1 + 1``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ctscribe.models import DEFAULT_FAMILY
@@ -173,6 +174,12 @@ def _rescale(text: str, grounding: GroundingFormat, size: tuple[int, int] | None
         )
 
     return _BOX_NUMBERS.sub(replace, text)
+
+
+def one_frame(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The frame pixel corners are about: the size of a conversation's one image; None with no image
+    or several, where no box can be written in pixels (:func:`to_model` keeps the phrases alone)."""
+    return sizes[0] if len(sizes) == 1 else None
 
 
 def to_model(text: str, grounding: GroundingFormat, size: tuple[int, int] | None) -> str:

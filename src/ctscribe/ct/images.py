@@ -427,7 +427,7 @@ def prepare_image(
         image=final,
         roi_box=roi_box,
         crop_box=crop_box,
-        image_tokens=(final.width // grid.token_side) * (final.height // grid.token_side),
+        image_tokens=grid.tokens(*final.size),
         roi_grid=None if roi_box is None else roi_in_model_frame(roi_box, crop_box, rgb.size),
         full_frame=rgb,
     )

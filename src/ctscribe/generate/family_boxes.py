@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ctscribe.conversation.boxes import from_model, messages_to_model, settled
+from ctscribe.conversation.boxes import from_model, messages_to_model, one_frame, settled
 from ctscribe.models.family import GroundingFormat
 
 # ``ctscribe.generate.engine``'s GenerationRequest and GenerationResult, which import this module.
@@ -24,7 +24,7 @@ Result = TypeVar("Result")
 
 
 def _frame(request: Any) -> tuple[int, int] | None:
-    return request.images[0].size if len(request.images) == 1 else None
+    return one_frame([image.size for image in request.images])
 
 
 class _GridStream:

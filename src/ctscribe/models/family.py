@@ -32,6 +32,10 @@ class ImageGrid:
         """Pixels per image token side."""
         return self.patch * self.merge
 
+    def tokens(self, width: int, height: int) -> int:
+        """Image tokens of an image already at a size the resize picks (multiples of the token side)."""
+        return (width // self.token_side) * (height // self.token_side)
+
 
 @dataclass(frozen=True)
 class ChatTemplate:

@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from ctscribe.atomic import atomic_write_text
-from ctscribe.conversation.boxes import messages_to_model
+from ctscribe.conversation.boxes import messages_to_model, one_frame
 from ctscribe.llamafactory_cli import find_cli, has_module, run_cli, write_config
 from ctscribe.model_settings import check_data_budget, record_settings, training_settings
 from ctscribe.models import Family, family_for
@@ -192,11 +192,11 @@ def family_data(recipe: Recipe, family: Family) -> Path:
             continue
         records = read_split(data_dir / split)
         for record in records:
-            frame = None
-            if len(record.get("images", [])) == 1:
-                with Image.open(data_dir / record["images"][0]) as image:  # header only
-                    frame = llamafactory_image_size(*image.size, *budget)
-            record["messages"] = messages_to_model(record["messages"], family.grounding, frame)
+            sizes = []
+            for path in record.get("images", []):
+                with Image.open(data_dir / path) as image:  # header only
+                    sizes.append(llamafactory_image_size(*image.size, *budget))
+            record["messages"] = messages_to_model(record["messages"], family.grounding, one_frame(sizes))
         atomic_write_text(out / split, json.dumps(records, ensure_ascii=False))
     log.info("%s writes boxes in pixels: %s holds the splits with its boxes", family.name, out)
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ctscribe.conversation.boxes import messages_to_model
+from ctscribe.conversation.boxes import messages_to_model, one_frame
 from ctscribe.conversation.template import TokenIds, render_conversation
 from ctscribe.ct.images import ImageOptions, budget_size, prepare_image
 from ctscribe.models.family import ChatTemplate, Family, ImageGrid
@@ -40,13 +40,6 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
-
-
-def model_messages(messages: list[dict], family: Family, sizes: list[tuple[int, int]]) -> list[dict]:
-    """A record's messages with their boxes in the family's convention, about the record's one image at
-    the size the model sees it (``sizes``: (width, height) per image); with no image or several there
-    is no one frame for pixel corners, and such a family gets the phrases without boxes."""
-    return messages_to_model(messages, family.grounding, sizes[0] if len(sizes) == 1 else None)
 
 
 def encode_text(tokenizer, messages: list[dict], template: ChatTemplate) -> Encoded:
@@ -101,10 +94,9 @@ def check_sample(
         sizes = [model_size(image_root / p, image_options, family.grid) for p in record.get("images", [])]
     except OSError as error:
         return f"unreadable image ({type(error).__name__})"
-    tokens = [
-        (width // family.grid.token_side) * (height // family.grid.token_side) for width, height in sizes
-    ]
-    messages = model_messages(record["messages"], family, sizes)
+    tokens = [family.grid.tokens(width, height) for width, height in sizes]
+    # boxes in the family's convention, about the image at the size the model sees it
+    messages = messages_to_model(record["messages"], family.grounding, one_frame(sizes))
     result = expand_image_pads(
         encode_text(tokenizer, messages, family.template), tokens, cutoff_len, image_pad_id
     )
@@ -241,10 +233,9 @@ class SFTDataset(torch.utils.data.Dataset):
             for t, h, w in images["image_grid_thw"].tolist():
                 tokens.append(int(t * h * w) // merge**2)
                 sizes.append((int(w) * patch, int(h) * patch))
+        messages = messages_to_model(record["messages"], self.family.grounding, one_frame(sizes))
         encoded = expand_image_pads(
-            encode_text(
-                self.tokenizer, model_messages(record["messages"], self.family, sizes), self.family.template
-            ),
+            encode_text(self.tokenizer, messages, self.family.template),
             tokens,
             self.cutoff_len,
             self.tokens.image_pad,
